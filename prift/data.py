@@ -1,0 +1,181 @@
+"""SFT data: load rows (hub name or local file), validate them, and tokenize with a response-only mask.
+
+Formatting follows the paper's recipe: the prompt is a user turn rendered by the tokenizer's chat
+template with the generation prompt; the response is the demonstration text followed by EOS; the
+loss (and every PriFT weight) is only on response tokens. Rows are right-truncated to `max_length`;
+a row whose response is truncated away entirely is dropped and counted.
+
+Two row shapes are accepted (field names configurable):
+  {"prompt": "...", "response": "..."}
+  {"messages": [{"role": "user", "content": "..."}, ..., {"role": "assistant", "content": "..."}]}
+With `messages`, the last turn must be the assistant's and is the one trained on; earlier turns
+(system, user, earlier assistant turns) form the prompt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+class DataError(ValueError):
+    """A malformed input row: the message names the row index and the field."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the SFT data comes from and how rows map to (prompt, response)."""
+
+    path: str = ""
+    """A local .jsonl/.json/.parquet file, or a dataset name on the Hugging Face hub."""
+    split: str = "train"
+    """Split to read for hub datasets (ignored for local files)."""
+    prompt_field: str = "prompt"
+    """Field holding the user prompt (prompt/response rows)."""
+    response_field: str = "response"
+    """Field holding the demonstration response (prompt/response rows)."""
+    messages_field: str = "messages"
+    """Field holding a chat conversation; used when a row has it and no prompt field."""
+    system_prompt: str = ""
+    """Optional system turn prepended to prompt/response rows."""
+    limit: int = 0
+    """Use only the first `limit` rows (0: all). The paper uses the first 100,000 of NuminaMath-CoT."""
+    max_length: int = 2048
+    """Prompt + response tokens kept per row (right truncation)."""
+
+
+def load_rows(cfg: DataConfig) -> list[dict]:
+    """Rows as plain dicts, in file order, cut to `cfg.limit`."""
+    if not cfg.path:
+        raise DataError("data.path: expected a local file or a hub dataset name, got an empty string")
+    path = Path(cfg.path)
+    if path.suffix in (".jsonl", ".json", ".parquet") or path.exists():
+        if not path.is_file():
+            raise DataError(f"data.path: file {path} does not exist")
+        rows = _read_local(path)
+    else:
+        import datasets  # a hub name: only users with network access get here
+
+        ds = datasets.load_dataset(cfg.path, split=cfg.split)
+        if cfg.limit:
+            ds = ds.select(range(min(cfg.limit, len(ds))))
+        rows = ds.to_list()
+    return rows[: cfg.limit] if cfg.limit else rows
+
+
+def _read_local(path: Path) -> list[dict]:
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist()
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json" and text.lstrip().startswith("["):
+        return json.loads(text)
+    rows = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+    return rows
+
+
+def to_conversation(row: dict, index: int, cfg: DataConfig) -> tuple[list[dict], str]:
+    """(prompt messages, response text) for one row; DataError names the row and field when malformed."""
+    if not isinstance(row, dict):
+        raise DataError(f"row {index}: expected an object, got {type(row).__name__}")
+    if cfg.prompt_field in row or cfg.messages_field not in row:
+        prompt = _text_field(row, index, cfg.prompt_field, allow_empty=True)
+        response = _text_field(row, index, cfg.response_field, allow_empty=False)
+        system = [{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt else []
+        return system + [{"role": "user", "content": prompt}], response
+    messages = row[cfg.messages_field]
+    field = cfg.messages_field
+    if not isinstance(messages, list) or len(messages) < 2:
+        raise DataError(f"row {index}: field '{field}' must be a list of at least 2 turns")
+    for t, turn in enumerate(messages):
+        if not isinstance(turn, dict) or not isinstance(turn.get("role"), str) or not isinstance(
+            turn.get("content"), str
+        ):
+            raise DataError(f"row {index}: field '{field}[{t}]' must have string 'role' and 'content'")
+    if messages[-1]["role"] != "assistant":
+        raise DataError(f"row {index}: field '{field}' must end with an assistant turn")
+    if not messages[-1]["content"].strip():
+        raise DataError(f"row {index}: field '{field}[-1].content' is an empty response")
+    return messages[:-1], messages[-1]["content"]
+
+
+def _text_field(row: dict, index: int, field: str, *, allow_empty: bool) -> str:
+    if field not in row:
+        raise DataError(f"row {index}: missing field '{field}'")
+    value = row[field]
+    if not isinstance(value, str):
+        raise DataError(f"row {index}: field '{field}' must be a string, got {type(value).__name__}")
+    if not allow_empty and not value.strip():
+        raise DataError(f"row {index}: field '{field}' is empty")
+    return value
+
+
+def validate_rows(rows: list[dict], cfg: DataConfig) -> list[tuple[list[dict], str]]:
+    """All rows as conversations, or a DataError for the first bad one (before any model loads)."""
+    if not rows:
+        raise DataError(f"data.path: {cfg.path} has no rows")
+    return [to_conversation(row, i, cfg) for i, row in enumerate(rows)]
+
+
+def tokenize_rows(conversations, tokenizer, max_length: int) -> list[dict]:
+    """Token ids and response mask per row; rows with no response token left are dropped (logged).
+
+    Each kept row: input_ids (list[int]), response_mask (1 on response tokens incl. EOS), index
+    (position in the input), num_truncated (response tokens cut by max_length).
+    """
+    if tokenizer.eos_token_id is None:
+        raise ValueError("the tokenizer has no eos_token_id: cannot end responses with EOS")
+    out, dropped, truncated = [], 0, 0
+    for i, (prompt_messages, response) in enumerate(conversations):
+        prompt_ids = _chat_ids(tokenizer, prompt_messages)
+        response_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        ids = (prompt_ids + response_ids)[:max_length]
+        n_response = len(ids) - len(prompt_ids)
+        if n_response <= 0:
+            dropped += 1
+            continue
+        truncated += n_response < len(response_ids)
+        out.append(
+            {
+                "input_ids": ids,
+                "response_mask": [0] * len(prompt_ids) + [1] * n_response,
+                "index": i,
+                "num_truncated": len(response_ids) - n_response,
+            }
+        )
+    log.info(
+        "tokenized %d rows: kept %d, dropped %d (prompt fills max_length=%d), %d responses truncated",
+        len(conversations), len(out), dropped, max_length, truncated,
+    )
+    if not out:
+        raise DataError(f"no row has a response token left within max_length={max_length}")
+    return out
+
+
+def _chat_ids(tokenizer, messages: list[dict]) -> list[int]:
+    if tokenizer.chat_template is None:
+        raise ValueError("the tokenizer has no chat template; set one (e.g. ChatML) before formatting")
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    if isinstance(ids, dict) or hasattr(ids, "keys"):  # some versions return a BatchEncoding
+        ids = ids["input_ids"]
+    return list(ids)
+
+
+def fingerprint_rows(rows: list[dict], cfg: DataConfig) -> str:
+    """Content hash of the rows and the formatting settings (the data part of the prior cache key)."""
+    h = hashlib.sha256(json.dumps(asdict(cfg) | {"path": None}, sort_keys=True).encode())
+    for row in rows:
+        h.update(json.dumps(row, sort_keys=True, default=str).encode())
+    return h.hexdigest()

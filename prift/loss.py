@@ -1,0 +1,63 @@
+"""The weighted SFT loss, normalised exactly as the PriFT paper's code does it.
+
+    L = - sum_t M_t * w_t * log p(y_t) / N
+
+with w_t detached (prift.weights) and N the number of response tokens of the whole accumulated batch
+(TRL's `num_items_in_batch`), not the sum of weights: tokens that PriFT-mass drops still count in N.
+So a loss does not depend on how a batch is split into micro-batches, and the gradient is
+-(1/N) sum_t M_t w_t grad log p(y_t): DFT with p replaced by q for PriFT-prob.
+
+Everything here is in "label space": entry t of a [B, L-1] tensor describes the token that position t
+predicts, i.e. token t + 1 of the sequence. `log p(y_t)` comes from TRL's fused LM head, which never
+builds the [B, L, V] logits; the stored reference signals (indexed by token) are shifted with
+`to_label_space` to match.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from prift.weights import WeightRule, token_weights
+
+
+@dataclass
+class LossStats:
+    """Per micro-batch sums, so means over a logging window can be formed exactly."""
+
+    tokens: int  # response tokens in this micro-batch
+    weight_sum: float  # sum of w_t over them: the effective token count
+    kept: int  # response tokens with w_t > 0
+
+
+def to_label_space(by_token: torch.Tensor) -> torch.Tensor:
+    """[B, L] values indexed by token -> [B, L-1] indexed by the predicting position."""
+    return by_token[:, 1:]
+
+
+def weighted_nll(
+    log_probs: torch.Tensor,
+    label_mask: torch.Tensor,
+    rule: WeightRule,
+    *,
+    prior_logprob: torch.Tensor | None = None,
+    prior_mass: torch.Tensor | None = None,
+    online_mass: torch.Tensor | None = None,
+    num_items_in_batch: int | torch.Tensor | None = None,
+) -> tuple[torch.Tensor, LossStats]:
+    """Weighted NLL from per-label log p [B, T] (0 off the mask) and signals in the same label space."""
+    if rule.signal == "prior" and rule.rule != "uniform":
+        if prior_logprob is None or (rule.rule == "nucleus" and prior_mass is None):
+            raise ValueError(f"rule {rule.rule!r} with the prior signal needs prior_logprob/prior_mass in the batch")
+        logprob, mass = prior_logprob, prior_mass
+    else:
+        if rule.needs_online_mass and online_mass is None:
+            raise ValueError("the nucleus rule with the online signal needs the policy's mass score")
+        logprob, mass = log_probs, online_mass
+    mask = label_mask.bool()
+    weights = torch.where(mask, token_weights(rule, logprob, mass), 0.0)
+    n = mask.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch
+    loss = -(weights * log_probs).sum() / n
+    stats = LossStats(tokens=int(mask.sum()), weight_sum=float(weights.sum()), kept=int((weights > 0).sum()))
+    return loss, stats

@@ -1,0 +1,74 @@
+"""Shared fixtures: a tiny real Llama (byte-level BPE tokenizer, ChatML template) built in the test.
+
+Nothing is fetched from a hub: the tokenizer is trained on a synthetic corpus and the model is
+randomly initialised (~0.4M parameters, head_dim 64 so vLLM's CPU attention accepts it too).
+"""
+
+import json
+import logging
+import os
+
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+logging.getLogger("transformers").setLevel(logging.ERROR)
+
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def make_corpus(n: int = 200) -> list[dict]:
+    """Arithmetic word problems with short worked answers (prompt/response rows)."""
+    rows = []
+    for i in range(n):
+        a, b = (i * 7) % 23 + 1, (i * 5) % 17 + 2
+        rows.append({"prompt": f"What is {a} plus {b}?", "response": f"{a} plus {b} is {a + b}. The answer is {a + b}."})
+    return rows
+
+
+def build_tiny_model(folder, seed: int = 0, vocab_size: int = 320, model_type: str = "llama"):
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    text = [r["prompt"] + " " + r["response"] for r in make_corpus()] + ["user assistant system\n"]
+    tok.train_from_iterator(text, trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", bos_token=None
+    )
+    tokenizer.chat_template = CHATML
+    torch.manual_seed(seed)
+    common = dict(
+        vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=64, max_position_embeddings=512,
+        tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None,
+    )
+    if model_type == "llama":
+        model = LlamaForCausalLM(LlamaConfig(**common))
+    else:
+        model = Qwen2ForCausalLM(Qwen2Config(**common))
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def sft_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "sft.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in make_corpus(64)) + "\n")
+    return str(path)
