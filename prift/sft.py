@@ -1,0 +1,186 @@
+"""The SFT stage: weighted fine-tuning of a base model, resumable, ending in a plain HF folder.
+
+    prift sft CONFIG        # runs the prior stage first if its cache is missing
+
+setup:   resolve the weight rule; get the tokenized data (with the stored prior signals when the rule
+         reads the prior in cached mode, else just the tokens); load the policy (and the resident
+         reference in online mode); build a PriftTrainer.
+train:   TRL/transformers training loop; resumes from the newest *complete* checkpoint in
+         <out>/checkpoints (one with trainer_state.json, which transformers writes last).
+cleanup: save model + tokenizer to <out>/final.tmp, then rename to <out>/final (atomic).
+
+The defaults are the paper's math recipe (AdamW lr 5e-5, betas 0.9/0.95, weight decay 0.01, cosine
+with 10% warmup, clip 1.0, bf16 on GPU); the global batch is per_device_batch_size x
+gradient_accumulation_steps x number of processes (the paper: 256 sequences).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from prift.data import DataConfig
+from prift.models import default_device, load_causal_lm, load_tokenizer
+from prift.prior import PriorConfig, load_prior, prepare_rows, run_prior, torch_dtype
+from prift.trainer import PriftCollator, PriftTrainer, with_labels
+from prift.weights import WeightRule, resolve_method
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SFTStageConfig:
+    """Training settings of the SFT stage (defaults: the paper's math recipe, scaled by the batch)."""
+
+    method: str = "prift_mass"
+    """`sft`, `dft`, `prift_prob` or `prift_mass`; ignored when `rule` is set."""
+    rule: WeightRule | None = None
+    """A custom rule of the family (prift.weights.WeightRule), e.g. power alpha=10 with the prior signal."""
+    optim: str = "adamw_torch"
+    """transformers optimizer name (`adamw_torch`, `adamw_torch_fused`, `sgd`, ...)."""
+    learning_rate: float = 5e-5
+    """Peak learning rate."""
+    adam_beta1: float = 0.9
+    """AdamW beta1."""
+    adam_beta2: float = 0.95
+    """AdamW beta2."""
+    weight_decay: float = 0.01
+    """AdamW weight decay."""
+    lr_scheduler_type: str = "cosine"
+    """transformers scheduler name."""
+    warmup_ratio: float = 0.1
+    """Fraction of the steps spent warming up."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm (0 disables)."""
+    per_device_batch_size: int = 8
+    """Sequences per micro-batch per process."""
+    gradient_accumulation_steps: int = 1
+    """Micro-batches per optimizer step; the loss is normalised over all of them."""
+    num_train_epochs: float = 1.0
+    """Epochs over the data (the paper: 1)."""
+    max_steps: int = -1
+    """Stop after this many optimizer steps (-1: run the epochs)."""
+    precision: str = "auto"
+    """`auto` (bf16 autocast on a GPU that has it, float32 otherwise), `bf16` or `fp32`."""
+    gradient_checkpointing: bool = False
+    """Trade compute for activation memory."""
+    logging_steps: int = 10
+    """Optimizer steps between logged metrics."""
+    save_steps: int = 500
+    """Optimizer steps between resumable checkpoints."""
+    save_total_limit: int = 2
+    """Checkpoints kept (older ones are deleted)."""
+    seed: int = 42
+    """Seed of model init-free randomness: data order, dropout."""
+    report_to: list[str] = field(default_factory=list)
+    """transformers integrations to report to (the pipeline adds its own MLflow tracking)."""
+
+    def weight_rule(self) -> WeightRule:
+        return self.rule if self.rule is not None else resolve_method(self.method)
+
+
+def latest_complete_checkpoint(folder: Path) -> Path | None:
+    done = [p for p in folder.glob("checkpoint-*") if (p / "trainer_state.json").exists()]
+    return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
+
+
+def training_dataset(model_name: str, data: DataConfig, prior: PriorConfig, rule: WeightRule, prior_dir: Path):
+    """Tokenized rows with labels, plus the stored prior signals when the rule reads them (cached mode)."""
+    if rule.needs_prior and prior.mode == "cached":
+        return with_labels(load_prior(run_prior(model_name, data, prior, prior_dir)))
+    import datasets
+
+    rows, _, _ = prepare_rows(model_name, data)
+    table = datasets.Dataset.from_dict({k: [r[k] for r in rows] for k in ("input_ids", "response_mask", "index")})
+    return with_labels(table)
+
+
+def build_trainer(model_name: str, dataset, cfg: SFTStageConfig, prior: PriorConfig, out_dir: Path, callbacks=()):
+    """The PriftTrainer for `dataset`, writing checkpoints under out_dir/checkpoints."""
+    from trl import SFTConfig
+
+    rule = cfg.weight_rule()
+    device = default_device()
+    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and torch_dtype("auto", device) == torch.bfloat16)
+    tokenizer = load_tokenizer(model_name)
+    args = SFTConfig(
+        output_dir=str(out_dir / "checkpoints"),
+        optim=cfg.optim,
+        learning_rate=cfg.learning_rate,
+        adam_beta1=cfg.adam_beta1,
+        adam_beta2=cfg.adam_beta2,
+        weight_decay=cfg.weight_decay,
+        lr_scheduler_type=cfg.lr_scheduler_type,
+        warmup_steps=cfg.warmup_ratio,  # a float < 1 is a ratio in transformers 5
+        max_grad_norm=cfg.max_grad_norm,
+        per_device_train_batch_size=cfg.per_device_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        num_train_epochs=cfg.num_train_epochs,
+        max_steps=cfg.max_steps,
+        bf16=bf16,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        logging_steps=cfg.logging_steps,
+        save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit,
+        seed=cfg.seed,
+        report_to=cfg.report_to,
+        remove_unused_columns=False,  # keep the prior_* columns for the collator
+        dataset_kwargs={"skip_prepare_dataset": True},  # already tokenized, masked and truncated
+        max_length=None,
+        use_cpu=device.type == "cpu",
+    )
+    model = load_causal_lm(model_name, dtype=torch.float32, device=device)
+    ref_model = None
+    if rule.needs_prior and prior.mode == "online":
+        ref_model = load_causal_lm(prior.reference or model_name, dtype=torch_dtype(prior.dtype, device), device=device)
+    log.info("SFT: method=%s rule=%s prior=%s bf16=%s", cfg.method, rule, prior.mode, bf16)
+    return PriftTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        data_collator=PriftCollator(tokenizer.pad_token_id),
+        weight_rule=rule,
+        ref_model=ref_model,
+        vocab_chunk=prior.vocab_chunk,
+        callbacks=list(callbacks),
+    )
+
+
+def run_sft(
+    model_name: str,
+    data: DataConfig,
+    prior: PriorConfig,
+    cfg: SFTStageConfig,
+    out_dir: str | Path,
+    prior_dir: str | Path | None = None,
+    callbacks=(),
+) -> Path:
+    """Train and return <out_dir>/final; a finished stage (final/ exists) is a logged no-op."""
+    out_dir = Path(out_dir)
+    final = out_dir / "final"
+    if (final / "config.json").exists():
+        log.info("SFT already finished: %s", final)
+        return final
+    rule = cfg.weight_rule()
+    dataset = training_dataset(model_name, data, prior, rule, Path(prior_dir or out_dir.parent / "prior"))
+    trainer = build_trainer(model_name, dataset, cfg, prior, out_dir, callbacks)
+    resume = latest_complete_checkpoint(out_dir / "checkpoints")
+    if resume:
+        log.info("resuming SFT from %s", resume)
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+
+    tmp = out_dir / "final.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    trainer.save_model(str(tmp))
+    trainer.processing_class.save_pretrained(str(tmp))
+    summary = {"method": cfg.method, "rule": asdict(rule), "train": result.metrics, "steps": result.global_step}
+    (tmp / "prift_sft.json").write_text(json.dumps(summary, indent=2, default=str))
+    tmp.rename(final)
+    log.info("SFT finished: %s (%d steps, train loss %.4f)", final, result.global_step, result.training_loss)
+    return final
