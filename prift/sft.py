@@ -80,6 +80,10 @@ class SFTStageConfig:
     report_to: list[str] = field(default_factory=list)
     """transformers integrations to report to (the pipeline adds its own MLflow tracking)."""
 
+    def __post_init__(self):
+        if self.rule is None:
+            resolve_method(self.method)  # an unknown method name fails at config time
+
     def weight_rule(self) -> WeightRule:
         return self.rule if self.rule is not None else resolve_method(self.method)
 

@@ -1,0 +1,10 @@
+"""PriFT: supervised fine-tuning with token weights from a frozen pretrained reference.
+
+signals  per-token reference signals (log q, PriFT-mass u), chunked over the vocabulary
+weights  the rule family (uniform / linear / power / threshold / nucleus) x (online / prior signal)
+data     SFT rows -> chat-templated token ids with a response-only mask
+prior    the prior stage: score the data once with the reference, cache the signals
+loss     the weighted NLL, normalised over the accumulated batch's response tokens
+trainer  PriftTrainer (a TRL SFTTrainer) and its collator
+sft      the SFT stage: resumable training ending in a plain Hugging Face folder
+"""

@@ -1,0 +1,1 @@
+"""The product around the method: typed configs and the `prift` command line."""

@@ -1,0 +1,125 @@
+"""Typed configs from YAML: every bad field reported at once, unknown keys are errors, `--set a.b=c`.
+
+`from_dict(Cls, mapping)` builds a (nested) dataclass, checking each value against the field's type
+annotation (str, int, float, bool, Literal, X | None, list[X], nested dataclasses). It raises one
+ConfigError listing every problem as `path: got VALUE, expected WHAT`, before anything is computed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from prift.data import DataConfig
+from prift.prior import PriorConfig
+from prift.sft import SFTStageConfig
+
+
+class ConfigError(ValueError):
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("invalid config:\n  " + "\n  ".join(problems))
+
+
+@dataclass(frozen=True)
+class StagesConfig:
+    """What `prift prior` / `prift sft` run: a base model, its SFT data, the prior and the trainer."""
+
+    model: str = "smollm2-135m-instruct"
+    """Base model to fine-tune (local folder, hub name, or `smollm2-135m-instruct`, shipped by a package)."""
+    output_dir: str = "runs/default"
+    """Run directory: prior/ (signal cache) and sft/ (checkpoints, final/) go under it."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """SFT data and formatting."""
+    prior: PriorConfig = field(default_factory=PriorConfig)
+    """The frozen reference and how its signals are produced."""
+    sft: SFTStageConfig = field(default_factory=SFTStageConfig)
+    """Training settings."""
+
+
+def from_dict(cls, data, path: str = ""):
+    problems: list[str] = []
+    value = _build(cls, data, path, problems)
+    if problems:
+        raise ConfigError(problems)
+    return value
+
+
+def _build(cls, data, path, problems):
+    if not isinstance(data, dict):
+        problems.append(f"{path or '<root>'}: got {data!r}, expected a mapping for {cls.__name__}")
+        return None
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    before = len(problems)
+    for key in data:
+        if key not in names:
+            problems.append(f"{_join(path, key)}: unknown key (expected one of: {', '.join(sorted(names))})")
+    kwargs = {}
+    for name in [f.name for f in dataclasses.fields(cls) if f.name in data]:
+        kwargs[name] = _check(hints[name], data[name], _join(path, name), problems)
+    if len(problems) > before:
+        return None
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:  # a dataclass's own __post_init__ checks
+        problems.append(f"{path or '<root>'}: {e}")
+        return None
+
+
+def _check(tp, value, path, problems):
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, path, problems)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _check(inner[0], value, path, problems) if len(inner) == 1 else value
+    if origin is typing.Literal:
+        if value not in args:
+            problems.append(f"{path}: got {value!r}, expected one of {list(args)}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            problems.append(f"{path}: got {value!r}, expected a list")
+            return value
+        return [_check(args[0], v, f"{path}[{i}]", problems) for i, v in enumerate(value)] if args else value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (str, int, float, bool) and (type(value) is not tp):
+        problems.append(f"{path}: got {value!r}, expected {tp.__name__}")
+    return value
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """`a.b=c` assignments (values parsed as YAML: 3 -> int, true -> bool, [x, y] -> list)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError([f"--set {item}: expected KEY.PATH=VALUE"])
+        key, raw = item.split("=", 1)
+        node = data
+        *parents, last = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError([f"--set {key}: {p} is not a mapping"])
+        node[last] = yaml.safe_load(raw)
+    return data
+
+
+def load_config(path: str | Path, overrides: list[str] = (), cls=StagesConfig):
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError([f"{path}: config file not found"])
+    data = yaml.safe_load(path.read_text()) or {}
+    return from_dict(cls, apply_overrides(data, list(overrides)))
