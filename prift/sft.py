@@ -104,15 +104,13 @@ def training_dataset(model_name: str, data: DataConfig, prior: PriorConfig, rule
     return with_labels(table)
 
 
-def build_trainer(model_name: str, dataset, cfg: SFTStageConfig, prior: PriorConfig, out_dir: Path, callbacks=()):
-    """The PriftTrainer for `dataset`, writing checkpoints under out_dir/checkpoints."""
+def sft_args(cfg: SFTStageConfig, out_dir: Path):
+    """TRL SFTConfig for our already tokenized, masked and truncated data."""
     from trl import SFTConfig
 
-    rule = cfg.weight_rule()
     device = default_device()
     bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and torch_dtype("auto", device) == torch.bfloat16)
-    tokenizer = load_tokenizer(model_name)
-    args = SFTConfig(
+    return SFTConfig(
         output_dir=str(out_dir / "checkpoints"),
         optim=cfg.optim,
         learning_rate=cfg.learning_rate,
@@ -134,15 +132,23 @@ def build_trainer(model_name: str, dataset, cfg: SFTStageConfig, prior: PriorCon
         seed=cfg.seed,
         report_to=cfg.report_to,
         remove_unused_columns=False,  # keep the prior_* columns for the collator
-        dataset_kwargs={"skip_prepare_dataset": True},  # already tokenized, masked and truncated
+        dataset_kwargs={"skip_prepare_dataset": True},
         max_length=None,
         use_cpu=device.type == "cpu",
     )
+
+
+def build_trainer(model_name: str, dataset, cfg: SFTStageConfig, prior: PriorConfig, out_dir: Path, callbacks=()):
+    """The PriftTrainer for `dataset`, writing checkpoints under out_dir/checkpoints."""
+    rule = cfg.weight_rule()
+    device = default_device()
+    tokenizer = load_tokenizer(model_name)
+    args = sft_args(cfg, out_dir)
     model = load_causal_lm(model_name, dtype=torch.float32, device=device)
     ref_model = None
     if rule.needs_prior and prior.mode == "online":
         ref_model = load_causal_lm(prior.reference or model_name, dtype=torch_dtype(prior.dtype, device), device=device)
-    log.info("SFT: method=%s rule=%s prior=%s bf16=%s", cfg.method, rule, prior.mode, bf16)
+    log.info("SFT: method=%s rule=%s prior=%s bf16=%s", cfg.method, rule, prior.mode, args.bf16)
     return PriftTrainer(
         model=model,
         args=args,

