@@ -107,7 +107,7 @@ def sync():
 def scored_rows(args, tokenizer, ref) -> list[dict]:
     rows = synthetic_rows(tokenizer, args.batch * args.rounds, args.seq_len)
     for r, (lp, u) in zip(rows, score_rows(ref, rows, PriorConfig())):
-        r["prior_logprob"], r["prior_mass"] = lp, u
+        r["prior_logprob"], r["prior_mass"] = lp.tolist(), u.tolist()
     return rows
 
 

@@ -23,12 +23,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -150,8 +150,8 @@ def pad(seqs: list[list], value, device=None, dtype=torch.long) -> torch.Tensor:
     return torch.tensor([list(s) + [value] * (width - len(s)) for s in seqs], dtype=dtype, device=device)
 
 
-def score_rows(model, rows: list[dict], cfg: PriorConfig) -> list[tuple[list[float], list[float]]]:
-    """Per row, (prior_logprob, prior_mass) lists as long as its input_ids."""
+def score_rows(model, rows: list[dict], cfg: PriorConfig) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per row, (prior_logprob, prior_mass) float32 arrays as long as its input_ids."""
     device = next(model.parameters()).device
     results: list = [None] * len(rows)
     batches = length_batches([len(r["input_ids"]) for r in rows], cfg.batch_tokens)
@@ -170,7 +170,7 @@ def score_rows(model, rows: list[dict], cfg: PriorConfig) -> list[tuple[list[flo
         lp, u = lp.cpu(), u.cpu()
         for k, i in enumerate(batch):
             n = len(seqs[k])
-            results[i] = (lp[k, :n].tolist(), u[k, :n].tolist())
+            results[i] = (lp[k, :n].numpy().copy(), u[k, :n].numpy().copy())  # float32: 4 bytes a value
     return results
 
 
@@ -262,13 +262,13 @@ def run_prior(model_name: str, data: DataConfig, cfg: PriorConfig, prior_dir: st
 
 def signal_summary(rows: list[dict], scored) -> dict:
     """Response-token statistics of the stored signals (logged and kept in meta.json)."""
-    lps = [lp for r, (lps_, _) in zip(rows, scored) for lp, m in zip(lps_, r["response_mask"]) if m]
-    us = [u for r, (_, us_) in zip(rows, scored) for u, m in zip(us_, r["response_mask"]) if m]
-    n = max(len(lps), 1)
+    masks = [np.asarray(r["response_mask"], dtype=bool) for r in rows]
+    lps = np.concatenate([lp[m] for (lp, _), m in zip(scored, masks)])
+    us = np.concatenate([u[m] for (_, u), m in zip(scored, masks)])
     return {
-        "response_tokens": len(lps),
-        "mean_prob": sum(math.exp(x) for x in lps) / n,
-        "frac_mass_ge_0.5": sum(u >= 0.5 for u in us) / n,
+        "response_tokens": int(lps.size),
+        "mean_prob": float(np.exp(lps.astype(np.float64)).mean()),
+        "frac_mass_ge_0.5": float((us >= 0.5).mean()),
     }
 
 
