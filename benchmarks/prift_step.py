@@ -9,7 +9,8 @@ Variants, same model, data and batches (a step = forward + backward + optimizer 
   prift_online   PriftTrainer, prift_mass, frozen reference run on every batch (the official code)
 Step times are measured interleaved (one step of each variant per round, rounds repeated) in one
 process, so machine noise hits all variants alike; the median per variant is reported. Peak memory
-is measured in a fresh subprocess per variant (peak RSS on CPU; peak CUDA allocation on a GPU).
+is measured in a fresh subprocess per variant (its own peak RSS, VmHWM, on CPU; peak CUDA allocation
+on a GPU).
 
 Prior pass: tokens/s of the prior scorer (`reference_signals`: backbone, output head in row chunks,
 chunked float32 signals) against a plain no-grad forward of the same model on the same batches.
@@ -21,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import resource
 import statistics
 import subprocess
 import sys
@@ -174,7 +174,15 @@ def peak_memory_child(args, variant: str, tmp: Path) -> dict:
     for b in batches_for(rows, args.batch, tokenizer, with_prior=variant == "prift_cached")[:3]:
         stepper.step(b)
     cuda = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
-    return {"rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "cuda_mib": cuda}
+    return {"rss_mib": peak_rss_mib(), "cuda_mib": cuda}
+
+
+def peak_rss_mib() -> float:
+    """This process's own peak RSS (VmHWM). Not ru_maxrss: Linux carries the parent's over fork/exec."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def peak_memory(args, rows_file: Path) -> dict[str, dict]:
