@@ -34,7 +34,7 @@ import torch
 from prift.models import default_device, load_causal_lm, load_tokenizer
 from prift.prior import PriorConfig, pad, reference_signals, score_rows
 from prift.sft import SFTStageConfig, build_trainer, sft_args
-from prift.trainer import PriftCollator
+from prift.trainer import PriftCollator, labels_from_mask
 
 VARIANTS = ("plain_sft", "prift_cached", "prift_online")
 
@@ -59,7 +59,7 @@ def batches_for(rows, batch: int, tokenizer, with_prior: bool):
     out = []
     for b0 in range(0, len(rows), batch):
         examples = [
-            {"input_ids": r["input_ids"], "labels": [t if m else -100 for t, m in zip(r["input_ids"], r["response_mask"])]}
+            {"input_ids": r["input_ids"], "labels": labels_from_mask(r["input_ids"], r["response_mask"])}
             | ({"prior_logprob": r["prior_logprob"], "prior_mass": r["prior_mass"]} if with_prior else {})
             for r in rows[b0 : b0 + batch]
         ]
@@ -115,7 +115,7 @@ def label_dataset(rows):
     import datasets
 
     return datasets.Dataset.from_list(
-        [{"input_ids": r["input_ids"], "labels": [t if m else -100 for t, m in zip(r["input_ids"], r["response_mask"])]} for r in rows]
+        [{"input_ids": r["input_ids"], "labels": labels_from_mask(r["input_ids"], r["response_mask"])} for r in rows]
     )
 
 

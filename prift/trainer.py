@@ -49,10 +49,15 @@ class PriftCollator:
         return batch
 
 
+def labels_from_mask(input_ids: list[int], response_mask: list[int]) -> list[int]:
+    """Token ids on the response, IGNORE (-100) elsewhere: the labels TRL trains on."""
+    return [t if m else IGNORE for t, m in zip(input_ids, response_mask)]
+
+
 def with_labels(dataset):
-    """Add `labels` (-100 off the response) from `response_mask`, as TRL expects of prepared data."""
+    """Add `labels` from `response_mask`, as TRL expects of prepared data."""
     return dataset.map(
-        lambda r: {"labels": [t if m else IGNORE for t, m in zip(r["input_ids"], r["response_mask"])]},
+        lambda r: {"labels": labels_from_mask(r["input_ids"], r["response_mask"])},
         remove_columns=["response_mask"],
         desc="labels",
     )
