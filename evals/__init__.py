@@ -1,0 +1,9 @@
+"""Evaluation: math, code and medical benchmarks with exact scoring.
+
+sandbox   run untrusted generated code contained (process, limits, namespaces, audit hook)
+scoring   answer extraction and equivalence: math (math-verify), multiple choice, code programs
+tasks     the benchmarks: where their data comes from, their prompts, their scorers
+generate  generation backends with one interface: vLLM and Hugging Face `generate`
+metrics   Avg@k and the unbiased Pass@k estimator
+stage     the eval stage: generate, score, write samples.jsonl and metrics.json per task
+"""
