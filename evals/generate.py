@@ -56,24 +56,35 @@ class Generator:
         self.tokenizer = load_tokenizer(model)
 
     def chat(self, user_messages: list[str], system_prompt: str | None = None) -> list[list[int]]:
-        """Token ids of each user message under the model's chat template (raw text without one)."""
-        out = []
-        for text in user_messages:
-            if self.tokenizer.chat_template is None:
-                out.append(self.tokenizer(text)["input_ids"])
-                continue
-            messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
-                {"role": "user", "content": text}
-            ]
-            ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-            out.append(list(ids["input_ids"] if hasattr(ids, "keys") else ids))
-        return out
+        return chat_ids(self.tokenizer, user_messages, system_prompt)
 
     def generate(self, prompts: list[list[int]], sampling: SamplingConfig, stop: tuple[str, ...] = ()) -> list[list[Completion]]:
         raise NotImplementedError
 
     def close(self) -> None:
         """Free the model (GPU memory) before the next stage."""
+
+
+def chat_ids(tokenizer, user_messages: list[str], system_prompt: str | None = None) -> list[list[int]]:
+    """Token ids of each user message under the model's chat template (raw text without one)."""
+    out = []
+    for text in user_messages:
+        if tokenizer.chat_template is None:
+            out.append(tokenizer(text)["input_ids"])
+            continue
+        system = [{"role": "system", "content": system_prompt}] if system_prompt else []
+        ids = tokenizer.apply_chat_template(system + [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True)
+        out.append(list(ids["input_ids"] if hasattr(ids, "keys") else ids))
+    return out
+
+
+def context_length(model: str, max_model_len: int | None = None) -> int | None:
+    """The longest sequence the model takes: max_model_len if set, else its config's positions."""
+    if max_model_len:
+        return max_model_len
+    from transformers import AutoConfig
+
+    return getattr(AutoConfig.from_pretrained(resolve_model_path(model)), "max_position_embeddings", None)
 
 
 def cut_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, bool]:

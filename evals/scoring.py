@@ -134,10 +134,10 @@ def extract_choice(text: str, letters: str) -> tuple[str | None, str]:
             return found.pop(), ""
         if len(found) > 1:
             return None, "ambiguous: " + ", ".join(sorted(found))
+    found = set(re.findall(rf"\(([{ls}])\)", t))
     m = re.match(rf"\(?([{ls}])[).:]\s", t)
     if m:
-        return m.group(1), ""
-    found = set(re.findall(rf"\(([{ls}])\)", t))
+        found.add(m.group(1))
     if len(found) == 1:
         return found.pop(), ""
     return None, ("ambiguous: " + ", ".join(sorted(found))) if found else "no answer found"

@@ -2,7 +2,8 @@
 
     prift eval CONFIG [--model PATH]
 
-setup:   every task's data is loaded and checked first (a bad row fails before any model loads);
+setup:   every task's data is loaded and checked first, and every prompt must fit the model's
+         context (a bad row or a too-long prompt fails before any model loads);
          tasks whose metrics.json already matches this model, task and sampling are skipped.
 run:     one generator (vLLM or HF) for all remaining tasks; n samples per prompt; scoring by the
          task's scorer (math-verify, option letter, label, or the code sandbox, in parallel).
@@ -25,11 +26,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from evals.generate import SamplingConfig
+from evals.generate import SamplingConfig, chat_ids, context_length
 from evals.metrics import task_metrics
 from evals.sandbox import Sandbox, SandboxConfig
 from evals.scoring import Score, score_choice, score_code, score_label, score_math
-from evals.tasks import TASKS, Example, Task, TaskSpec, load_examples
+from evals.tasks import TASKS, Example, Task, TaskError, TaskSpec, load_examples
+from prift.models import fingerprint_model, load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -97,12 +99,11 @@ def domain_means(per_task: dict[str, dict]) -> dict[str, dict]:
 
 def run_eval(model: str, cfg: EvalStageConfig, out_dir: str | Path) -> dict:
     """Evaluate `model` on every task in `cfg`; returns the summary (also in out_dir/summary.json)."""
-    from prift.models import fingerprint_model
-
     out_dir = Path(out_dir)
     # setup: all data first, so a bad task fails before the model loads
     loaded = [(spec, load_examples(spec)) for spec in cfg.tasks]
     fingerprint = fingerprint_model(model)
+    tokenizer, context = load_tokenizer(model), context_length(model, cfg.max_model_len)
     todo = []
     for spec, examples in loaded:
         key = task_key(fingerprint, spec, examples, cfg)
@@ -110,7 +111,9 @@ def run_eval(model: str, cfg: EvalStageConfig, out_dir: str | Path) -> dict:
         if done.exists() and json.loads(done.read_text()).get("key") == key:
             log.info("eval %s: already done for this model and config (%s), skipped", spec.name, done)
         else:
-            todo.append((spec, examples, key))
+            prompts = chat_ids(tokenizer, [e.prompt for e in examples], cfg.system_prompt)
+            check_prompt_lengths(spec.name, examples, prompts, context)
+            todo.append((spec, examples, prompts, key))
 
     if todo:
         from evals.generate import make_generator
@@ -118,8 +121,8 @@ def run_eval(model: str, cfg: EvalStageConfig, out_dir: str | Path) -> dict:
         generator = make_generator(model, cfg.backend, batch_size=cfg.batch_size, max_model_len=cfg.max_model_len)
         sandbox = Sandbox(cfg.sandbox)
         try:
-            for spec, examples, key in todo:
-                _run_task(generator, sandbox, spec, examples, key, cfg, out_dir / spec.name)
+            for spec, examples, prompts, key in todo:
+                _run_task(generator, sandbox, spec, examples, prompts, key, cfg, out_dir / spec.name)
         finally:
             generator.close()
 
@@ -129,11 +132,23 @@ def run_eval(model: str, cfg: EvalStageConfig, out_dir: str | Path) -> dict:
     return summary
 
 
-def _run_task(generator, sandbox, spec: TaskSpec, examples: list[Example], key: str, cfg: EvalStageConfig, folder: Path):
+def check_prompt_lengths(name: str, examples: list[Example], prompts: list[list[int]], context: int | None) -> None:
+    """A prompt the model cannot take is an error naming the rows, before any generation."""
+    if context is None:
+        return
+    too_long = [(e.id, len(p)) for e, p in zip(examples, prompts) if len(p) >= context]
+    if too_long:
+        shown = ", ".join(f"{i} ({n} tokens)" for i, n in too_long[:5])
+        raise TaskError(
+            f"{name}: {len(too_long)} prompt(s) do not fit the model's context of {context} tokens: {shown}; "
+            "lower the task's limit, choose other rows, or raise eval.max_model_len if the model allows it"
+        )
+
+
+def _run_task(generator, sandbox, spec: TaskSpec, examples: list[Example], prompts, key: str, cfg: EvalStageConfig, folder: Path):
     task = TASKS[spec.name]
     log.info("eval %s: %d problems x %d samples (%s)", spec.name, len(examples), cfg.sampling.n, generator.backend)
     t0 = time.perf_counter()
-    prompts = generator.chat([e.prompt for e in examples], cfg.system_prompt)
     outputs = generator.generate(prompts, cfg.sampling, task.stop)
     t1 = time.perf_counter()
     scores = score_task(task, examples, [[c.text for c in outs] for outs in outputs], sandbox)

