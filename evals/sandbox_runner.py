@@ -6,7 +6,7 @@ It runs as `python -I -S -c <this source>` in an empty working directory and, in
    `expose_stdlib`), then drops to a throw-away uid/gid that owns nothing on the machine (so
    `RLIMIT_NPROC` counts only this program's processes and the parent can kill every one of them by
    uid); when not root: a user+network namespace if the kernel allows it;
-3. reads the program's phases from `program.json` and deletes the file;
+3. reads the program's phases from `program.marshal` and deletes the file;
 4. installs an audit hook (PEP 578) that refuses opening files outside the working directory for
    writing, reading outside it (the standard library excepted), sockets, subprocesses, fork/exec,
    signals to other processes, ctypes, tracing (which can jump over lines) and other threads'
@@ -20,12 +20,14 @@ What it achieved in (2) goes to the result pipe first as one JSON line, so resul
 the run really was.
 """
 
-import json
+import _thread
+import marshal
 import os
 import resource
 import sys
-import sysconfig
-import threading
+
+# Startup time is most of a short program's cost: only builtin or tiny modules are imported here
+# (marshal, not json; _thread, not threading; the stdlib paths come from the parent, not sysconfig).
 
 CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWNET = 0x00020000, 0x10000000, 0x40000000
 MS_BIND, MS_REC, MS_PRIVATE = 4096, 16384, 1 << 18
@@ -118,11 +120,10 @@ def make_guard(workdir, readable):
     return guard
 
 
-def run_phases(phases):
+def run_phases(phases, finished):
     """Step 5, on a thread of its own. Any exception, SystemExit(0) included, ends the process
-    with status 1: this function returns only if the last phase did."""
+    with status 1: `finished` is released only if the last phase returned."""
     import builtins
-    import traceback
 
     pristine = dict(builtins.__dict__)
     namespace = {"__name__": "__main__"}
@@ -132,33 +133,42 @@ def run_phases(phases):
             exec(compile(source, f"<phase {i}>", "exec"), namespace)
     except SystemExit as e:
         sys.stderr.write(f"sandbox: the program raised SystemExit({e.code!r}) before its tests finished\n")
+        sys.stderr.flush()
         os._exit(1)
     except BaseException:
+        import traceback
+
         traceback.print_exc()
+        sys.stderr.flush()
         os._exit(1)
+    sys.stdout.flush()
+    finished.release()
 
 
 def main():
-    config = json.loads(os.environ.pop("PRIFT_SANDBOX"))
+    config = marshal.loads(bytes.fromhex(os.environ.pop("PRIFT_SANDBOX")))
     for name, value in config["rlimits"].items():
-        resource.setrlimit(getattr(resource, name), (value, value))
-    stdlib_dirs = sorted({os.path.realpath(sysconfig.get_paths()[k]) for k in ("stdlib", "platstdlib")})
+        hard = value + 1 if name == "RLIMIT_CPU" else value  # SIGXCPU (a timeout) before SIGKILL
+        resource.setrlimit(getattr(resource, name), (value, hard))
+    stdlib_dirs = config["stdlib_dirs"]
     isolation = isolate(config["uid"], stdlib_dirs)
     for name in ("ctypes", "_ctypes"):  # a program's `import ctypes` must go through the hook
         sys.modules.pop(name, None)
-    os.write(config["result_fd"], (json.dumps(isolation) + "\n").encode())
-    with open("program.json") as f:
-        phases = json.load(f)
-    os.unlink("program.json")
+    report = f"network_namespace={int(isolation['network_namespace'])} uid={isolation['uid']}\n"
+    os.write(config["result_fd"], report.encode())
+    with open("program.marshal", "rb") as f:
+        phases = marshal.load(f)
+    os.unlink("program.marshal")
     workdir = os.path.realpath(os.getcwd())
     sys.addaudithook(make_guard(workdir, (*stdlib_dirs, workdir, "/dev/null", "/dev/urandom")))
     # The nonce stays a local of this (main) thread's frame; the program runs on another thread,
     # whose frames lead back to run_phases and threading, not here (other threads' frames and the
     # GC's object lists are behind the hook).
     nonce, result_fd = config.pop("nonce").encode(), config.pop("result_fd")
-    worker = threading.Thread(target=run_phases, args=(phases,), name="program")
-    worker.start()
-    worker.join()
+    finished = _thread.allocate_lock()
+    finished.acquire()
+    _thread.start_new_thread(run_phases, (phases, finished))
+    finished.acquire()
     os.write(result_fd, nonce)
 
 
