@@ -2,8 +2,9 @@
 
     results = Sandbox(SandboxConfig(timeout_s=10)).run_many([[solution, tests], ...])
 
-Each program is a list of Python sources ("phases", e.g. the solution, then its tests) run by
-`evals/sandbox_runner.py` in a fresh `python -I -S -B` process:
+Each program is a list of Python sources ("phases", e.g. the solution, then its tests), run in a
+child forked by a warm fork server (`evals/sandbox_runner.py`, a `python -I -S -B` process per
+worker, started on first use; forking it costs ~1 ms where a fresh interpreter costs ~20 ms):
 - its own process group and session, its own empty temporary working directory, a scrubbed
   environment (PATH, LANG, HOME=the working directory), stdin closed;
 - resource limits: address space, CPU seconds, size of any file it writes, number of processes;
@@ -16,7 +17,7 @@ Each program is a list of Python sources ("phases", e.g. the solution, then its 
 - a wall-clock timeout that kills the whole process group (and, as root, every process of its uid);
 - stdout/stderr go to files capped by the file-size limit; the result keeps the last bytes only.
 A program passes only if its last phase returned and the runner then wrote this run's random nonce
-to a private pipe: an early `sys.exit(0)` / `os._exit(0)` / `atexit` trick is a failure. The result
+to a result file the program cannot open: an early `sys.exit(0)` / `os._exit(0)` / `atexit` trick is a failure. The result
 records the isolation that was actually in force (`isolation`).
 
 Not a VM: a kernel exploit or a bug in CPython's audit coverage is out of scope. The audit hook is
@@ -28,6 +29,7 @@ from __future__ import annotations
 import logging
 import marshal
 import os
+import queue
 import secrets
 import select
 import shutil
@@ -91,10 +93,46 @@ class SandboxResult:
         return self.status == "passed"
 
 
+class _Server:
+    """One fork server (`sandbox_runner.serve`): a warm, trusted process that forks a child per program."""
+
+    def __init__(self):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-I", "-S", "-B", "-c", RUNNER],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
+            cwd="/", bufsize=0,
+        )
+        self.to_server, self.from_server = self.proc.stdin.fileno(), self.proc.stdout.fileno()
+
+    def start(self, request: dict) -> int:
+        data = marshal.dumps(request)
+        os.write(self.to_server, len(data).to_bytes(4, "little") + data)
+        return int.from_bytes(self._read(4), "little")
+
+    def wait(self, timeout: float | None) -> int | None:
+        """The child's exit code (negative: killed by that signal), None if it is still running."""
+        ready, _, _ = select.select([self.from_server], [], [], timeout)
+        return int.from_bytes(self._read(4), "little", signed=True) if ready else None
+
+    def _read(self, n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = os.read(self.from_server, n - len(data))
+            if not chunk:
+                raise RuntimeError(f"the sandbox fork server died (exit {self.proc.wait()})")
+            data += chunk
+        return data
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
 class Sandbox:
     def __init__(self, config: SandboxConfig = SandboxConfig()):
         self.config = config
         self.as_root = hasattr(os, "getuid") and os.getuid() == 0
+        self._idle: queue.SimpleQueue[_Server] = queue.SimpleQueue()
 
     def run(self, phases: list[str]) -> SandboxResult:
         cfg = self.config
@@ -105,12 +143,9 @@ class Sandbox:
         uid = secrets.randbelow(1 << 29) + (1 << 20) if self.as_root else None
         if uid is not None:
             os.chown(workdir, uid, uid)
-        (workdir / "program.marshal").write_bytes(marshal.dumps(list(phases)))
-        if uid is not None:
-            os.chown(workdir / "program.marshal", uid, uid)
+        for name in ("stdout", "stderr", "result"):
+            (scratch / name).touch()
         nonce = secrets.token_hex(16)
-        read_fd, write_fd = os.pipe()
-        os.set_blocking(read_fd, False)
         rlimits = {
             "RLIMIT_AS": cfg.memory_mb << 20,
             "RLIMIT_CPU": cfg.cpu_s,
@@ -119,42 +154,52 @@ class Sandbox:
         }
         if uid is not None:
             rlimits["RLIMIT_NPROC"] = cfg.max_processes
-        env = {
-            "PATH": "/usr/bin:/bin",
-            "LANG": "C.UTF-8",
-            "HOME": str(workdir),
-            "PRIFT_SANDBOX": marshal.dumps(
-                {"rlimits": rlimits, "uid": uid, "nonce": nonce, "result_fd": write_fd, "stdlib_dirs": STDLIB_DIRS}
-            ).hex(),
+        request = {
+            "workdir": str(workdir), "stdout": str(scratch / "stdout"), "stderr": str(scratch / "stderr"),
+            "result": str(scratch / "result"), "rlimits": rlimits, "uid": uid, "nonce": nonce,
+            "stdlib_dirs": STDLIB_DIRS, "phases": list(phases),
         }
+        server = self._server()
         start = time.perf_counter()
-        timed_out = False
-        with open(scratch / "stdout", "w+b") as out, open(scratch / "stderr", "w+b") as err:
-            try:
-                proc = subprocess.Popen(
-                    [sys.executable, "-I", "-S", "-B", "-c", RUNNER],
-                    cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                    pass_fds=(write_fd,), start_new_session=True,
-                )
-            finally:
-                os.close(write_fd)
-            timed_out = not _wait(proc, cfg.timeout_s)
-            _kill_group(proc.pid)
-            proc.wait()
+        try:
+            pid = server.start(request)
+            code = server.wait(cfg.timeout_s)
+            timed_out = code is None
+            _kill_group(pid)
             if uid is not None:
                 _kill_uid(uid)
-            duration = time.perf_counter() - start
+            if timed_out:
+                code = server.wait(None)
+        except BaseException:
+            server.close()  # a server in an unknown state is not reused
+            raise
+        self._idle.put(server)
+        duration = time.perf_counter() - start
+        with open(scratch / "stdout", "rb") as out, open(scratch / "stderr", "rb") as err:
             stdout, stderr = _tail(out, cfg.output_chars), _tail(err, cfg.output_chars)
-        report = _read_all(read_fd)
-        os.close(read_fd)
+        report = (scratch / "result").read_bytes()
         shutil.rmtree(scratch, ignore_errors=True)
 
         head, _, tail = report.partition(b"\n")
         isolation = {k: int(v) for k, v in (item.split("=") for item in head.decode().split())}
         if isolation:
             isolation["network_namespace"] = bool(isolation["network_namespace"])
-        status, reason = _classify(proc.returncode, timed_out, tail == nonce.encode(), stderr, isolation)
-        return SandboxResult(status, reason, proc.returncode, stdout, stderr, duration, isolation)
+        status, reason = _classify(code, timed_out, tail == nonce.encode(), stderr, isolation)
+        return SandboxResult(status, reason, code, stdout, stderr, duration, isolation)
+
+    def _server(self) -> _Server:
+        try:
+            return self._idle.get_nowait()
+        except queue.Empty:
+            return _Server()
+
+    def close(self) -> None:
+        """Stop the fork servers (they also stop by themselves when this process exits)."""
+        while True:
+            try:
+                self._idle.get_nowait().close()
+            except queue.Empty:
+                return
 
     def run_many(self, programs: list[list[str]], progress: bool = False) -> list[SandboxResult]:
         """Run programs in parallel (threads waiting on processes); results in input order."""
@@ -166,24 +211,6 @@ class Sandbox:
 
                 results = tqdm(results, total=len(programs), desc="sandbox", unit="program")
             return list(results)
-
-
-def _wait(proc: subprocess.Popen, timeout: float) -> bool:
-    """Wait for the process to exit; False on timeout. A pidfd wakes us the moment it exits
-    (Popen.wait(timeout) polls with sleeps of up to 50 ms, a large share of a short program)."""
-    try:
-        pidfd = os.pidfd_open(proc.pid)
-    except (AttributeError, OSError):  # not Linux >= 5.3
-        try:
-            proc.wait(timeout=timeout)
-            return True
-        except subprocess.TimeoutExpired:
-            return False
-    try:
-        ready, _, _ = select.select([pidfd], [], [], timeout)
-        return bool(ready)
-    finally:
-        os.close(pidfd)
 
 
 def _kill_group(pid: int) -> None:
@@ -231,19 +258,6 @@ def _tail(f, chars: int) -> str:
     f.seek(max(0, size - 4 * chars))
     text = f.read().decode("utf-8", "replace")
     return text[-chars:]
-
-
-def _read_all(fd: int) -> bytes:
-    chunks = []
-    while True:
-        try:
-            chunk = os.read(fd, 65536)
-        except BlockingIOError:  # a leftover process still holds the write end; it is dead now
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _classify(code, timed_out, finished, stderr, isolation) -> tuple[Status, str]:

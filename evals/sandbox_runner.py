@@ -1,12 +1,18 @@
-"""The process that runs one untrusted program (started by `evals.sandbox`, never imported).
+"""The fork server that runs untrusted programs (started by `evals.sandbox`, never imported).
 
-It runs as `python -I -S -c <this source>` in an empty working directory and, in this order:
+`serve()` runs as `python -I -S -B -c <this source>`: a trusted process that has already paid for
+interpreter start-up and imports, and reads requests (length-prefixed marshal) on stdin. For each it
+forks a child, reports the child's pid, waits for it and reports its exit status. Forking a warm
+process costs about a millisecond; starting a fresh interpreter costs twenty.
+
+The child (`child`) enters the program's empty working directory, points stdin/stdout/stderr at
+/dev/null and the parent's capture files, and, in this order:
 1. sets resource limits (address space, CPU seconds, file size, processes, no core dumps);
 2. when started as root: enters a fresh network namespace and a mount namespace (see
    `expose_stdlib`), then drops to a throw-away uid/gid that owns nothing on the machine (so
    `RLIMIT_NPROC` counts only this program's processes and the parent can kill every one of them by
    uid); when not root: a user+network namespace if the kernel allows it;
-3. reads the program's phases from `program.marshal` and deletes the file;
+3. takes the program's phases from the request;
 4. installs an audit hook (PEP 578) that refuses opening files outside the working directory for
    writing, reading outside it (the standard library excepted), sockets, subprocesses, fork/exec,
    signals to other processes, ctypes, tracing (which can jump over lines) and other threads'
@@ -14,10 +20,11 @@ It runs as `python -I -S -c <this source>` in an empty working directory and, in
 5. runs the phases on a worker thread in one namespace, giving each phase a fresh copy of the
    original builtins, so a solution that replaces `print`, `abs`, `len`, ... cannot change how the
    tests that follow run; any exception there, `SystemExit(0)` included, exits with status 1;
-6. the main thread writes the parent's nonce to the result pipe only after that thread returned:
-   a program that calls `sys.exit(0)` / `os._exit(0)` or dies early never counts as passed.
-What it achieved in (2) goes to the result pipe first as one JSON line, so results say how isolated
-the run really was.
+6. the main thread writes the parent's nonce to the result file (opened before the uid was dropped)
+   only after that thread returned: a program that calls `sys.exit(0)` / `os._exit(0)` or dies
+   early never counts as passed.
+What it achieved in (2) goes to the result file first as one line, so results say how isolated the
+run really was.
 """
 
 import _thread
@@ -26,8 +33,8 @@ import os
 import resource
 import sys
 
-# Startup time is most of a short program's cost: only builtin or tiny modules are imported here
-# (marshal, not json; _thread, not threading; the stdlib paths come from the parent, not sysconfig).
+import ctypes  # only the trusted server and the child before its hook use it (then it is unloaded)
+import traceback  # imported once here, so a failing program does not pay for it
 
 CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWNET = 0x00020000, 0x10000000, 0x40000000
 MS_BIND, MS_REC, MS_PRIVATE = 4096, 16384, 1 << 18
@@ -47,14 +54,11 @@ CHANGE_EVENTS = {  # event -> indexes of its path arguments, which must lie in t
 }
 
 
-def isolate(uid, stdlib_dirs):
+def isolate(libc, uid, stdlib_dirs):
     """OS-level isolation (step 2); returns what was achieved."""
     isolation = {"network_namespace": False, "uid": os.getuid()}
-    if sys.platform != "linux":
+    if libc is None:
         return isolation
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
     if os.getuid() != 0:
         isolation["network_namespace"] = libc.unshare(CLONE_NEWUSER | CLONE_NEWNET) == 0
         return isolation
@@ -136,8 +140,6 @@ def run_phases(phases, finished):
         sys.stderr.flush()
         os._exit(1)
     except BaseException:
-        import traceback
-
         traceback.print_exc()
         sys.stderr.flush()
         os._exit(1)
@@ -145,31 +147,74 @@ def run_phases(phases, finished):
     finished.release()
 
 
-def main():
-    config = marshal.loads(bytes.fromhex(os.environ.pop("PRIFT_SANDBOX")))
-    for name, value in config["rlimits"].items():
-        hard = value + 1 if name == "RLIMIT_CPU" else value  # SIGXCPU (a timeout) before SIGKILL
-        resource.setrlimit(getattr(resource, name), (value, hard))
-    stdlib_dirs = config["stdlib_dirs"]
-    isolation = isolate(config["uid"], stdlib_dirs)
-    for name in ("ctypes", "_ctypes"):  # a program's `import ctypes` must go through the hook
-        sys.modules.pop(name, None)
-    report = f"network_namespace={int(isolation['network_namespace'])} uid={isolation['uid']}\n"
-    os.write(config["result_fd"], report.encode())
-    with open("program.marshal", "rb") as f:
-        phases = marshal.load(f)
-    os.unlink("program.marshal")
-    workdir = os.path.realpath(os.getcwd())
-    sys.addaudithook(make_guard(workdir, (*stdlib_dirs, workdir, "/dev/null", "/dev/urandom")))
-    # The nonce stays a local of this (main) thread's frame; the program runs on another thread,
-    # whose frames lead back to run_phases and threading, not here (other threads' frames and the
-    # GC's object lists are behind the hook).
-    nonce, result_fd = config.pop("nonce").encode(), config.pop("result_fd")
-    finished = _thread.allocate_lock()
-    finished.acquire()
-    _thread.start_new_thread(run_phases, (phases, finished))
-    finished.acquire()
-    os.write(result_fd, nonce)
+def child(request, libc):
+    """Steps 1-6 in the forked child; never returns."""
+    try:
+        os.setsid()
+        os.chdir(request["workdir"])
+        os.environ["HOME"] = request["workdir"]
+        result_fd = os.open(request["result"], os.O_WRONLY)  # root-owned: opened before the uid drop
+        for fd, path, flags in ((0, "/dev/null", os.O_RDONLY), (1, request["stdout"], os.O_WRONLY), (2, request["stderr"], os.O_WRONLY)):
+            opened = os.open(path, flags)
+            os.dup2(opened, fd)
+            os.close(opened)
+        os.closerange(3, result_fd)
+        os.closerange(result_fd + 1, 1 << 16)
+        for name, value in request["rlimits"].items():
+            hard = value + 1 if name == "RLIMIT_CPU" else value  # SIGXCPU (a timeout) before SIGKILL
+            resource.setrlimit(getattr(resource, name), (value, hard))
+        stdlib_dirs = request["stdlib_dirs"]
+        isolation = isolate(libc, request["uid"], stdlib_dirs)
+        for name in ("ctypes", "_ctypes"):  # a program's `import ctypes` must go through the hook
+            sys.modules.pop(name, None)
+        del libc
+        os.write(result_fd, f"network_namespace={int(isolation['network_namespace'])} uid={isolation['uid']}\n".encode())
+        phases = request["phases"]
+        workdir = os.path.realpath(os.getcwd())
+        nonce = request.pop("nonce").encode()
+        request.clear()
+        sys.addaudithook(make_guard(workdir, (*stdlib_dirs, workdir, "/dev/null", "/dev/urandom")))
+        # The nonce stays a local of this (main) thread's frame; the program runs on another
+        # thread, whose frames lead back to run_phases, not here (other threads' frames and the
+        # GC's object lists are behind the hook).
+        finished = _thread.allocate_lock()
+        finished.acquire()
+        _thread.start_new_thread(run_phases, (phases, finished))
+        finished.acquire()
+        os.write(result_fd, nonce)
+        os._exit(0)
+    except BaseException:
+        traceback.print_exc()
+        sys.stderr.flush()
+        os._exit(3)
 
 
-main()
+def read_exactly(fd, n):
+    data = b""
+    while len(data) < n:
+        chunk = os.read(fd, n - len(data))
+        if not chunk:
+            raise EOFError
+        data += chunk
+    return data
+
+
+def serve():
+    """One request at a time: fork a child, send its pid, reap it, send its exit status."""
+    libc = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+    while True:
+        try:
+            size = int.from_bytes(read_exactly(0, 4), "little")
+        except EOFError:  # the parent is gone
+            return
+        request = marshal.loads(read_exactly(0, size))
+        pid = os.fork()
+        if pid == 0:
+            child(request, libc)
+        del request
+        os.write(1, pid.to_bytes(4, "little"))
+        _, status = os.waitpid(pid, 0)
+        os.write(1, os.waitstatus_to_exitcode(status).to_bytes(4, "little", signed=True))
+
+
+serve()
