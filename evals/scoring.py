@@ -186,8 +186,10 @@ def code_solution(completion: str, prompt: str, entry_point: str) -> str:
     """The program to test: a whole function replaces the prompt's stub (the prompt is kept above it,
     for its imports and helpers); a bare body continues the prompt (HumanEval's convention)."""
     code = extract_code(completion, entry_point)
-    if re.search(rf"^\s*def\s+{re.escape(entry_point)}\s*\(", code, re.M):
-        return prompt + "\n    pass\n\n" + code
+    defines = re.compile(rf"^\s*def\s+{re.escape(entry_point)}\s*\(", re.M)
+    if defines.search(code):
+        stub_body = "\n    pass\n" if defines.search(prompt) else ""  # the stub ends at its docstring
+        return prompt + stub_body + "\n" + code
     return prompt + code
 
 

@@ -76,7 +76,8 @@ class Example:
     gold: str
     """The reference answer (math expression, option letter, label; the canonical solution for code)."""
     meta: dict = field(default_factory=dict)
-    """Scorer inputs beyond gold: code tasks carry prompt / test / entry_point."""
+    """Scorer inputs beyond gold: code tasks carry prompt / entry_point / test (all tests, for eval) /
+    tests + setup (one by one, for RL's fraction-passed reward); choice tasks carry letters."""
 
 
 @dataclass(frozen=True)
@@ -201,7 +202,8 @@ MMATH = "package:mmath/mmath/en.json"
 
 def _humaneval(row: dict, i: int) -> Example:
     entry = row["entry_point"]
-    meta = {"prompt": row["prompt"], "entry_point": entry, "test": row["test"] + f"\n\ncheck({entry})\n"}
+    test = row["test"] + f"\n\ncheck({entry})\n"
+    meta = {"prompt": row["prompt"], "entry_point": entry, "test": test, "tests": [test], "setup": ""}
     return Example(row["task_id"], CODE_PROMPT.format(code=row["prompt"]), row.get("canonical_solution", ""), meta)
 
 
@@ -211,7 +213,10 @@ def _mbpp(row: dict, i: int) -> Example:
     entry = re.search(r"assert\s+(?:not\s+)?\(?\s*(?:set\()?\s*(\w+)\s*\(", tests[0])
     if not entry:
         raise ValueError(f"cannot find the function name in test {tests[0]!r}")
-    meta = {"prompt": "", "entry_point": entry.group(1), "test": setup + "\n" + "\n".join(tests) + "\n"}
+    meta = {
+        "prompt": "", "entry_point": entry.group(1), "test": setup + "\n" + "\n".join(tests) + "\n",
+        "tests": tests, "setup": setup,
+    }
     text = str(_field(row, "text", "prompt"))
     return Example(str(row["task_id"]), MBPP_PROMPT.format(text=text, test=tests[0]), row.get("code", ""), meta)
 

@@ -3,6 +3,8 @@
     prift validate CONFIG [--set a.b=c ...]   check a config, report every bad field, compute nothing
     prift prior CONFIG                         score the SFT data with the frozen reference (cached)
     prift sft CONFIG                           weighted SFT (runs the prior first if it is missing)
+    prift rl CONFIG [--model M]                GRPO from M (default: OUTPUT_DIR/sft/final if it exists,
+                                               else the config's model) -> OUTPUT_DIR/rl/final
     prift eval CONFIG [--model M] [--name N]   benchmarks for a model (default: the config's base
                                                model) -> OUTPUT_DIR/eval/N/<task>/
 
@@ -23,12 +25,13 @@ log = logging.getLogger("prift")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="prift", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in ("validate", "prior", "sft", "eval"):
+    for name in ("validate", "prior", "sft", "rl", "eval"):
         p = sub.add_parser(name)
         p.add_argument("config")
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+        if name in ("rl", "eval"):
+            p.add_argument("--model", help="model folder or hub name (defaults: see above)")
         if name == "eval":
-            p.add_argument("--model", help="model to evaluate (folder, hub name); default: the config's model")
             p.add_argument("--name", help="results folder under eval/; default: 'base' or the model folder's name")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -52,6 +55,17 @@ def main(argv: list[str] | None = None) -> int:
         from prift.sft import run_sft
 
         print(run_sft(cfg.model, cfg.data, cfg.prior, cfg.sft, out / "sft", prior_dir=out / "prior"))
+    elif args.command == "rl":
+        from evals.tasks import TaskError
+        from rl.grpo import run_rl
+
+        sft_final = out / "sft" / "final"
+        model = args.model or (str(sft_final) if sft_final.exists() else cfg.model)
+        try:
+            print(run_rl(model, cfg.rl, out / "rl", eval_tasks=cfg.eval.tasks))
+        except TaskError as e:
+            print(e, file=sys.stderr)
+            return 2
     elif args.command == "eval":
         from evals.stage import run_eval
         from evals.tasks import TaskError

