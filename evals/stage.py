@@ -97,8 +97,17 @@ def domain_means(per_task: dict[str, dict]) -> dict[str, dict]:
     return out
 
 
-def run_eval(model: str, cfg: EvalStageConfig, out_dir: str | Path) -> dict:
-    """Evaluate `model` on every task in `cfg`; returns the summary (also in out_dir/summary.json)."""
+def summarize(model: str, out_dir: Path, task_names: list[str]) -> dict:
+    """Every finished task's metrics and the per-domain means -> out_dir/summary.json."""
+    per_task = {name: json.loads((out_dir / name / "metrics.json").read_text())["metrics"] for name in task_names}
+    summary = {"model": model, "tasks": per_task, "domains": domain_means(per_task)}
+    write_atomic(out_dir / "summary.json", json.dumps(summary, indent=2))
+    return summary
+
+
+def run_eval(model: str, cfg: EvalStageConfig, out_dir: str | Path, write_summary: bool = True) -> dict:
+    """Evaluate `model` on every task in `cfg`; returns the summary (also in out_dir/summary.json
+    unless write_summary is False: the pipeline runs one task per call and summarises once)."""
     out_dir = Path(out_dir)
     # setup: all data first, so a bad task fails before the model loads
     loaded = [(spec, load_examples(spec)) for spec in cfg.tasks]
@@ -126,10 +135,9 @@ def run_eval(model: str, cfg: EvalStageConfig, out_dir: str | Path) -> dict:
         finally:
             generator.close()
 
-    per_task = {spec.name: json.loads((out_dir / spec.name / "metrics.json").read_text())["metrics"] for spec in cfg.tasks}
-    summary = {"model": model, "tasks": per_task, "domains": domain_means(per_task)}
-    write_atomic(out_dir / "summary.json", json.dumps(summary, indent=2))
-    return summary
+    if write_summary:
+        return summarize(model, out_dir, [spec.name for spec in cfg.tasks])
+    return {spec.name: json.loads((out_dir / spec.name / "metrics.json").read_text())["metrics"] for spec in cfg.tasks}
 
 
 def check_prompt_lengths(name: str, examples: list[Example], prompts: list[list[int]], context: int | None) -> None:

@@ -16,14 +16,13 @@ gradient_accumulation_steps x number of processes (the paper: 256 sequences).
 
 from __future__ import annotations
 
-import json
 import logging
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
+from prift.checkpoints import latest_complete_checkpoint, save_final
 from prift.data import DataConfig
 from prift.models import default_device, load_causal_lm, load_tokenizer
 from prift.prior import PriorConfig, load_prior, prepare_rows, run_prior, torch_dtype
@@ -86,11 +85,6 @@ class SFTStageConfig:
 
     def weight_rule(self) -> WeightRule:
         return self.rule if self.rule is not None else resolve_method(self.method)
-
-
-def latest_complete_checkpoint(folder: Path) -> Path | None:
-    done = [p for p in folder.glob("checkpoint-*") if (p / "trainer_state.json").exists()]
-    return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
 
 
 def training_dataset(model_name: str, data: DataConfig, prior: PriorConfig, rule: WeightRule, prior_dir: Path):
@@ -185,12 +179,7 @@ def run_sft(
         log.info("resuming SFT from %s", resume)
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
 
-    tmp = out_dir / "final.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    trainer.save_model(str(tmp))
-    trainer.processing_class.save_pretrained(str(tmp))
     summary = {"method": cfg.method, "rule": asdict(rule), "train": result.metrics, "steps": result.global_step}
-    (tmp / "prift_sft.json").write_text(json.dumps(summary, indent=2, default=str))
-    tmp.rename(final)
+    save_final(trainer, out_dir, "prift_sft.json", summary)
     log.info("SFT finished: %s (%d steps, train loss %.4f)", final, result.global_step, result.training_loss)
     return final

@@ -22,10 +22,8 @@ TRL logs rewards/<name>/mean and std, completions/mean_length, kl (beta > 0) and
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -184,7 +182,7 @@ def run_rl(model: str, cfg: RLStageConfig, out_dir: str | Path, eval_tasks=(), c
     import datasets
 
     from prift.models import resolve_model_path
-    from prift.sft import latest_complete_checkpoint
+    from prift.checkpoints import latest_complete_checkpoint, save_final
 
     out_dir = Path(out_dir)
     final = out_dir / "final"
@@ -214,13 +212,8 @@ def run_rl(model: str, cfg: RLStageConfig, out_dir: str | Path, eval_tasks=(), c
             log.info("resuming RL from %s", resume)
         result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
 
-    tmp = out_dir / "final.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    trainer.save_model(str(tmp))
-    trainer.processing_class.save_pretrained(str(tmp))
     summary = {"from": model, "rollout": rollout, "config": asdict(cfg), "train": result.metrics, "steps": result.global_step}
-    (tmp / "prift_rl.json").write_text(json.dumps(summary, indent=2, default=str))
-    tmp.rename(final)
+    save_final(trainer, out_dir, "prift_rl.json", summary)
     log.info("RL finished: %s (%d steps)", final, result.global_step)
     return final
 

@@ -2,7 +2,6 @@
 
 import json
 import logging
-from pathlib import Path
 
 import pytest
 import torch
@@ -187,3 +186,16 @@ def test_code_reward_is_the_fraction_of_tests_passed():
     right, wrong = "```python\ndef f(x):\n    return x + 1\n```", "def f(x):\n    return 0\n"
     scores = code_tests(None, [right, wrong], code=[meta, meta], scorer=["code", "code"])
     assert scores == pytest.approx([2 / 3, 0.0])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU refusal")
+def test_vllm_server_mode_is_refused_on_cpu_before_any_model(tmp_path):
+    with pytest.raises(RuntimeError, match="vllm_server needs GPUs of its own"):
+        run_rl(str(tmp_path / "no-model"), tiny_rl(rollout="vllm_server"), tmp_path)
+
+
+def test_config_rejects_partial_groups_and_unknown_rewards():
+    with pytest.raises(ValueError, match="must be a multiple of num_generations = 3"):
+        tiny_rl(num_generations=3)
+    with pytest.raises(ValueError, match="unknown reward 'speed'"):
+        RewardSpec("speed")

@@ -11,8 +11,9 @@ import yaml
 from conftest import build_tiny_model
 from prift.data import DataConfig, DataError
 from prift.models import load_causal_lm
-from prift.prior import PriorConfig, load_prior, reference_signals, run_prior
-from prift.sft import SFTStageConfig, latest_complete_checkpoint, run_sft
+from prift.checkpoints import latest_complete_checkpoint
+from prift.prior import PriorConfig, load_prior, run_prior
+from prift.sft import SFTStageConfig, run_sft
 from prift.signals import token_signals
 from workflows.cli import main
 from workflows.config import ConfigError, load_config

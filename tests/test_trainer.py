@@ -1,6 +1,5 @@
 """PriftTrainer: the loss and its normalisation against float64 references, and training invariances."""
 
-from pathlib import Path
 
 import pytest
 import torch

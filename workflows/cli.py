@@ -1,5 +1,7 @@
 """The `prift` command.
 
+    prift run CONFIG [--set a.b=c ...]        the whole pipeline (prior -> sft -> rl -> eval, every method
+                                               and seed) as Ray tasks, resumable, tracked in MLflow
     prift validate CONFIG [--set a.b=c ...]   check a config, report every bad field, compute nothing
     prift prior CONFIG                         score the SFT data with the frozen reference (cached)
     prift sft CONFIG                           weighted SFT (runs the prior first if it is missing)
@@ -25,7 +27,7 @@ log = logging.getLogger("prift")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="prift", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in ("validate", "prior", "sft", "rl", "eval"):
+    for name in ("run", "validate", "prior", "sft", "rl", "eval"):
         p = sub.add_parser(name)
         p.add_argument("config")
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -47,7 +49,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.config}: ok")
         return 0
     out = Path(cfg.output_dir)
-    if args.command == "prior":
+    if args.command == "run":
+        from evals.tasks import TaskError
+        from prift.data import DataError
+        from workflows.pipeline import run_pipeline
+
+        try:
+            run_pipeline(cfg)
+        except (TaskError, DataError) as e:
+            print(e, file=sys.stderr)
+            return 2
+    elif args.command == "prior":
         from prift.prior import run_prior
 
         print(run_prior(cfg.model, cfg.data, cfg.prior, out / "prior"))

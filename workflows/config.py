@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from typing import Literal
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +27,65 @@ class ConfigError(ValueError):
     def __init__(self, problems: list[str]):
         self.problems = problems
         super().__init__("invalid config:\n  " + "\n  ".join(problems))
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What a stage's Ray task asks for (Ray waits until a node has it free)."""
+
+    cpus: float = 1.0
+    """CPU cores."""
+    gpus: float = 0.0
+    """GPUs (fractions share one); a config asking for GPUs on a cluster without any fails up front."""
+
+
+@dataclass(frozen=True)
+class StageResources:
+    prior: Resources = field(default_factory=Resources)
+    sft: Resources = field(default_factory=Resources)
+    rl: Resources = field(default_factory=Resources)
+    eval: Resources = field(default_factory=Resources)
+    """Per benchmark task (eval fans out one Ray task per model and benchmark)."""
+
+
+@dataclass(frozen=True)
+class StageSwitches:
+    """Which stages run (a stage that is off is neither run nor required by the later ones)."""
+
+    prior: bool = True
+    sft: bool = True
+    rl: bool = True
+    eval: bool = True
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """What `prift run` chains, and where it keeps and tracks the results."""
+
+    experiment: str = "prift"
+    """MLflow experiment, and the folder under `storage` that holds this sweep's runs."""
+    storage: str = "runs"
+    """Root of the run directories (a shared filesystem on a cluster)."""
+    methods: list[str] = field(default_factory=lambda: ["prift_mass"])
+    """SFT methods to compare (sft, dft, prift_prob, prift_mass); one run each, per seed."""
+    seeds: list[int] = field(default_factory=lambda: [0])
+    """Seeds (SFT and RL); one run per method and seed."""
+    stages: StageSwitches = field(default_factory=StageSwitches)
+    """Stages to run."""
+    eval_models: list[Literal["base", "sft", "rl"]] = field(default_factory=lambda: ["base", "sft", "rl"])
+    """Which checkpoints the eval stage scores (the base model once per sweep)."""
+    resources: StageResources = field(default_factory=StageResources)
+    """Ray resources per stage task."""
+    ray_address: str | None = None
+    """Ray cluster to join; None: RAY_ADDRESS if set (ray job submit sets it), else a local Ray."""
+
+    def __post_init__(self):
+        from prift.weights import resolve_method
+
+        for m in self.methods:
+            resolve_method(m)
+        if not self.methods or not self.seeds:
+            raise ValueError("methods and seeds must each name at least one value")
 
 
 @dataclass(frozen=True)
@@ -46,6 +106,8 @@ class StagesConfig:
     """GRPO settings for `prift rl`."""
     eval: EvalStageConfig = field(default_factory=EvalStageConfig)
     """Benchmarks, sampling and generation backend for `prift eval`."""
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    """Sweep, stages, resources, storage and tracking for `prift run` (the other commands ignore it)."""
 
 
 def from_dict(cls, data, path: str = ""):

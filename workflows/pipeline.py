@@ -1,0 +1,281 @@
+"""The pipeline: prior -> sft -> rl -> eval for every (method, seed), as Ray tasks, resumable, in MLflow.
+
+    prift run CONFIG [--set a.b=c]                     # a local Ray, or RAY_ADDRESS's cluster
+    ray job submit --working-dir . -- python -m workflows.run CONFIG
+
+setup:   the config is validated (every bad field at once); the SFT data, every eval task and the RL
+         prompts (with the eval-overlap check) are loaded and checked, and GPUs asked for must
+         exist in the Ray cluster -- all before any model loads.
+stages:  each is a Ray task with the resources `pipeline.resources` declares, calling the same stage
+         function as the single-stage commands:
+           prior  once per sweep (shared by every method and seed; keyed by its inputs)
+           sft    per run: PriFT/SFT from the base model, resumes from its newest checkpoint
+           rl     per run: GRPO from sft/final
+           eval   one task per (model, benchmark): base once per sweep, sft and rl per run
+resume:  the run directory's manifest says what is done (workflows/rundir.py); MLflow runs are
+         reattached through the ids it stores (workflows/tracking.py).
+Prints a method x task table and the `mlflow ui` command at the end.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import yaml
+
+from workflows.config import StagesConfig
+from workflows.rundir import Manifest, config_hash, run_name
+from workflows.tracking import MetricsCallback, Tracker, tracking_uri
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------- stage tasks (run in Ray workers)
+
+
+def _tracker(tracking: dict) -> Tracker:
+    return Tracker(tracking["uri"], tracking["experiment"])
+
+
+def prior_task(cfg: StagesConfig, prior_dir: str) -> str:
+    from prift.prior import run_prior
+
+    return str(run_prior(cfg.model, cfg.data, cfg.prior, Path(prior_dir)))
+
+
+def sft_task(cfg: StagesConfig, out_dir: str, prior_dir: str, tracking: dict) -> str:
+    from prift.sft import run_sft
+
+    callback = MetricsCallback(_tracker(tracking), tracking["run_id"])
+    return str(run_sft(cfg.model, cfg.data, cfg.prior, cfg.sft, out_dir, prior_dir=prior_dir, callbacks=[callback]))
+
+
+def rl_task(cfg: StagesConfig, model: str, out_dir: str, tracking: dict) -> str:
+    from rl.grpo import run_rl
+
+    callback = MetricsCallback(_tracker(tracking), tracking["run_id"])
+    return str(run_rl(model, cfg.rl, out_dir, eval_tasks=cfg.eval.tasks, callbacks=[callback]))
+
+
+def eval_task(cfg: StagesConfig, model: str, task_index: int, out_dir: str, tracking: dict) -> dict:
+    import json
+
+    from evals.stage import run_eval
+
+    spec = cfg.eval.tasks[task_index]
+    metrics = run_eval(model, replace(cfg.eval, tasks=[spec]), out_dir, write_summary=False)[spec.name]
+    tracker = _tracker(tracking)
+    tracker.metrics(tracking["run_id"], {f"{spec.name}/{k}": v for k, v in metrics.items()})
+    rows = [json.loads(line) for line in (Path(out_dir) / spec.name / "samples.jsonl").read_text().splitlines()[:200]]
+    tracker.table(tracking["run_id"], rows, f"samples/{spec.name}.json")
+    return metrics
+
+
+# ---------------------------------------------------------------- the driver
+
+
+def preflight(cfg: StagesConfig) -> None:
+    """Everything that can be checked without a model, so bad input fails before any compute."""
+    from evals.tasks import load_examples
+    from prift.data import load_rows, validate_rows
+
+    on = cfg.pipeline.stages
+    if on.sft or on.prior:
+        validate_rows(load_rows(cfg.data), cfg.data)
+    if on.eval:
+        for spec in cfg.eval.tasks:
+            load_examples(spec)
+    if on.rl:
+        from rl.prompts import build_rows, check_no_eval_overlap
+
+        check_no_eval_overlap(build_rows(cfg.rl.prompts), cfg.eval.tasks)
+
+
+def check_resources(cfg: StagesConfig) -> None:
+    import ray
+
+    have = ray.cluster_resources().get("GPU", 0)
+    res = cfg.pipeline.resources
+    wanted = {f.name: getattr(res, f.name).gpus for f in dataclasses.fields(res) if getattr(res, f.name).gpus > have}
+    if wanted:
+        asks = ", ".join(f"pipeline.resources.{k}.gpus: {v}" for k, v in wanted.items())
+        raise RuntimeError(f"the Ray cluster has {have:g} GPU(s); the config asks for more: {asks}")
+
+
+def _remote(fn, res):
+    import ray
+
+    return ray.remote(num_cpus=res.cpus, num_gpus=res.gpus, max_retries=0)(fn)
+
+
+class Pipeline:
+    def __init__(self, cfg: StagesConfig):
+        self.cfg = cfg
+        self.root = Path(cfg.pipeline.storage) / cfg.pipeline.experiment
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.uri = tracking_uri(Path(cfg.pipeline.storage))
+        self.tracker = Tracker(self.uri, cfg.pipeline.experiment, Path(cfg.pipeline.storage) / "mlartifacts")
+        self.res = cfg.pipeline.resources
+
+    def tracking(self, run_id: str) -> dict:
+        return {"uri": self.uri, "experiment": self.cfg.pipeline.experiment, "run_id": run_id}
+
+    def run(self) -> dict:
+        import ray
+
+        cfg = self.cfg
+        on = cfg.pipeline.stages
+        prior_dir = self.root / "prior"
+        if on.prior and any(m.startswith("prift") for m in cfg.pipeline.methods):
+            log.info("prior: scoring the SFT data once for the whole sweep")
+            ray.get(_remote(prior_task, self.res.prior).remote(cfg, str(prior_dir)))
+        base = self.eval_base() if on.eval and "base" in cfg.pipeline.eval_models else {}
+        runs = [(m, s) for m in cfg.pipeline.methods for s in cfg.pipeline.seeds]
+        with ThreadPoolExecutor(len(runs)) as pool:  # Ray decides how many run at once (resources)
+            results = list(pool.map(lambda ms: self.run_one(*ms, prior_dir, base), runs))
+        return {"base": base, "runs": dict(zip([f"{m}/s{s}" for m, s in runs], results))}
+
+    def eval_base(self) -> dict:
+        """The base model is scored once per sweep, in <experiment>/base/."""
+        folder = self.root / "base"
+        folder.mkdir(exist_ok=True)
+        manifest = Manifest(folder)
+        parent = self.tracker.run(manifest.data.get("mlflow_run_id"), "base", {"method": "base", "model": self.cfg.model})
+        manifest.data["mlflow_run_id"] = parent
+        manifest.save()
+        return self.stage_eval(manifest, parent, "base", self.cfg.model, folder, self.cfg)
+
+    def run_one(self, method: str, seed: int, prior_dir: Path, base: dict) -> dict:
+        cfg = replace(self.cfg, sft=replace(self.cfg.sft, method=method, seed=seed), rl=replace(self.cfg.rl, seed=seed))
+        digest = config_hash({k: v for k, v in asdict(cfg).items() if k not in ("pipeline", "output_dir")})
+        name = run_name(method, cfg.model, seed, digest)
+        folder = self.root / name
+        folder.mkdir(exist_ok=True)
+        (folder / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
+        manifest = Manifest(folder)
+        tags = {"method": method, "model": cfg.model, "seed": seed, "config_hash": digest, "status": "running"}
+        parent = self.tracker.run(manifest.data.get("mlflow_run_id"), name, tags)
+        manifest.data.update(run_name=name, config_hash=digest, mlflow_run_id=parent)
+        manifest.save()
+        self.tracker.params(parent, {k: v for k, v in asdict(cfg).items() if k != "pipeline"})
+        try:
+            summary = self.stages(cfg, manifest, parent, folder, prior_dir)
+        except BaseException:
+            self.tracker.tags(parent, {"status": "failed"})
+            self.tracker.finish(parent, "FAILED")
+            raise
+        if base:
+            self.tracker.metrics(parent, {f"eval/base/{t}/{k}": v for t, m in base.items() for k, v in m.items()})
+        self.tracker.tags(parent, {"status": "finished"})
+        self.tracker.artifact(parent, folder / "config.yaml")
+        self.tracker.artifact(parent, manifest.path)
+        self.tracker.finish(parent)
+        return summary
+
+    def stages(self, cfg, manifest: Manifest, parent: str, folder: Path, prior_dir: Path) -> dict:
+        import ray
+
+        on, model, results = cfg.pipeline.stages, cfg.model, {}
+        if on.sft:
+            digest = config_hash([cfg.model, asdict(cfg.data), asdict(cfg.prior), asdict(cfg.sft)])
+            final = folder / "sft" / "final"
+            if not manifest.is_done("sft", digest, (final / "config.json").exists()):
+                run_id = self.stage_run(manifest, "sft", parent, cfg.sft)
+                manifest.mark("sft", status="running", hash=digest)
+                ray.get(_remote(sft_task, self.res.sft).remote(cfg, str(folder / "sft"), str(prior_dir), self.tracking(run_id)))
+                manifest.mark("sft", status="done", outputs={"final": str(final)})
+                self.tracker.finish(run_id)
+            model = str(final)
+        if on.rl:
+            digest = config_hash([model, manifest.stage("sft").get("hash"), asdict(cfg.rl), asdict(cfg.eval)["tasks"]])
+            final = folder / "rl" / "final"
+            if not manifest.is_done("rl", digest, (final / "config.json").exists()):
+                run_id = self.stage_run(manifest, "rl", parent, cfg.rl)
+                manifest.mark("rl", status="running", hash=digest)
+                ray.get(_remote(rl_task, self.res.rl).remote(cfg, model, str(folder / "rl"), self.tracking(run_id)))
+                manifest.mark("rl", status="done", outputs={"final": str(final)})
+                self.tracker.finish(run_id)
+        if on.eval:
+            trained = {"sft": folder / "sft" / "final", "rl": folder / "rl" / "final"}
+            for name in ("sft", "rl"):
+                if name in cfg.pipeline.eval_models and getattr(on, name):
+                    results[name] = self.stage_eval(manifest, parent, name, str(trained[name]), folder, cfg)
+        return results
+
+    def stage_run(self, manifest: Manifest, stage: str, parent: str, stage_cfg) -> str:
+        run_id = self.tracker.run(manifest.stage(stage).get("mlflow_run_id"), stage, {"stage": stage}, parent=parent)
+        manifest.mark(stage, mlflow_run_id=run_id)
+        self.tracker.params(run_id, asdict(stage_cfg))
+        return run_id
+
+    def stage_eval(self, manifest: Manifest, parent: str, name: str, model: str, folder: Path, cfg) -> dict:
+        """Fan out one Ray task per benchmark; returns {task: metrics} and logs them on the parent."""
+        import ray
+
+        from evals.stage import summarize
+
+        stage = f"eval_{name}"
+        digest = config_hash([model, manifest.stage("rl" if name == "rl" else "sft").get("hash"), asdict(cfg.eval)])
+        out = folder / "eval" / name
+        names = [t.name for t in cfg.eval.tasks]
+        if not manifest.is_done(stage, digest, (out / "summary.json").exists()):
+            run_id = self.stage_run(manifest, stage, parent, cfg.eval)
+            manifest.mark(stage, status="running", hash=digest)
+            task = _remote(eval_task, self.res.eval)
+            ray.get([task.remote(cfg, model, i, str(out), self.tracking(run_id)) for i in range(len(names))])
+            summary = summarize(model, out, names)
+            self.tracker.metrics(run_id, {f"{d}/{k}": v for d, m in summary["domains"].items() for k, v in m.items()})
+            manifest.mark(stage, status="done", outputs={"summary": str(out / "summary.json")})
+            self.tracker.finish(run_id)
+        summary = summarize(model, out, names)
+        self.tracker.metrics(parent, {f"eval/{name}/{t}/{k}": v for t, m in summary["tasks"].items() for k, v in m.items()})
+        return summary["tasks"]
+
+
+def run_pipeline(cfg: StagesConfig) -> dict:
+    import ray
+
+    preflight(cfg)
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=cfg.pipeline.ray_address, include_dashboard=False, log_to_driver=True,
+                 runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
+    try:
+        check_resources(cfg)
+        pipeline = Pipeline(cfg)
+        results = pipeline.run()
+        print(comparison_table(results, [t.name for t in cfg.eval.tasks]))
+        print(f"\nMLflow: mlflow ui --backend-store-uri {pipeline.uri}   (experiment {cfg.pipeline.experiment!r})")
+        return results
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def comparison_table(results: dict, tasks: list[str]) -> str:
+    """Method x task: Avg@n of the last trained model of each run (rl, else sft), and the base."""
+    rows = []
+    if results.get("base"):
+        rows.append(("base", results["base"]))
+    for run, models in results["runs"].items():
+        last = models.get("rl") or models.get("sft")
+        if last:
+            rows.append((f"{run} ({'rl' if 'rl' in models else 'sft'})", last))
+    if not rows:
+        return "(no evaluation ran)"
+
+    def avg(metrics: dict) -> str:
+        key = next((k for k in metrics if k.startswith("avg_at_")), None)
+        return f"{100 * metrics[key]:.1f}" if key else "-"
+
+    width = max(len(r[0]) for r in rows)
+    lines = [f"{'model':{width}s} | " + " | ".join(f"{t:>10s}" for t in tasks)]
+    lines.append("-" * len(lines[0]))
+    for label, per_task in rows:
+        lines.append(f"{label:{width}s} | " + " | ".join(f"{avg(per_task.get(t, {})):>10s}" for t in tasks))
+    return "Avg@n (%) per task\n" + "\n".join(lines)
+

@@ -1,0 +1,55 @@
+"""The run directory and its manifest: the single source of truth for what is finished.
+
+    <storage>/<experiment>/prior/            the reference signals, shared by every run of the sweep
+    <storage>/<experiment>/<run_name>/
+      config.yaml     the resolved config of this run (method and seed filled in)
+      manifest.json   per stage: status, hash of what it depends on, outputs, metrics, MLflow run id
+      sft/ rl/        checkpoints and final/
+      eval/<model>/<task>/
+
+`run_name` comes from the config (method, model, seed, short hash), so submitting the same config
+again finds the same folder: a stage whose manifest entry is done with the same hash, and whose
+outputs exist, is skipped; anything else runs again (training stages resume from their newest
+checkpoint). Only the driver writes the manifest, always through a temporary file and a rename.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import asdict
+from pathlib import Path
+
+
+def config_hash(value) -> str:
+    data = asdict(value) if hasattr(value, "__dataclass_fields__") else value
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def run_name(method: str, model: str, seed: int, digest: str) -> str:
+    short = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(model.rstrip("/")).name).strip("-").lower()
+    return f"{method}-{short}-s{seed}-{digest[:8]}"
+
+
+class Manifest:
+    def __init__(self, folder: Path):
+        self.path = folder / "manifest.json"
+        self.data = json.loads(self.path.read_text()) if self.path.exists() else {"stages": {}}
+
+    def save(self) -> None:
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps(self.data, indent=2, default=str))
+        os.replace(tmp, self.path)
+
+    def stage(self, name: str) -> dict:
+        return self.data["stages"].setdefault(name, {})
+
+    def is_done(self, name: str, digest: str, outputs_exist: bool) -> bool:
+        entry = self.data["stages"].get(name, {})
+        return entry.get("status") == "done" and entry.get("hash") == digest and outputs_exist
+
+    def mark(self, name: str, **fields) -> None:
+        self.stage(name).update(fields)
+        self.save()
