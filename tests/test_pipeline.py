@@ -91,3 +91,100 @@ def test_bad_pipeline_configs_fail_fast_listing_every_problem(tiny_model, sft_fi
     assert main(["run", write(tmp_path, missing)]) == 2
     assert "nope.jsonl" in capsys.readouterr().err
     assert not (tmp_path / "store").exists()  # nothing was started
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _kill_group(proc) -> None:
+    import os
+    import signal
+
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+@pytest.mark.slow
+def test_kill_9_during_sft_then_rerun_resumes(tiny_model, sft_file, tmp_path, monkeypatch):
+    """The driver dies mid-SFT; the same command again skips nothing finished, continues SFT from
+    its checkpoint, completes the manifest, and MLflow still has one parent run for it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    storage = tmp_path / "store"
+    config = tiny_pipeline(tiny_model, sft_file, storage, methods=["prift_mass"], eval_models=["sft"])
+    config["sft"] |= {"max_steps": 60, "save_steps": 2}
+    config["pipeline"]["stages"] = {"rl": False}
+    path = write(tmp_path, config)
+    cmd = [sys.executable, "-m", "workflows.run", path]
+    first = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while not list(storage.glob("tiny/prift_mass-*/sft/checkpoints/checkpoint-4/trainer_state.json")):
+            assert first.poll() is None and time.monotonic() < deadline, "SFT never reached step 4"
+            time.sleep(0.05)
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait()
+    finally:
+        _kill_group(first)  # Ray's local processes started by the driver
+    run = next(p for p in (storage / "tiny").iterdir() if p.name.startswith("prift_mass-"))
+    assert not (run / "sft" / "final").exists()
+    prior_stamp = max(p.stat().st_mtime_ns for p in (storage / "tiny" / "prior").rglob("*") if p.is_file())
+
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=600, start_new_session=True)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resuming SFT from" in second.stderr and "checkpoint-" in second.stderr
+    assert "prior: scoring" in second.stderr  # the stage is asked for, and its cache makes it a no-op:
+    assert max(p.stat().st_mtime_ns for p in (storage / "tiny" / "prior").rglob("*") if p.is_file()) == prior_stamp
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert {k: v["status"] for k, v in manifest["stages"].items()} == {"sft": "done", "eval_sft": "done"}
+    state = json.loads(max((run / "sft" / "checkpoints").glob("checkpoint-*/trainer_state.json"),
+                           key=lambda p: int(p.parent.name.split("-")[1])).read_text())
+    assert state["global_step"] == 60
+    _, runs = mlflow_runs(storage)
+    assert sum(1 for r in runs if r.data.tags.get("method") == "prift_mass") == 1
+
+
+@pytest.mark.slow
+def test_ray_job_submit_runs_the_pipeline_on_a_cluster(tiny_model, sft_file, tmp_path, monkeypatch):
+    """`ray start --head` on loopback, `ray job submit` of the tiny pipeline, job succeeds, cluster stopped."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    storage = tmp_path / "store"
+    config = tiny_pipeline(tiny_model, sft_file, storage, methods=["sft"], eval_models=["sft"])
+    config["pipeline"]["stages"] = {"rl": False}
+    path = write(tmp_path, config)
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ["PATH"], "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    port, dashboard = _free_port(), _free_port()
+    ray = str(Path(bin_dir) / "ray")
+    subprocess.run([ray, "start", "--head", f"--port={port}", "--num-cpus=2", "--dashboard-host=127.0.0.1",
+                    f"--dashboard-port={dashboard}", "--disable-usage-stats"], env=env, check=True, timeout=180,
+                   capture_output=True)
+    try:
+        env["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{dashboard}"
+        job = subprocess.run([ray, "job", "submit", "--working-dir", str(repo), "--", "python", "-m", "workflows.run", path],
+                             env=env, cwd=repo, capture_output=True, text=True, timeout=900)
+        assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+        assert "succeeded" in (job.stdout + job.stderr).lower()
+    finally:
+        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
+    run = next(p for p in (storage / "tiny").iterdir() if p.name.startswith("sft-"))
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert {k: v["status"] for k, v in manifest["stages"].items()} == {"sft": "done", "eval_sft": "done"}

@@ -41,13 +41,20 @@ def _tracker(tracking: dict) -> Tracker:
     return Tracker(tracking["uri"], tracking["experiment"])
 
 
+def _worker_logging() -> None:
+    """Ray workers start with Python's default (warnings only); show the stages' progress lines."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
 def prior_task(cfg: StagesConfig, prior_dir: str) -> str:
+    _worker_logging()
     from prift.prior import run_prior
 
     return str(run_prior(cfg.model, cfg.data, cfg.prior, Path(prior_dir)))
 
 
 def sft_task(cfg: StagesConfig, out_dir: str, prior_dir: str, tracking: dict) -> str:
+    _worker_logging()
     from prift.sft import run_sft
 
     callback = MetricsCallback(_tracker(tracking), tracking["run_id"])
@@ -55,6 +62,7 @@ def sft_task(cfg: StagesConfig, out_dir: str, prior_dir: str, tracking: dict) ->
 
 
 def rl_task(cfg: StagesConfig, model: str, out_dir: str, tracking: dict) -> str:
+    _worker_logging()
     from rl.grpo import run_rl
 
     callback = MetricsCallback(_tracker(tracking), tracking["run_id"])
@@ -62,6 +70,7 @@ def rl_task(cfg: StagesConfig, model: str, out_dir: str, tracking: dict) -> str:
 
 
 def eval_task(cfg: StagesConfig, model: str, task_index: int, out_dir: str, tracking: dict) -> dict:
+    _worker_logging()
     import json
 
     from evals.stage import run_eval
