@@ -160,6 +160,7 @@ def test_kill_9_during_sft_then_rerun_resumes(tiny_model, sft_file, tmp_path, mo
 def test_ray_job_submit_runs_the_pipeline_on_a_cluster(tiny_model, sft_file, tmp_path, monkeypatch):
     """`ray start --head` on loopback, `ray job submit` of the tiny pipeline, job succeeds, cluster stopped."""
     import os
+    import secrets
     import subprocess
     import sys
     from pathlib import Path
@@ -170,7 +171,12 @@ def test_ray_job_submit_runs_the_pipeline_on_a_cluster(tiny_model, sft_file, tmp
     config["pipeline"]["stages"] = {"rl": False}
     path = write(tmp_path, config)
     bin_dir = str(Path(sys.executable).parent)
-    env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ["PATH"], "RAY_USAGE_STATS_ENABLED": "0"}
+    # Token auth, which Ray 2.60 turns on for local clusters: the cluster, the job and the client
+    # read one token, kept in the test's folder rather than ~/.ray.
+    token = tmp_path / "ray_auth_token"
+    token.write_text(secrets.token_hex(32))
+    env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ["PATH"], "RAY_USAGE_STATS_ENABLED": "0",
+           "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
     env.pop("MLFLOW_TRACKING_URI", None)
     port, dashboard = _free_port(), _free_port()
     ray = str(Path(bin_dir) / "ray")
