@@ -13,7 +13,8 @@ worker, started on first use; forking it costs ~1 ms where a fresh interpreter c
   files outside its directory are read-only to it and every process it starts can be killed by uid,
   wherever it moved (`setsid`, double fork); not as root, a user+network namespace when allowed;
 - a Python audit hook (PEP 578) that refuses opening files outside its directory (reads of the
-  standard library excepted), sockets, subprocesses, fork/exec, signals, ctypes and frame access;
+  standard library excepted), sockets, subprocesses, fork/exec, signals, ctypes, tracing, and
+  other threads' frames or the GC's object lists (where the nonce could be found);
 - a wall-clock timeout that kills the whole process group (and, as root, every process of its uid);
 - stdout/stderr go to files capped by the file-size limit; the result keeps the last bytes only.
 A program passes only if its last phase returned and the runner then wrote this run's random nonce

@@ -31,11 +31,16 @@ def completion_text(completion) -> str:
     return completion
 
 
+def _kinds(scorer, n: int) -> list:
+    """The rows' `scorer` column, or None for every row when the dataset has no such column."""
+    return scorer or [None] * n
+
+
 def math_answer(prompts, completions, answer, scorer=None, **_) -> list[float | None]:
     """1 if the final answer (last \\boxed{}, ####, ...) equals `answer` by math-verify."""
     return [
         score_math(completion_text(c), a).value if kind in (None, "math") else None
-        for c, a, kind in zip(completions, answer, scorer or [None] * len(completions))
+        for c, a, kind in zip(completions, answer, _kinds(scorer, len(completions)))
     ]
 
 
@@ -43,7 +48,7 @@ def choice_answer(prompts, completions, answer, letters, scorer=None, **_) -> li
     """1 if the chosen option letter is `answer` (naming two options scores 0)."""
     return [
         score_choice(completion_text(c), a, ls).value if kind in (None, "choice") else None
-        for c, a, ls, kind in zip(completions, answer, letters, scorer or [None] * len(completions))
+        for c, a, ls, kind in zip(completions, answer, letters, _kinds(scorer, len(completions)))
     ]
 
 
@@ -51,7 +56,7 @@ def label_answer(prompts, completions, answer, scorer=None, **_) -> list[float |
     """1 if the yes / no / maybe label is `answer`."""
     return [
         score_label(completion_text(c), a, ("yes", "no", "maybe")).value if kind in (None, "label") else None
-        for c, a, kind in zip(completions, answer, scorer or [None] * len(completions))
+        for c, a, kind in zip(completions, answer, _kinds(scorer, len(completions)))
     ]
 
 
@@ -70,7 +75,7 @@ def code_tests(prompts, completions, code, scorer=None, **_) -> list[float | Non
     global _SANDBOX
     _SANDBOX = _SANDBOX or Sandbox(SandboxConfig(timeout_s=5, cpu_s=5))
     programs, owners = [], []
-    for i, (c, meta, kind) in enumerate(zip(completions, code, scorer or [None] * len(completions))):
+    for i, (c, meta, kind) in enumerate(zip(completions, code, _kinds(scorer, len(completions)))):
         if kind not in (None, "code"):
             continue
         solution = code_solution(completion_text(c), meta["prompt"], meta["entry_point"])
@@ -82,7 +87,7 @@ def code_tests(prompts, completions, code, scorer=None, **_) -> list[float | Non
     for i, r in zip(owners, results):
         total[i] += 1
         passed[i] += r.passed
-    kinds = scorer or [None] * len(completions)
+    kinds = _kinds(scorer, len(completions))
     return [(p / t if t else 0.0) if k in (None, "code") else None for p, t, k in zip(passed, total, kinds)]
 
 

@@ -20,6 +20,7 @@ Prints a method x task table and the `mlflow ui` command at the end.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, replace
@@ -186,34 +187,36 @@ class Pipeline:
         return summary
 
     def stages(self, cfg, manifest: Manifest, parent: str, folder: Path, prior_dir: Path) -> dict:
-        import ray
-
         on, model, results = cfg.pipeline.stages, cfg.model, {}
         if on.sft:
             digest = config_hash([cfg.model, asdict(cfg.data), asdict(cfg.prior), asdict(cfg.sft)])
-            final = folder / "sft" / "final"
-            if not manifest.is_done("sft", digest, (final / "config.json").exists()):
-                run_id = self.stage_run(manifest, "sft", parent, cfg.sft)
-                manifest.mark("sft", status="running", hash=digest)
-                ray.get(_remote(sft_task, self.res.sft).remote(cfg, str(folder / "sft"), str(prior_dir), self.tracking(run_id)))
-                manifest.mark("sft", status="done", outputs={"final": str(final)})
-                self.tracker.finish(run_id)
-            model = str(final)
+            self.train_stage(manifest, parent, "sft", digest, folder, cfg.sft,
+                             _remote(sft_task, self.res.sft), cfg, str(folder / "sft"), str(prior_dir))
+            model = str(folder / "sft" / "final")
         if on.rl:
             digest = config_hash([model, manifest.stage("sft").get("hash"), asdict(cfg.rl), asdict(cfg.eval)["tasks"]])
-            final = folder / "rl" / "final"
-            if not manifest.is_done("rl", digest, (final / "config.json").exists()):
-                run_id = self.stage_run(manifest, "rl", parent, cfg.rl)
-                manifest.mark("rl", status="running", hash=digest)
-                ray.get(_remote(rl_task, self.res.rl).remote(cfg, model, str(folder / "rl"), self.tracking(run_id)))
-                manifest.mark("rl", status="done", outputs={"final": str(final)})
-                self.tracker.finish(run_id)
+            self.train_stage(manifest, parent, "rl", digest, folder, cfg.rl,
+                             _remote(rl_task, self.res.rl), cfg, model, str(folder / "rl"))
         if on.eval:
             trained = {"sft": folder / "sft" / "final", "rl": folder / "rl" / "final"}
             for name in ("sft", "rl"):
                 if name in cfg.pipeline.eval_models and getattr(on, name):
                     results[name] = self.stage_eval(manifest, parent, name, str(trained[name]), folder, cfg)
         return results
+
+    def train_stage(self, manifest: Manifest, parent: str, stage: str, digest: str, folder: Path, stage_cfg, task, *args) -> None:
+        """Run a training stage's Ray task (its last argument is the tracking info) unless the
+        manifest says it is done with this hash and <stage>/final exists."""
+        import ray
+
+        final = folder / stage / "final"
+        if manifest.is_done(stage, digest, (final / "config.json").exists()):
+            return
+        run_id = self.stage_run(manifest, stage, parent, stage_cfg)
+        manifest.mark(stage, status="running", hash=digest)
+        ray.get(task.remote(*args, self.tracking(run_id)))
+        manifest.mark(stage, status="done", outputs={"final": str(final)})
+        self.tracker.finish(run_id)
 
     def stage_run(self, manifest: Manifest, stage: str, parent: str, stage_cfg) -> str:
         run_id = self.tracker.run(manifest.stage(stage).get("mlflow_run_id"), stage, {"stage": stage}, parent=parent)
@@ -240,7 +243,8 @@ class Pipeline:
             self.tracker.metrics(run_id, {f"{d}/{k}": v for d, m in summary["domains"].items() for k, v in m.items()})
             manifest.mark(stage, status="done", outputs={"summary": str(out / "summary.json")})
             self.tracker.finish(run_id)
-        summary = summarize(model, out, names)
+        else:
+            summary = json.loads((out / "summary.json").read_text())
         self.tracker.metrics(parent, {f"eval/{name}/{t}/{k}": v for t, m in summary["tasks"].items() for k, v in m.items()})
         return summary["tasks"]
 
