@@ -18,11 +18,20 @@ def latest_complete_checkpoint(folder: Path) -> Path | None:
 
 
 def save_final(trainer, out_dir: Path, summary_name: str, summary: dict) -> Path:
-    """Model + tokenizer + a JSON summary into <out_dir>/final, atomically."""
+    """Model + tokenizer + a JSON summary into <out_dir>/final, atomically.
+
+    Called on every rank of a data-parallel run: `save_model` is collective (it gathers sharded
+    weights) and writes on rank 0 only; rank 0 alone renames, and no rank returns before final/ exists.
+    """
     final, tmp = out_dir / "final", out_dir / "final.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
+    main = trainer.is_world_process_zero()
+    if main:
+        shutil.rmtree(tmp, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
     trainer.save_model(str(tmp))
-    trainer.processing_class.save_pretrained(str(tmp))
-    (tmp / summary_name).write_text(json.dumps(summary, indent=2, default=str))
-    tmp.rename(final)
+    if main:
+        trainer.processing_class.save_pretrained(str(tmp))
+        (tmp / summary_name).write_text(json.dumps(summary, indent=2, default=str))
+        tmp.rename(final)
+    trainer.accelerator.wait_for_everyone()
     return final

@@ -179,7 +179,8 @@ def run_sft(
         log.info("resuming SFT from %s", resume)
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
 
-    summary = {"method": cfg.method, "rule": asdict(rule), "train": result.metrics, "steps": result.global_step}
+    summary = {"method": cfg.method, "rule": asdict(rule), "train": result.metrics, "steps": result.global_step,
+               "world_size": trainer.args.world_size}
     save_final(trainer, out_dir, "prift_sft.json", summary)
     log.info("SFT finished: %s (%d steps, train loss %.4f)", final, result.global_step, result.training_loss)
     return final

@@ -54,13 +54,15 @@ def labels_from_mask(input_ids: list[int], response_mask: list[int]) -> list[int
     return [t if m else IGNORE for t, m in zip(input_ids, response_mask)]
 
 
+def _row_labels(row: dict) -> dict:
+    return {"labels": labels_from_mask(row["input_ids"], row["response_mask"])}
+
+
 def with_labels(dataset):
     """Add `labels` from `response_mask`, as TRL expects of prepared data."""
-    return dataset.map(
-        lambda r: {"labels": labels_from_mask(r["input_ids"], r["response_mask"])},
-        remove_columns=["response_mask"],
-        desc="labels",
-    )
+    # A module-level function, not a lambda: datasets fingerprints the mapped function with dill, which
+    # disassembles lambdas by redirecting stdout, and under Ray Train's print patch that text leaks out.
+    return dataset.map(_row_labels, remove_columns=["response_mask"], desc="labels")
 
 
 class PriftTrainer(SFTTrainer):

@@ -212,7 +212,8 @@ def run_rl(model: str, cfg: RLStageConfig, out_dir: str | Path, eval_tasks=(), c
             log.info("resuming RL from %s", resume)
         result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
 
-    summary = {"from": model, "rollout": rollout, "config": asdict(cfg), "train": result.metrics, "steps": result.global_step}
+    summary = {"from": model, "rollout": rollout, "config": asdict(cfg), "train": result.metrics, "steps": result.global_step,
+               "world_size": trainer.args.world_size}
     save_final(trainer, out_dir, "prift_rl.json", summary)
     log.info("RL finished: %s (%d steps)", final, result.global_step)
     return final

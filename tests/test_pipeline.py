@@ -87,6 +87,16 @@ def test_bad_pipeline_configs_fail_fast_listing_every_problem(tiny_model, sft_fi
     assert "pipeline.methodz: unknown key" in err and "sft.max_steps: got 'four'" in err
     assert "pipeline.resources.sft.gpus: got 'one'" in err
 
+    config = tiny_pipeline(tiny_model, sft_file, tmp_path / "store", resources={"eval": {"workers": 2}})
+    assert main(["validate", write(tmp_path, config)]) == 2
+    assert "eval.workers: only sft and rl train on several workers" in capsys.readouterr().err
+
+    # GPUs the local cluster lacks: refused once Ray reports its resources, before any stage runs
+    gpus = tiny_pipeline(tiny_model, sft_file, tmp_path / "store", resources={"rl": {"gpus": 1, "workers": 64}})
+    assert main(["run", write(tmp_path, gpus)]) == 2
+    assert "pipeline.resources.rl: 64 worker(s) x 1 GPU" in capsys.readouterr().err
+    assert not (tmp_path / "store").exists()
+
     missing = tiny_pipeline(tiny_model, str(tmp_path / "nope.jsonl"), tmp_path / "store")
     assert main(["run", write(tmp_path, missing)]) == 2
     assert "nope.jsonl" in capsys.readouterr().err

@@ -192,3 +192,13 @@ CONFIGS = sorted((Path(__file__).parents[1] / "workflows" / "configs").glob("*.y
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_shipped_configs_validate(path, capsys):
     assert main(["validate", str(path)]) == 0, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("path", [p for p in CONFIGS if p.name.startswith("paper_")], ids=lambda p: p.name)
+def test_paper_recipes_keep_the_papers_global_batch(path):
+    from workflows.config import load_config
+
+    cfg = load_config(path)
+    res = cfg.pipeline.resources
+    assert cfg.sft.per_device_batch_size * cfg.sft.gradient_accumulation_steps * res.sft.workers == 256
+    assert cfg.rl.per_device_batch_size * cfg.rl.gradient_accumulation_steps * res.rl.workers == 256  # completions

@@ -48,17 +48,24 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "validate":
         print(f"{args.config}: ok")
         return 0
+    from evals.tasks import TaskError
+    from prift.data import DataError
+    from workflows.pipeline import ResourceError
+
+    try:  # bad input found before any compute: the message, not a traceback
+        _dispatch(args, cfg)
+    except (TaskError, DataError, ResourceError) as e:
+        print(e, file=sys.stderr)
+        return 2
+    return 0
+
+
+def _dispatch(args, cfg) -> None:
     out = Path(cfg.output_dir)
     if args.command == "run":
-        from evals.tasks import TaskError
-        from prift.data import DataError
         from workflows.pipeline import run_pipeline
 
-        try:
-            run_pipeline(cfg)
-        except (TaskError, DataError) as e:
-            print(e, file=sys.stderr)
-            return 2
+        run_pipeline(cfg)
     elif args.command == "prior":
         from prift.prior import run_prior
 
@@ -68,29 +75,18 @@ def main(argv: list[str] | None = None) -> int:
 
         print(run_sft(cfg.model, cfg.data, cfg.prior, cfg.sft, out / "sft", prior_dir=out / "prior"))
     elif args.command == "rl":
-        from evals.tasks import TaskError
         from rl.grpo import run_rl
 
         sft_final = out / "sft" / "final"
         model = args.model or (str(sft_final) if sft_final.exists() else cfg.model)
-        try:
-            print(run_rl(model, cfg.rl, out / "rl", eval_tasks=cfg.eval.tasks))
-        except TaskError as e:
-            print(e, file=sys.stderr)
-            return 2
+        print(run_rl(model, cfg.rl, out / "rl", eval_tasks=cfg.eval.tasks))
     elif args.command == "eval":
         from evals.stage import run_eval
-        from evals.tasks import TaskError
 
         model = args.model or cfg.model
         name = args.name or ("base" if model == cfg.model else Path(model).name)
-        try:
-            summary = run_eval(model, cfg.eval, out / "eval" / name)
-        except TaskError as e:
-            print(e, file=sys.stderr)
-            return 2
+        summary = run_eval(model, cfg.eval, out / "eval" / name)
         print(json.dumps(summary["domains"], indent=2))
-    return 0
 
 
 if __name__ == "__main__":

@@ -37,6 +37,12 @@ class Resources:
     """CPU cores."""
     gpus: float = 0.0
     """GPUs (fractions share one); a config asking for GPUs on a cluster without any fails up front."""
+    workers: int = 1
+    """sft and rl only: data-parallel Ray Train workers, each with these cpus/gpus (workflows/distributed.py)."""
+
+    def __post_init__(self):
+        if self.workers < 1:
+            raise ValueError(f"workers: got {self.workers}, expected at least 1")
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,11 @@ class StageResources:
     rl: Resources = field(default_factory=Resources)
     eval: Resources = field(default_factory=Resources)
     """Per benchmark task (eval fans out one Ray task per model and benchmark)."""
+
+    def __post_init__(self):
+        for stage in ("prior", "eval"):
+            if getattr(self, stage).workers != 1:
+                raise ValueError(f"{stage}.workers: only sft and rl train on several workers; got {getattr(self, stage).workers}")
 
 
 @dataclass(frozen=True)

@@ -105,21 +105,40 @@ def preflight(cfg: StagesConfig) -> None:
         check_no_eval_overlap(build_rows(cfg.rl.prompts), cfg.eval.tasks)
 
 
+class ResourceError(RuntimeError):
+    """The config asks for more than the Ray cluster has."""
+
+
 def check_resources(cfg: StagesConfig) -> None:
     import ray
 
     have = ray.cluster_resources().get("GPU", 0)
     res = cfg.pipeline.resources
-    wanted = {f.name: getattr(res, f.name).gpus for f in dataclasses.fields(res) if getattr(res, f.name).gpus > have}
+    stages = {f.name: getattr(res, f.name) for f in dataclasses.fields(res)}
+    wanted = {k: r for k, r in stages.items() if r.gpus * r.workers > have}
     if wanted:
-        asks = ", ".join(f"pipeline.resources.{k}.gpus: {v}" for k, v in wanted.items())
-        raise RuntimeError(f"the Ray cluster has {have:g} GPU(s); the config asks for more: {asks}")
+        asks = ", ".join(f"pipeline.resources.{k}: {r.workers} worker(s) x {r.gpus:g} GPU" for k, r in wanted.items())
+        raise ResourceError(f"the Ray cluster has {have:g} GPU(s); the config asks for more: {asks}")
 
 
 def _remote(fn, res):
     import ray
 
     return ray.remote(num_cpus=res.cpus, num_gpus=res.gpus, max_retries=0)(fn)
+
+
+def _remote_on_workers(fn, res, name: str, storage: Path):
+    """A Ray task that runs `fn` on `res.workers` Ray Train workers; it holds no resources itself
+    (the workers do), so it cannot starve them of the CPUs it would otherwise sit on."""
+    import ray
+
+    from workflows.distributed import train_on_workers
+
+    def coordinate(*args):
+        _worker_logging()
+        train_on_workers(fn, args, res, name, storage)
+
+    return ray.remote(num_cpus=0, max_retries=0)(coordinate)
 
 
 class Pipeline:
@@ -191,12 +210,12 @@ class Pipeline:
         if on.sft:
             digest = config_hash([cfg.model, asdict(cfg.data), asdict(cfg.prior), asdict(cfg.sft)])
             self.train_stage(manifest, parent, "sft", digest, folder, cfg.sft,
-                             _remote(sft_task, self.res.sft), cfg, str(folder / "sft"), str(prior_dir))
+                             sft_task, cfg, str(folder / "sft"), str(prior_dir))
             model = str(folder / "sft" / "final")
         if on.rl:
             digest = config_hash([model, manifest.stage("sft").get("hash"), asdict(cfg.rl), asdict(cfg.eval)["tasks"]])
             self.train_stage(manifest, parent, "rl", digest, folder, cfg.rl,
-                             _remote(rl_task, self.res.rl), cfg, model, str(folder / "rl"))
+                             rl_task, cfg, model, str(folder / "rl"))
         if on.eval:
             trained = {"sft": folder / "sft" / "final", "rl": folder / "rl" / "final"}
             for name in ("sft", "rl"):
@@ -204,9 +223,10 @@ class Pipeline:
                     results[name] = self.stage_eval(manifest, parent, name, str(trained[name]), folder, cfg)
         return results
 
-    def train_stage(self, manifest: Manifest, parent: str, stage: str, digest: str, folder: Path, stage_cfg, task, *args) -> None:
-        """Run a training stage's Ray task (its last argument is the tracking info) unless the
-        manifest says it is done with this hash and <stage>/final exists."""
+    def train_stage(self, manifest: Manifest, parent: str, stage: str, digest: str, folder: Path, stage_cfg, fn, *args) -> None:
+        """Run a training stage's function `fn(*args, tracking)` as a Ray task, or on Ray Train
+        workers when its resources ask for several, unless the manifest says it is done with this
+        hash and <stage>/final exists."""
         import ray
 
         final = folder / stage / "final"
@@ -214,6 +234,11 @@ class Pipeline:
             return
         run_id = self.stage_run(manifest, stage, parent, stage_cfg)
         manifest.mark(stage, status="running", hash=digest)
+        res = getattr(self.res, stage)
+        if res.workers > 1:
+            task = _remote_on_workers(fn, res, f"{folder.name}-{stage}", self.root / "ray_train")
+        else:
+            task = _remote(fn, res)
         ray.get(task.remote(*args, self.tracking(run_id)))
         manifest.mark(stage, status="done", outputs={"final": str(final)})
         self.tracker.finish(run_id)
@@ -255,7 +280,11 @@ def run_pipeline(cfg: StagesConfig) -> dict:
     preflight(cfg)
     started = not ray.is_initialized()
     if started:
-        ray.init(address=cfg.pipeline.ray_address, include_dashboard=False, log_to_driver=True,
+        # The dashboard costs ~5 s at start; Ray Train needs it (its controller is watched through the
+        # State API it serves, and warns every few seconds without it).
+        res = cfg.pipeline.resources
+        ray_train = max(res.sft.workers, res.rl.workers) > 1
+        ray.init(address=cfg.pipeline.ray_address, include_dashboard=ray_train, log_to_driver=True,
                  runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
     try:
         check_resources(cfg)
