@@ -22,7 +22,12 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	$(BIN)/prift run workflows/configs/demo.yaml
 
-test: $(STAMP)
+# The report's HTML is checked in a real headless browser: Debian's Chromium (root, apt).
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium
+
+test: $(STAMP) $(CHROMIUM)
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)

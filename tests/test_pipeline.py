@@ -76,6 +76,35 @@ def test_whole_pipeline_outputs_manifest_and_mlflow(tiny_model, sft_file, tmp_pa
     assert (runs[0] / "sft" / "final" / "config.json").stat().st_mtime_ns == stamp
     assert len(mlflow_runs(storage)[1]) == len(all_runs)
 
+    check_report(root, runs, storage)
+
+
+def markdown_rows(report: str, heading: str) -> dict[str, dict[str, str]]:
+    """{row label: {column: cell}} of the table under `## heading`."""
+    lines = report.split(f"## {heading}\n\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    columns = [c.strip() for c in lines[0].strip("|").split("|")]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
+    return {r[0]: dict(zip(columns[1:], r[1:])) for r in rows}
+
+
+def check_report(root, runs, storage):
+    assert main(["report", str(root)]) == 0
+    report = (root / "report" / "report.md").read_text()
+    for name in ("comparison.png", "weights.png", "tokens.html"):
+        assert (root / "report" / name).stat().st_size > 1000, name
+    table = markdown_rows(report, "Avg@n per task")
+    for run in runs:
+        method = run.name.split("-")[0]
+        for model in ("sft", "rl"):
+            for task in ("gsm8k", "mmlu_medical"):
+                value = json.loads((run / "eval" / model / task / "metrics.json").read_text())["metrics"]["avg_at_2"]
+                assert table[f"{method} ({model})"][task] == f"{100 * value:.1f}"
+    drift = json.loads((root / "report" / "drift.json").read_text())
+    assert len(drift) == 4 and all(v >= 0 for d in drift.values() for v in d.values())
+    client, all_runs = mlflow_runs(storage)
+    for parent in [r for r in all_runs if r.data.tags.get("method") in ("sft", "prift_mass") and "mlflow.parentRunId" not in r.data.tags]:
+        assert "report/report.md" in [a.path for a in client.list_artifacts(parent.info.run_id, "report")]
+
 
 def test_bad_pipeline_configs_fail_fast_listing_every_problem(tiny_model, sft_file, tmp_path, capsys):
     config = tiny_pipeline(tiny_model, sft_file, tmp_path / "store")

@@ -9,6 +9,8 @@
                                                else the config's model) -> OUTPUT_DIR/rl/final
     prift eval CONFIG [--model M] [--name N]   benchmarks for a model (default: the config's base
                                                model) -> OUTPUT_DIR/eval/N/<task>/
+    prift report SWEEP [--storage DIR]         method x task tables, drift from the base, token view
+                                               of a finished sweep -> SWEEP/report/ and MLflow
 
 Heavy libraries are imported only by the subcommand that needs them.
 """
@@ -35,8 +37,22 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--model", help="model folder or hub name (defaults: see above)")
         if name == "eval":
             p.add_argument("--name", help="results folder under eval/; default: 'base' or the model folder's name")
+    p = sub.add_parser("report")
+    p.add_argument("sweep", help="a sweep folder (<storage>/<experiment>) or an experiment name")
+    p.add_argument("--storage", default="runs", help="where to look for an experiment name (default: runs)")
+    p.add_argument("--no-mlflow", action="store_true", help="do not attach the report to the MLflow runs")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "report":
+        from workflows.report import resolve_sweep, write_report
+
+        try:
+            sweep = resolve_sweep(args.sweep, args.storage)
+        except FileNotFoundError as e:
+            print(e, file=sys.stderr)
+            return 2
+        print(write_report(sweep, to_mlflow=not args.no_mlflow))
+        return 0
 
     from workflows.config import ConfigError, load_config
 

@@ -1,0 +1,116 @@
+"""The comparison report: seed statistics, the KL drift, the token view (also rendered in Chromium)."""
+
+import html
+import math
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import build_tiny_model
+
+
+def summary(gsm8k: float, medqa: float) -> dict:
+    tasks = {"gsm8k": {"avg_at_2": gsm8k, "pass_at_1": gsm8k}, "medqa": {"avg_at_2": medqa, "pass_at_1": medqa}}
+    return {"tasks": tasks, "domains": {"math": tasks["gsm8k"], "medical": tasks["medqa"]}}
+
+
+def test_table_gives_mean_and_sample_std_over_seeds(tmp_path):
+    from workflows.report import Run, markdown_table, method_table
+
+    runs = [Run(tmp_path, "prift_mass", s, {}, {"sft": summary(g, m)}) for s, (g, m) in enumerate([(0.2, 0.5), (0.4, 0.5), (0.9, 0.2)])]
+    runs.append(Run(tmp_path, "sft", 0, {}, {"sft": summary(0.1, 0.3)}))
+    rows = method_table(runs, summary(0.05, 0.25), "tasks")
+    mean, std, seeds = rows["prift_mass (sft)"]["gsm8k"]["avg_at_2"]
+    expected_mean = (0.2 + 0.4 + 0.9) / 3
+    assert mean == pytest.approx(expected_mean) and seeds == 3
+    assert std == pytest.approx(math.sqrt(sum((x - expected_mean) ** 2 for x in (0.2, 0.4, 0.9)) / 2))
+    assert rows["sft (sft)"]["gsm8k"]["avg_at_2"] == (0.1, None, 1)  # one seed: no spread claimed
+    assert list(rows) == ["base", "prift_mass (sft)", "sft (sft)"]
+    table = markdown_table(rows, "avg_at_")
+    assert "| prift_mass (sft) | 50.0 ± 36.1 | 40.0 ± 17.3 |" in table and "| base | 5.0 | 25.0 |" in table
+
+
+def reference_kl(model_a, model_b, ids: list[int]) -> float:
+    """Float64 numpy, position by position: sum_v p_a log(p_a / p_b), averaged over positions."""
+    with torch.no_grad():
+        la = model_a(input_ids=torch.tensor([ids])).logits[0, :-1].double().numpy()
+        lb = model_b(input_ids=torch.tensor([ids])).logits[0, :-1].double().numpy()
+    total = 0.0
+    for a, b in zip(la, lb):
+        pa = np.exp(a - a.max()) / np.exp(a - a.max()).sum()
+        pb = np.exp(b - b.max()) / np.exp(b - b.max()).sum()
+        total += float(np.sum(pa * (np.log(pa) - np.log(pb))))
+    return total / (len(ids) - 1)
+
+
+def test_token_kl_is_zero_to_itself_and_matches_a_float64_reference(tiny_model, tmp_path):
+    from prift.models import load_causal_lm
+    from workflows.report import mean_token_kl
+
+    a = load_causal_lm(tiny_model).eval()
+    b = load_causal_lm(build_tiny_model(tmp_path / "other", seed=1)).eval()
+    seqs = [[5, 17, 42, 99, 7, 3], [11, 12, 13, 14]]
+    assert mean_token_kl(a, a, seqs) == 0.0
+    expected = (reference_kl(a, b, seqs[0]) * 5 + reference_kl(a, b, seqs[1]) * 3) / 8
+    assert mean_token_kl(a, b, seqs) == pytest.approx(expected, rel=1e-9)
+    assert mean_token_kl(a, b, seqs) > 0 and mean_token_kl(b, a, seqs) != pytest.approx(mean_token_kl(a, b, seqs))
+
+
+@pytest.fixture(scope="module")
+def prior_cache(tiny_model, sft_file, tmp_path_factory):
+    from prift.data import DataConfig
+    from prift.prior import PriorConfig, run_prior
+
+    return run_prior(tiny_model, DataConfig(path=sft_file, max_length=64), PriorConfig(), tmp_path_factory.mktemp("prior"))
+
+
+def test_token_view_shows_every_response_token_with_its_weight(prior_cache, tiny_model, tmp_path):
+    from prift.models import load_tokenizer
+    from prift.prior import load_prior
+    from workflows.token_view import token_view
+
+    page = token_view(prior_cache, tmp_path / "tokens.html", examples=3).read_text()
+    examples = re.findall(r'<div class="example">(.*?)</div>', page, flags=re.S)
+    assert len(examples) == 3
+    tokenizer, table = load_tokenizer(tiny_model), load_prior(prior_cache)
+    picked = sorted(np.random.default_rng(0).choice(len(table), size=3, replace=False).tolist())
+    for block, i in zip(examples, picked):
+        row = table[i]
+        response = [t for t, m in zip(row["input_ids"], row["response_mask"]) if m]
+        spans = re.findall(r'<span class="(tok[^"]*)" style="[^"]*" title="([^"]*)">(.*?)</span>', block, flags=re.S)
+        assert [html.unescape(text) for _, _, text in spans] == [tokenizer.decode([t]) for t in response]
+        masses = [u for u, m in zip(row["prior_mass"], row["response_mask"]) if m]
+        assert [("dropped" in cls) for cls, _, _ in spans] == [u < 0.5 for u in masses]
+        assert all(html.unescape(tip).count("'") >= 2 * 5 for _, tip, _ in spans)  # five alternatives each
+
+
+def chromium() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert path, "Chromium is missing: `make test` installs Debian's chromium package"
+    return path
+
+
+@pytest.mark.slow
+def test_token_view_renders_in_headless_chromium(prior_cache, tmp_path):
+    from PIL import Image
+
+    from workflows.token_view import token_view
+
+    page = token_view(prior_cache, tmp_path / "tokens.html", examples=3)
+    shot = tmp_path / "shot.png"
+    subprocess.run(
+        [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1000,800", f"--screenshot={shot}", page.as_uri()],
+        check=True, capture_output=True, timeout=120,
+    )
+    pixels = np.asarray(Image.open(shot).convert("RGB"), dtype=np.int16)
+    assert pixels.std() > 10  # not a blank page
+    hues = pixels.reshape(-1, 3)
+    greenish = ((hues[:, 1] - hues[:, 0] > 30) & (hues[:, 1] - hues[:, 2] > 30)).sum()
+    reddish = ((hues[:, 0] - hues[:, 1] > 30) & (hues[:, 0] - hues[:, 2] > 30)).sum()
+    assert greenish + reddish > 500  # the coloured token backgrounds were painted

@@ -1,0 +1,276 @@
+"""`prift report`: what PriFT changed, per method, per domain, per token, for a finished sweep.
+
+    prift report runs/demo                 # a sweep folder (<storage>/<experiment>) ...
+    prift report demo --storage runs       # ... or its experiment name
+
+Reads the run directory (the source of truth for what finished) and writes <sweep>/report/:
+  report.md       method x task tables (Avg@n and Pass@k, mean +- std over seeds, per-domain means),
+                  the drift table, and links to the figures
+  comparison.png  the Avg@n table as grouped bars (error bars: std over seeds)
+  drift           mean per-token KL(fine-tuned || base) on general text (the documentation of Python
+                  standard-library modules, which every install ships) and on the sweep's eval
+                  prompts under the chat template: the paper's claim is that the prior keeps the
+                  model closer to its pretrained distribution
+  tokens.html     workflows/token_view.py: training tokens coloured by their PriFT weight
+  weights.png     the weight histogram of each method
+Every file also goes to MLflow as artifacts (report/) of each parent run of the sweep.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+
+log = logging.getLogger(__name__)
+
+GENERAL_MODULES = ("json", "argparse", "collections", "textwrap", "random", "statistics", "fractions",
+                   "decimal", "datetime", "calendar", "shutil", "tempfile", "heapq", "bisect", "functools", "csv")
+
+
+@dataclass
+class Run:
+    """One finished (method, seed) run of the sweep, as its run directory records it."""
+
+    folder: Path
+    method: str
+    seed: int
+    config: dict
+    evals: dict[str, dict] = field(default_factory=dict)  # model stage (sft, rl) -> summary.json
+    mlflow_run_id: str | None = None
+
+    def models(self) -> dict[str, Path]:
+        """Fine-tuned checkpoints that exist: {"sft": .../sft/final, "rl": .../rl/final}."""
+        out = {s: self.folder / s / "final" for s in ("sft", "rl")}
+        return {s: p for s, p in out.items() if (p / "config.json").exists()}
+
+
+def resolve_sweep(target: str, storage: str = "runs") -> Path:
+    """A sweep folder given as a path, or as an experiment name under `storage`."""
+    for path in (Path(target), Path(storage) / target):
+        if path.is_dir() and (any(path.glob("*/manifest.json"))):
+            return path
+    raise FileNotFoundError(f"{target}: no sweep folder with run manifests here or under {storage}/")
+
+
+def collect(sweep: Path) -> tuple[list[Run], dict | None]:
+    """The runs of a sweep and the base model's eval summary (None if the base was not scored)."""
+    runs = []
+    for folder in sorted(p for p in sweep.iterdir() if (p / "manifest.json").exists() and p.name != "base"):
+        config = yaml.safe_load((folder / "config.yaml").read_text())
+        manifest = json.loads((folder / "manifest.json").read_text())
+        run = Run(folder, config["sft"]["method"], config["sft"]["seed"], config, mlflow_run_id=manifest.get("mlflow_run_id"))
+        for stage in ("sft", "rl"):
+            summary = folder / "eval" / stage / "summary.json"
+            if summary.exists():
+                run.evals[stage] = json.loads(summary.read_text())
+        runs.append(run)
+    base_summary = sweep / "base" / "eval" / "base" / "summary.json"
+    return runs, json.loads(base_summary.read_text()) if base_summary.exists() else None
+
+
+def _mean_std(values: list[float]) -> tuple[float, float | None]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def method_table(runs: list[Run], base: dict | None, section: str = "tasks") -> dict[str, dict[str, dict]]:
+    """{row label: {task or domain: {metric: (mean, std or None, seeds)}}}, rows = base, then each
+    (method, model stage) in the sweep; the mean and std are over the seeds."""
+    rows: dict[str, dict[str, dict]] = {}
+    if base:
+        rows["base"] = {t: {k: (v, None, 1) for k, v in m.items()} for t, m in base[section].items()}
+    for method in sorted({r.method for r in runs}):
+        for stage in ("sft", "rl"):
+            summaries = [r.evals[stage][section] for r in runs if r.method == method and stage in r.evals]
+            if not summaries:
+                continue
+            cells = {}
+            for col in summaries[0]:
+                metrics = [s[col] for s in summaries if col in s]
+                keys = set.intersection(*(set(m) for m in metrics))
+                cells[col] = {k: (*_mean_std([m[k] for m in metrics]), len(metrics)) for k in sorted(keys)}
+            rows[f"{method} ({stage})"] = cells
+    return rows
+
+
+def _cell(value: tuple | None) -> str:
+    if value is None:
+        return "-"
+    mean, std, _ = value
+    return f"{100 * mean:.1f}" + (f" ± {100 * std:.1f}" if std is not None else "")
+
+
+def markdown_table(rows: dict[str, dict[str, dict]], metric_prefix: str) -> str:
+    """Rows x columns of the first metric starting with `metric_prefix` (e.g. avg_at_, pass_at_1), in %."""
+    columns = sorted({c for cells in rows.values() for c in cells})
+    lines = ["| model | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for label, cells in rows.items():
+        values = []
+        for c in columns:
+            metrics = cells.get(c, {})
+            key = next((k for k in metrics if k.startswith(metric_prefix)), None)
+            values.append(_cell(metrics.get(key)) if key else "-")
+        lines.append(f"| {label} | " + " | ".join(values) + " |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- drift from the base model
+
+
+def general_texts(n: int) -> list[str]:
+    """Up to n paragraphs of English prose from the docstrings of standard-library modules."""
+    paragraphs = []
+    for name in GENERAL_MODULES:
+        doc = importlib.import_module(name).__doc__ or ""
+        paragraphs += [" ".join(p.split()) for p in doc.split("\n\n") if len(p) >= 200]
+    return paragraphs[:n]
+
+
+@torch.no_grad()
+def mean_token_kl(model, base, sequences: list[list[int]]) -> float:
+    """Mean over every next-token position of KL(p_model || p_base), summed in float64."""
+    total, count = 0.0, 0
+    for ids in sequences:
+        x = torch.tensor([ids])
+        lp = torch.log_softmax(model(input_ids=x).logits[0, :-1].double(), -1)
+        lq = torch.log_softmax(base(input_ids=x).logits[0, :-1].double(), -1)
+        total += float((lp.exp() * (lp - lq)).sum())
+        count += lp.shape[0]
+    if count == 0:
+        raise ValueError("no token positions to compare: every text is shorter than 2 tokens")
+    kl = total / count
+    if not math.isfinite(kl):
+        raise FloatingPointError(f"non-finite KL ({kl}) between the model and the base")
+    return kl
+
+
+def drift_texts(base_model: str, eval_tasks: list, n: int, max_tokens: int) -> dict[str, list[list[int]]]:
+    """Token ids of the two text sets the drift is measured on, truncated to max_tokens."""
+    from evals.generate import chat_ids
+    from evals.tasks import TaskSpec, load_examples
+    from prift.models import load_tokenizer
+
+    tokenizer = load_tokenizer(base_model)
+    general = [tokenizer(t)["input_ids"][:max_tokens] for t in general_texts(n)]
+    prompts = [e.prompt for spec in eval_tasks for e in load_examples(TaskSpec(**spec))]
+    evals = [ids[:max_tokens] for ids in chat_ids(tokenizer, prompts[:n])]
+    return {"general": general, "eval_prompts": evals}
+
+
+def drift(runs: list[Run], base_model: str, texts: dict[str, list[list[int]]]) -> dict[str, dict[str, float]]:
+    """{"<method> (<stage>) s<seed>": {text set: mean token KL to the base}} for every fine-tuned model."""
+    from tqdm import tqdm
+
+    from prift.models import load_causal_lm
+
+    base = load_causal_lm(base_model).eval()
+    out = {}
+    todo = [(r, stage, path) for r in runs for stage, path in r.models().items()]
+    for run, stage, path in tqdm(todo, desc="drift (KL to base)", unit="model"):
+        model = load_causal_lm(str(path)).eval()
+        out[f"{run.method} ({stage}) s{run.seed}"] = {name: mean_token_kl(model, base, seqs) for name, seqs in texts.items()}
+        del model
+    return out
+
+
+def drift_table(values: dict[str, dict[str, float]]) -> str:
+    sets = sorted({s for v in values.values() for s in v})
+    lines = ["| model | " + " | ".join(f"KL to base, {s}" for s in sets) + " |", "|---" * (len(sets) + 1) + "|"]
+    lines += [f"| {label} | " + " | ".join(f"{v[s]:.4f}" for s in sets) + " |" for label, v in values.items()]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- figures and the report
+
+
+def comparison_plot(rows: dict[str, dict[str, dict]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = sorted({c for cells in rows.values() for c in cells})
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(tasks)), 4))
+    width = 0.8 / max(len(rows), 1)
+    for i, (label, cells) in enumerate(rows.items()):
+        means, errs = [], []
+        for t in tasks:
+            metrics = cells.get(t, {})
+            key = next((k for k in metrics if k.startswith("avg_at_")), None)
+            mean, std, _ = metrics[key] if key else (0.0, None, 0)
+            means.append(100 * mean)
+            errs.append(100 * (std or 0.0))
+        ax.bar([j + i * width for j in range(len(tasks))], means, width, yerr=errs, label=label, capsize=2)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(tasks))], tasks)
+    ax.set_ylabel("Avg@n (%)")
+    ax.set_title("Accuracy per task (mean over seeds; bars: std)")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(sweep: Path, *, kl_texts: int = 8, kl_max_tokens: int = 96, token_examples: int = 4,
+                 to_mlflow: bool = True) -> Path:
+    """Build <sweep>/report/ (see the module docstring); returns its report.md."""
+    from evals.stage import write_atomic
+    from workflows.token_view import token_view, weight_histograms
+
+    runs, base = collect(sweep)
+    if not runs:
+        raise FileNotFoundError(f"{sweep}: no finished runs (folders with manifest.json and config.yaml)")
+    out = sweep / "report"
+    out.mkdir(exist_ok=True)
+    config = runs[0].config
+    tasks = method_table(runs, base, "tasks")
+    domains = method_table(runs, base, "domains")
+    parts = [f"# PriFT report: {sweep.name}", "",
+             f"Base model `{config['model']}`; methods {sorted({r.method for r in runs})}; "
+             f"seeds {sorted({r.seed for r in runs})}. Values in %, mean ± std over seeds."]
+    if tasks:
+        comparison_plot(tasks, out / "comparison.png")
+        parts += ["", "## Avg@n per task", "", markdown_table(tasks, "avg_at_"),
+                  "", "## Pass@1 per task", "", markdown_table(tasks, "pass_at_1"),
+                  "", "## Avg@n per domain", "", markdown_table(domains, "avg_at_"),
+                  "", "![comparison](comparison.png)"]
+    else:
+        parts += ["", "(no evaluation results in this sweep)"]
+    texts = drift_texts(config["model"], config["eval"]["tasks"], kl_texts, kl_max_tokens)
+    kl = drift(runs, config["model"], texts)
+    parts += ["", "## Drift from the base model", "",
+              f"Mean per-token KL(model || base) over {len(texts['general'])} paragraphs of general text "
+              f"(Python standard-library documentation) and {len(texts['eval_prompts'])} eval prompts "
+              f"(chat template), each cut at {kl_max_tokens} tokens.", "", drift_table(kl)]
+    prior = sorted((sweep / "prior").glob("*/meta.json"))
+    if prior:
+        token_view(prior[-1].parent, out / "tokens.html", examples=token_examples)
+        weight_histograms(prior[-1].parent, runs, out / "weights.png")
+        parts += ["", "## Which tokens the prior calls misaligned", "",
+                  "[tokens.html](tokens.html): training tokens coloured by the reference probability "
+                  "(the PriFT-prob weight), struck through where PriFT-mass drops them; hover for the "
+                  "reference's top alternatives.", "", "![weights](weights.png)"]
+    (out / "drift.json").write_text(json.dumps(kl, indent=2))
+    report = out / "report.md"
+    write_atomic(report, "\n".join(parts) + "\n")
+    if to_mlflow:
+        log_to_mlflow(sweep, runs, out)
+    log.info("report written to %s", report)
+    return report
+
+
+def log_to_mlflow(sweep: Path, runs: list[Run], folder: Path) -> None:
+    """The report folder as `report/` artifacts of each parent run of the sweep."""
+    from workflows.tracking import Tracker, tracking_uri
+
+    storage = sweep.parent
+    tracker = Tracker(tracking_uri(storage), sweep.name, storage / "mlartifacts")
+    for run in runs:
+        if run.mlflow_run_id:
+            tracker.artifact(run.mlflow_run_id, folder, "report")

@@ -1,0 +1,138 @@
+"""Which training tokens the prior calls misaligned: an HTML token view and per-method weight histograms.
+
+tokens.html shows a few training examples from the prior cache. The prompt is grey; each response
+token's background goes from red (the reference gives it probability ~0) to green (~1): that
+probability q(y_t) is the token's PriFT-prob weight. Tokens that PriFT-mass drops (nucleus mass
+score u_t < tau) are struck through. Hovering a token shows q, u and the reference's five most
+likely tokens at that position. Plain HTML and CSS, no script: it renders anywhere, offline.
+
+weights.png: the distribution of per-token weights over the response tokens of the cached data for
+each method of the sweep: sft (all 1), prift_prob (q), prift_mass (0 or 1), and dft, whose weight is
+the trained model's own p(y_t): measured with the dft run's final SFT model.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from prift.weights import METHODS
+
+TOP_K = 5
+
+
+def _colour(q: float) -> str:
+    """Red (q = 0) through yellow to green (q = 1), light enough to read black text on."""
+    hue = 120 * max(0.0, min(1.0, q))
+    return f"hsl({hue:.0f}, 80%, 78%)"
+
+
+@torch.no_grad()
+def top_alternatives(model, input_ids: list[int], k: int = TOP_K) -> list[list[tuple[int, float]]]:
+    """For each position j >= 1, the reference's k most likely tokens for position j (given < j)."""
+    probs = torch.softmax(model(input_ids=torch.tensor([input_ids])).logits[0, :-1].float(), -1)
+    top = probs.topk(k, dim=-1)
+    return [[]] + [list(zip(i.tolist(), p.tolist())) for i, p in zip(top.indices, top.values)]
+
+
+def example_html(tokenizer, row: dict, alternatives: list[list[tuple[int, float]]], tau: float) -> str:
+    """One example: the prompt, then every response token as a coloured span with a tooltip."""
+    ids, mask = row["input_ids"], row["response_mask"]
+    start = mask.index(1) if 1 in mask else len(ids)
+    parts = [f'<span class="prompt">{html.escape(tokenizer.decode(ids[:start]))}</span>']
+    for j in range(start, len(ids)):
+        if not mask[j]:
+            continue
+        q, u = float(np.exp(row["prior_logprob"][j])), float(row["prior_mass"][j])
+        top = ", ".join(f"{tokenizer.decode([t])!r} {p:.2f}" for t, p in alternatives[j])
+        tip = f"q={q:.3f}  u={u:.3f}  {'dropped by PriFT-mass' if u < tau else 'kept'}\ntop: {top}"
+        cls = "tok dropped" if u < tau else "tok"
+        text = html.escape(tokenizer.decode([ids[j]]))
+        parts.append(f'<span class="{cls}" style="background:{_colour(q)}" title="{html.escape(tip)}">{text}</span>')
+    return '<div class="example">' + "".join(parts) + "</div>"
+
+
+STYLE = """
+body { font-family: sans-serif; max-width: 60em; margin: 2em auto; }
+.example { font-family: monospace; white-space: pre-wrap; border: 1px solid #ccc; padding: 1em; margin: 1em 0; }
+.prompt { color: #888; }
+.tok { border-radius: 2px; }
+.dropped { text-decoration: line-through; text-decoration-color: #b00; text-decoration-thickness: 2px; }
+"""
+
+
+def token_view(prior_dir: Path, out: Path, examples: int = 4, seed: int = 0) -> Path:
+    """tokens.html for `examples` rows of the prior cache (seeded choice), using its reference model."""
+    from prift.models import load_causal_lm, load_tokenizer
+    from prift.prior import load_prior
+
+    meta = json.loads((prior_dir / "meta.json").read_text())
+    table = load_prior(prior_dir)
+    picks = np.random.default_rng(seed).choice(len(table), size=min(examples, len(table)), replace=False)
+    tokenizer = load_tokenizer(meta["reference"])
+    model = load_causal_lm(meta["reference"]).eval()
+    tau = METHODS["prift_mass"].tau
+    blocks = []
+    for i in sorted(picks.tolist()):
+        row = table[i]
+        blocks.append(example_html(tokenizer, row, top_alternatives(model, row["input_ids"]), tau))
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>PriFT token view</title><style>{STYLE}</style>"
+            f"</head><body><h1>PriFT token view</h1><p>Reference <code>{html.escape(meta['reference'])}</code>. "
+            f"Colour: the reference probability q of each response token (red 0, green 1), its PriFT-prob weight. "
+            f"Struck through: dropped by PriFT-mass (u &lt; {tau}). Hover a token for q, u and the reference's top "
+            f"{TOP_K} tokens.</p>{''.join(blocks)}</body></html>")
+    out.write_text(page)
+    return out
+
+
+def method_weights(prior_dir: Path, runs, rows: int = 32) -> dict[str, np.ndarray]:
+    """Per method of the sweep, the weights of the response tokens of the first `rows` cached rows."""
+    from prift.models import load_causal_lm
+    from prift.prior import load_prior, pad, reference_signals
+
+    full = load_prior(prior_dir)
+    table = full.select(range(min(rows, len(full))))
+    masks = [np.asarray(m, dtype=bool) for m in table["response_mask"]]
+    q = np.concatenate([np.exp(np.asarray(lp))[m] for lp, m in zip(table["prior_logprob"], masks)])
+    u = np.concatenate([np.asarray(v)[m] for v, m in zip(table["prior_mass"], masks)])
+    out = {}
+    for method in sorted({r.method for r in runs}):
+        if method == "sft":
+            out[method] = np.ones_like(q)
+        elif method == "prift_prob":
+            out[method] = q
+        elif method == "prift_mass":
+            out[method] = (u >= METHODS["prift_mass"].tau).astype(np.float32)
+        elif method == "dft":
+            final = next((r.models()["sft"] for r in runs if r.method == "dft" and "sft" in r.models()), None)
+            if final is None:
+                continue
+            model = load_causal_lm(str(final)).eval()
+            ids = pad(table["input_ids"], 0)
+            lp, _ = reference_signals(model, ids, pad([[1] * len(s) for s in table["input_ids"]], 0),
+                                      pad(table["response_mask"], 0))
+            out[method] = np.concatenate([np.exp(lp[i].numpy())[: len(m)][m] for i, m in enumerate(masks)])
+    return out
+
+
+def weight_histograms(prior_dir: Path, runs, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    weights = method_weights(prior_dir, runs)
+    fig, axes = plt.subplots(1, len(weights), figsize=(3.2 * len(weights), 3), squeeze=False)
+    for ax, (method, w) in zip(axes[0], weights.items()):
+        ax.hist(w, bins=20, range=(0, 1))
+        ax.set_title(f"{method} (mean {w.mean():.2f})")
+        ax.set_xlabel("token weight")
+    axes[0][0].set_ylabel("response tokens")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
