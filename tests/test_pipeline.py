@@ -100,7 +100,8 @@ def check_report(root, runs, storage):
                 value = json.loads((run / "eval" / model / task / "metrics.json").read_text())["metrics"]["avg_at_2"]
                 assert table[f"{method} ({model})"][task] == f"{100 * value:.1f}"
     drift = json.loads((root / "report" / "drift.json").read_text())
-    assert len(drift) == 4 and all(v >= 0 for d in drift.values() for v in d.values())
+    assert sorted((d["method"], d["stage"]) for d in drift) == [("prift_mass", "rl"), ("prift_mass", "sft"), ("sft", "rl"), ("sft", "sft")]
+    assert all(v > 0 for d in drift for v in d["kl"].values())  # every checkpoint moved off the base
     client, all_runs = mlflow_runs(storage)
     for parent in [r for r in all_runs if r.data.tags.get("method") in ("sft", "prift_mass") and "mlflow.parentRunId" not in r.data.tags]:
         assert "report/report.md" in [a.path for a in client.list_artifacts(parent.info.run_id, "report")]

@@ -1,6 +1,7 @@
 """The comparison report: seed statistics, the KL drift, the token view (also rendered in Chromium)."""
 
 import html
+import json
 import math
 import re
 import shutil
@@ -114,3 +115,30 @@ def test_token_view_renders_in_headless_chromium(prior_cache, tmp_path):
     greenish = ((hues[:, 1] - hues[:, 0] > 30) & (hues[:, 1] - hues[:, 2] > 30)).sum()
     reddish = ((hues[:, 0] - hues[:, 1] > 30) & (hues[:, 0] - hues[:, 2] > 30)).sum()
     assert greenish + reddish > 500  # the coloured token backgrounds were painted
+
+
+def test_an_older_config_of_the_same_method_and_seed_is_not_averaged_in(tmp_path):
+    import os
+
+    import yaml
+
+    from workflows.report import collect
+
+    for i, (name, value) in enumerate([("sft-m-s0-aaaa", 0.9), ("sft-m-s0-bbbb", 0.1)]):
+        folder = tmp_path / name
+        (folder / "eval" / "sft").mkdir(parents=True)
+        (folder / "config.yaml").write_text(yaml.safe_dump({"model": "m", "sft": {"method": "sft", "seed": 0}}))
+        (folder / "manifest.json").write_text("{}")
+        os.utime(folder / "manifest.json", (1000 + i, 1000 + i))
+        (folder / "eval" / "sft" / "summary.json").write_text(json.dumps(summary(value, value)))
+    runs, base = collect(tmp_path)
+    assert [r.folder.name for r in runs] == ["sft-m-s0-bbbb"] and base is None
+
+
+def test_drift_table_averages_the_seeds_of_each_method_and_stage():
+    from workflows.report import drift_table
+
+    records = [{"method": "sft", "stage": "sft", "seed": s, "kl": {"general": v}} for s, v in ((0, 0.1), (1, 0.2))]
+    records.append({"method": "dft", "stage": "rl", "seed": 0, "kl": {"general": 0.3}})
+    table = drift_table(records)
+    assert "| sft (sft) | 2 | 0.1500 ± 0.0707 |" in table and "| dft (rl) | 1 | 0.3000 |" in table

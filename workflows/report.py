@@ -72,8 +72,21 @@ def collect(sweep: Path) -> tuple[list[Run], dict | None]:
             if summary.exists():
                 run.evals[stage] = json.loads(summary.read_text())
         runs.append(run)
+    runs = _newest_per_method_and_seed(runs)
     base_summary = sweep / "base" / "eval" / "base" / "summary.json"
     return runs, json.loads(base_summary.read_text()) if base_summary.exists() else None
+
+
+def _newest_per_method_and_seed(runs: list[Run]) -> list[Run]:
+    """A sweep folder keeps the runs of earlier configs too (their hash differs): report the newest
+    run of each (method, seed), so seeds of different configs are never averaged together."""
+    newest: dict[tuple, Run] = {}
+    for run in sorted(runs, key=lambda r: (r.folder / "manifest.json").stat().st_mtime):
+        old = newest.get((run.method, run.seed))
+        if old:
+            log.warning("report: %s supersedes %s (same method and seed, another config)", run.folder.name, old.folder.name)
+        newest[(run.method, run.seed)] = run
+    return sorted(newest.values(), key=lambda r: (r.method, r.seed))
 
 
 def _mean_std(values: list[float]) -> tuple[float, float | None]:
@@ -164,26 +177,36 @@ def drift_texts(base_model: str, eval_tasks: list, n: int, max_tokens: int) -> d
     return {"general": general, "eval_prompts": evals}
 
 
-def drift(runs: list[Run], base_model: str, texts: dict[str, list[list[int]]]) -> dict[str, dict[str, float]]:
-    """{"<method> (<stage>) s<seed>": {text set: mean token KL to the base}} for every fine-tuned model."""
+def drift(runs: list[Run], base_model: str, texts: dict[str, list[list[int]]]) -> list[dict]:
+    """One record per fine-tuned model: method, stage, seed and the mean token KL to the base per text set."""
     from tqdm import tqdm
 
     from prift.models import load_causal_lm
 
     base = load_causal_lm(base_model).eval()
-    out = {}
+    out = []
     todo = [(r, stage, path) for r in runs for stage, path in r.models().items()]
     for run, stage, path in tqdm(todo, desc="drift (KL to base)", unit="model"):
         model = load_causal_lm(str(path)).eval()
-        out[f"{run.method} ({stage}) s{run.seed}"] = {name: mean_token_kl(model, base, seqs) for name, seqs in texts.items()}
+        kl = {name: mean_token_kl(model, base, seqs) for name, seqs in texts.items()}
+        out.append({"method": run.method, "stage": stage, "seed": run.seed, "kl": kl})
         del model
     return out
 
 
-def drift_table(values: dict[str, dict[str, float]]) -> str:
-    sets = sorted({s for v in values.values() for s in v})
-    lines = ["| model | " + " | ".join(f"KL to base, {s}" for s in sets) + " |", "|---" * (len(sets) + 1) + "|"]
-    lines += [f"| {label} | " + " | ".join(f"{v[s]:.4f}" for s in sets) + " |" for label, v in values.items()]
+def drift_table(records: list[dict]) -> str:
+    """(method, stage) x text set: mean ± std over seeds of the mean token KL to the base."""
+    sets = sorted({s for r in records for s in r["kl"]})
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        groups.setdefault((r["method"], r["stage"]), []).append(r["kl"])
+    lines = ["| model | seeds | " + " | ".join(f"KL to base, {s}" for s in sets) + " |", "|---" * (len(sets) + 2) + "|"]
+    for (method, stage), kls in sorted(groups.items()):
+        cells = []
+        for s in sets:
+            mean, std = _mean_std([kl[s] for kl in kls])
+            cells.append(f"{mean:.4f}" + (f" ± {std:.4f}" if std is not None else ""))
+        lines.append(f"| {method} ({stage}) | {len(kls)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -248,10 +271,10 @@ def write_report(sweep: Path, *, kl_texts: int = 8, kl_max_tokens: int = 96, tok
               f"Mean per-token KL(model || base) over {len(texts['general'])} paragraphs of general text "
               f"(Python standard-library documentation) and {len(texts['eval_prompts'])} eval prompts "
               f"(chat template), each cut at {kl_max_tokens} tokens.", "", drift_table(kl)]
-    prior = sorted((sweep / "prior").glob("*/meta.json"))
+    prior = max((sweep / "prior").glob("*/meta.json"), key=lambda p: p.stat().st_mtime, default=None)
     if prior:
-        token_view(prior[-1].parent, out / "tokens.html", examples=token_examples)
-        weight_histograms(prior[-1].parent, runs, out / "weights.png")
+        token_view(prior.parent, out / "tokens.html", examples=token_examples)
+        weight_histograms(prior.parent, runs, out / "weights.png")
         parts += ["", "## Which tokens the prior calls misaligned", "",
                   "[tokens.html](tokens.html): training tokens coloured by the reference probability "
                   "(the PriFT-prob weight), struck through where PriFT-mass drops them; hover for the "
