@@ -11,6 +11,8 @@ stages:  each is a Ray task with the resources `pipeline.resources` declares, ca
            prior  once per sweep (shared by every method and seed; keyed by its inputs)
            sft    per run: PriFT/SFT from the base model, resumes from its newest checkpoint
            rl     per run: GRPO from sft/final
+           (sft and rl with `workers: N > 1` train data-parallel on N Ray Train workers instead:
+            workflows/distributed.py)
            eval   one task per (model, benchmark): base once per sweep, sft and rl per run
 resume:  the run directory's manifest says what is done (workflows/rundir.py); MLflow runs are
          reattached through the ids it stores (workflows/tracking.py).
