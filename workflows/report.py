@@ -230,7 +230,8 @@ def comparison_plot(rows: dict[str, dict[str, dict]], path: Path) -> None:
             mean, std, _ = metrics[key] if key else (0.0, None, 0)
             means.append(100 * mean)
             errs.append(100 * (std or 0.0))
-        ax.bar([j + i * width for j in range(len(tasks))], means, width, yerr=errs, label=label, capsize=2)
+        lower = [min(e, m) for e, m in zip(errs, means)]  # accuracy is never below 0
+        ax.bar([j + i * width for j in range(len(tasks))], means, width, yerr=[lower, errs], label=label, capsize=2)
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(tasks))], tasks)
     ax.set_ylabel("Avg@n (%)")
     ax.set_title("Accuracy per task (mean over seeds; bars: std)")
