@@ -15,7 +15,7 @@ from conftest import build_tiny_model
 
 
 def summary(gsm8k: float, medqa: float) -> dict:
-    tasks = {"gsm8k": {"avg_at_2": gsm8k, "pass_at_1": gsm8k}, "medqa": {"avg_at_2": medqa, "pass_at_1": medqa}}
+    tasks = {t: {"avg_at_2": v, "pass_at_1": v, "pass_at_2": min(1.0, 2 * v)} for t, v in (("gsm8k", gsm8k), ("medqa", medqa))}
     return {"tasks": tasks, "domains": {"math": tasks["gsm8k"], "medical": tasks["medqa"]}}
 
 
@@ -31,7 +31,7 @@ def test_table_gives_mean_and_sample_std_over_seeds(tmp_path):
     assert std == pytest.approx(math.sqrt(sum((x - expected_mean) ** 2 for x in (0.2, 0.4, 0.9)) / 2))
     assert rows["sft (sft)"]["gsm8k"]["avg_at_2"] == (0.1, None, 1)  # one seed: no spread claimed
     assert list(rows) == ["base", "prift_mass (sft)", "sft (sft)"]
-    table = markdown_table(rows, "avg_at_")
+    table = markdown_table(rows, "avg_at_n")
     assert "| prift_mass (sft) | 50.0 ± 36.1 | 40.0 ± 17.3 |" in table and "| base | 5.0 | 25.0 |" in table
 
 
@@ -142,3 +142,11 @@ def test_drift_table_averages_the_seeds_of_each_method_and_stage():
     records.append({"method": "dft", "stage": "rl", "seed": 0, "kl": {"general": 0.3}})
     table = drift_table(records)
     assert "| sft (sft) | 2 | 0.1500 ± 0.0707 |" in table and "| dft (rl) | 1 | 0.3000 |" in table
+
+
+def test_pick_finds_avg_at_n_and_the_largest_pass_at_k():
+    from workflows.report import pick
+
+    metrics = {"avg_at_16": 0.3, "pass_at_1": 0.3, "pass_at_2": 0.4, "pass_at_16": 0.7, "pass_at_4": 0.5}
+    assert pick(metrics, "avg_at_n") == "avg_at_16" and pick(metrics, "pass_at_n") == "pass_at_16"
+    assert pick(metrics, "pass_at_1") == "pass_at_1" and pick(metrics, "pass_at_8") is None

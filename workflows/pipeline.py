@@ -312,8 +312,10 @@ def comparison_table(results: dict, tasks: list[str]) -> str:
     if not rows:
         return "(no evaluation ran)"
 
+    from workflows.report import pick
+
     def avg(metrics: dict) -> str:
-        key = next((k for k in metrics if k.startswith("avg_at_")), None)
+        key = pick(metrics, "avg_at_n")
         return f"{100 * metrics[key]:.1f}" if key else "-"
 
     width = max(len(r[0]) for r in rows)

@@ -120,16 +120,26 @@ def _cell(value: tuple | None) -> str:
     return f"{100 * mean:.1f}" + (f" ± {100 * std:.1f}" if std is not None else "")
 
 
-def markdown_table(rows: dict[str, dict[str, dict]], metric_prefix: str) -> str:
-    """Rows x columns of the first metric starting with `metric_prefix` (e.g. avg_at_, pass_at_1), in %."""
+def pick(metrics: dict, metric: str) -> str | None:
+    """The key of `metric` in a task's metrics: `avg_at_n` (Avg@n, whatever n), `pass_at_n` (the
+    largest k computed: Pass@n), or an exact name such as `pass_at_1`."""
+    if metric in ("avg_at_n", "pass_at_n"):
+        prefix = metric.removesuffix("n")
+        keys = [k for k in metrics if k.startswith(prefix) and k[len(prefix):].isdigit()]
+        return max(keys, key=lambda k: int(k[len(prefix):]), default=None)
+    return metric if metric in metrics else None
+
+
+def markdown_table(rows: dict[str, dict[str, dict]], metric: str) -> str:
+    """Rows x columns of one metric (see `pick`), in %, mean ± std over seeds."""
     columns = sorted({c for cells in rows.values() for c in cells})
     lines = ["| model | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for label, cells in rows.items():
         values = []
         for c in columns:
             metrics = cells.get(c, {})
-            key = next((k for k in metrics if k.startswith(metric_prefix)), None)
-            values.append(_cell(metrics.get(key)) if key else "-")
+            key = pick(metrics, metric)
+            values.append(_cell(metrics[key]) if key else "-")
         lines.append(f"| {label} | " + " | ".join(values) + " |")
     return "\n".join(lines)
 
@@ -226,7 +236,7 @@ def comparison_plot(rows: dict[str, dict[str, dict]], path: Path) -> None:
         means, errs = [], []
         for t in tasks:
             metrics = cells.get(t, {})
-            key = next((k for k in metrics if k.startswith("avg_at_")), None)
+            key = pick(metrics, "avg_at_n")
             mean, std, _ = metrics[key] if key else (0.0, None, 0)
             means.append(100 * mean)
             errs.append(100 * (std or 0.0))
@@ -260,9 +270,10 @@ def write_report(sweep: Path, *, kl_texts: int = 8, kl_max_tokens: int = 96, tok
              f"seeds {sorted({r.seed for r in runs})}. Values in %, mean ± std over seeds."]
     if tasks:
         comparison_plot(tasks, out / "comparison.png")
-        parts += ["", "## Avg@n per task", "", markdown_table(tasks, "avg_at_"),
+        parts += ["", "## Avg@n per task", "", markdown_table(tasks, "avg_at_n"),
                   "", "## Pass@1 per task", "", markdown_table(tasks, "pass_at_1"),
-                  "", "## Avg@n per domain", "", markdown_table(domains, "avg_at_"),
+                  "", "## Pass@n per task", "", markdown_table(tasks, "pass_at_n"),
+                  "", "## Avg@n per domain", "", markdown_table(domains, "avg_at_n"),
                   "", "![comparison](comparison.png)"]
     else:
         parts += ["", "(no evaluation results in this sweep)"]
