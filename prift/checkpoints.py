@@ -17,8 +17,9 @@ def latest_complete_checkpoint(folder: Path) -> Path | None:
     return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
 
 
-def save_final(trainer, out_dir: Path, summary_name: str, summary: dict) -> Path:
-    """Model + tokenizer + a JSON summary into <out_dir>/final, atomically.
+def save_final(trainer, out_dir: Path, summary_name: str, summary: dict, keep_checkpoints: bool = True) -> Path:
+    """Model + tokenizer + a JSON summary into <out_dir>/final, atomically; then, unless
+    `keep_checkpoints`, <out_dir>/checkpoints is deleted (final/ already marks the stage finished).
 
     Called on every rank of a data-parallel run: `save_model` is collective (it gathers sharded
     weights) and writes on rank 0 only; rank 0 alone renames, and no rank returns before final/ exists.
@@ -33,5 +34,7 @@ def save_final(trainer, out_dir: Path, summary_name: str, summary: dict) -> Path
         trainer.processing_class.save_pretrained(str(tmp))
         (tmp / summary_name).write_text(json.dumps(summary, indent=2, default=str))
         tmp.rename(final)
+        if not keep_checkpoints:
+            shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
     trainer.accelerator.wait_for_everyone()
     return final

@@ -74,6 +74,10 @@ class SFTStageConfig:
     """Optimizer steps between resumable checkpoints."""
     save_total_limit: int = 2
     """Checkpoints kept (older ones are deleted)."""
+    keep_checkpoints: bool = True
+    """Keep the trainer checkpoints once final/ is saved. False deletes them then (each holds the
+    weights and the optimizer state: ~12 bytes per parameter, 1.6 GB for SmolLM2-135M); the
+    finished stage no longer needs them, but cannot be continued for more steps."""
     seed: int = 42
     """Seed of model init-free randomness: data order, dropout."""
     report_to: list[str] = field(default_factory=list)
@@ -181,6 +185,6 @@ def run_sft(
 
     summary = {"method": cfg.method, "rule": asdict(rule), "train": result.metrics, "steps": result.global_step,
                "world_size": trainer.args.world_size}
-    save_final(trainer, out_dir, "prift_sft.json", summary)
+    save_final(trainer, out_dir, "prift_sft.json", summary, keep_checkpoints=cfg.keep_checkpoints)
     log.info("SFT finished: %s (%d steps, train loss %.4f)", final, result.global_step, result.training_loss)
     return final

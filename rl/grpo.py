@@ -112,6 +112,10 @@ class RLStageConfig:
     """Checkpoint every this many steps."""
     save_total_limit: int | None = 2
     """Checkpoints kept."""
+    keep_checkpoints: bool = True
+    """Keep the trainer checkpoints once final/ is saved. False deletes them then (each holds the
+    weights and the optimizer state: ~12 bytes per parameter, 1.6 GB for SmolLM2-135M); the
+    finished stage no longer needs them, but cannot be continued for more steps."""
     vllm_gpu_memory_utilization: float = 0.3
     """Share of GPU memory the colocated vLLM may take (the trainer needs the rest)."""
     max_model_len: int | None = None
@@ -214,7 +218,7 @@ def run_rl(model: str, cfg: RLStageConfig, out_dir: str | Path, eval_tasks=(), c
 
     summary = {"from": model, "rollout": rollout, "config": asdict(cfg), "train": result.metrics, "steps": result.global_step,
                "world_size": trainer.args.world_size}
-    save_final(trainer, out_dir, "prift_rl.json", summary)
+    save_final(trainer, out_dir, "prift_rl.json", summary, keep_checkpoints=cfg.keep_checkpoints)
     log.info("RL finished: %s (%d steps)", final, result.global_step)
     return final
 

@@ -202,3 +202,11 @@ def test_paper_recipes_keep_the_papers_global_batch(path):
     res = cfg.pipeline.resources
     assert cfg.sft.per_device_batch_size * cfg.sft.gradient_accumulation_steps * res.sft.workers == 256
     assert cfg.rl.per_device_batch_size * cfg.rl.gradient_accumulation_steps * res.rl.workers == 256  # completions
+
+
+def test_checkpoints_go_once_final_is_saved_when_not_kept(tiny_model, sft_file, tmp_path):
+    data = DataConfig(path=sft_file, max_length=64)
+    cfg = SFTStageConfig(method="sft", max_steps=2, save_steps=1, per_device_batch_size=4, keep_checkpoints=False)
+    final = run_sft(tiny_model, data, PriorConfig(), cfg, tmp_path / "sft")
+    assert (final / "config.json").exists() and not (tmp_path / "sft" / "checkpoints").exists()
+    assert run_sft(tiny_model, data, PriorConfig(), cfg, tmp_path / "sft") == final  # still finished
