@@ -50,15 +50,19 @@ def reference_kl(model_a, model_b, ids: list[int]) -> float:
 
 def test_token_kl_is_zero_to_itself_and_matches_a_float64_reference(tiny_model, tmp_path):
     from prift.models import load_causal_lm
-    from workflows.report import mean_token_kl
+    from workflows.report import mean_token_kl, next_token_logits
 
     a = load_causal_lm(tiny_model).eval()
     b = load_causal_lm(build_tiny_model(tmp_path / "other", seed=1)).eval()
     seqs = [[5, 17, 42, 99, 7, 3], [11, 12, 13, 14]]
-    assert mean_token_kl(a, a, seqs) == 0.0
+
+    def kl(model, base):
+        return mean_token_kl(model, next_token_logits(base, seqs), seqs)
+
+    assert kl(a, a) == 0.0
     expected = (reference_kl(a, b, seqs[0]) * 5 + reference_kl(a, b, seqs[1]) * 3) / 8
-    assert mean_token_kl(a, b, seqs) == pytest.approx(expected, rel=1e-9)
-    assert mean_token_kl(a, b, seqs) > 0 and mean_token_kl(b, a, seqs) != pytest.approx(mean_token_kl(a, b, seqs))
+    assert kl(a, b) == pytest.approx(expected, rel=1e-9)
+    assert kl(a, b) > 0 and kl(b, a) != pytest.approx(kl(a, b))
 
 
 @pytest.fixture(scope="module")

@@ -74,8 +74,6 @@ def rl_task(cfg: StagesConfig, model: str, out_dir: str, tracking: dict) -> str:
 
 def eval_task(cfg: StagesConfig, model: str, task_index: int, out_dir: str, tracking: dict) -> dict:
     _worker_logging()
-    import json
-
     from evals.stage import run_eval
 
     spec = cfg.eval.tasks[task_index]

@@ -157,13 +157,19 @@ def general_texts(n: int) -> list[str]:
 
 
 @torch.no_grad()
-def mean_token_kl(model, base, sequences: list[list[int]]) -> float:
-    """Mean over every next-token position of KL(p_model || p_base), summed in float64."""
+def next_token_logits(model, sequences: list[list[int]]) -> list[torch.Tensor]:
+    """The model's float32 logits [len - 1, vocab] for every next-token position of each sequence."""
+    return [model(input_ids=torch.tensor([ids])).logits[0, :-1].float() for ids in sequences]
+
+
+@torch.no_grad()
+def mean_token_kl(model, base_logits: list[torch.Tensor], sequences: list[list[int]]) -> float:
+    """Mean over every next-token position of KL(p_model || p_base), summed in float64. The base's
+    logits (`next_token_logits`) are computed once per text set and shared by every model compared."""
     total, count = 0.0, 0
-    for ids in sequences:
-        x = torch.tensor([ids])
-        lp = torch.log_softmax(model(input_ids=x).logits[0, :-1].double(), -1)
-        lq = torch.log_softmax(base(input_ids=x).logits[0, :-1].double(), -1)
+    for ids, base in zip(sequences, base_logits, strict=True):
+        lp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0, :-1].double(), -1)
+        lq = torch.log_softmax(base.double(), -1)
         total += float((lp.exp() * (lp - lq)).sum())
         count += lp.shape[0]
     if count == 0:
@@ -194,11 +200,13 @@ def drift(runs: list[Run], base_model: str, texts: dict[str, list[list[int]]]) -
     from prift.models import load_causal_lm
 
     base = load_causal_lm(base_model).eval()
+    base_logits = {name: next_token_logits(base, seqs) for name, seqs in texts.items()}
+    del base
     out = []
     todo = [(r, stage, path) for r in runs for stage, path in r.models().items()]
     for run, stage, path in tqdm(todo, desc="drift (KL to base)", unit="model"):
         model = load_causal_lm(str(path)).eval()
-        kl = {name: mean_token_kl(model, base, seqs) for name, seqs in texts.items()}
+        kl = {name: mean_token_kl(model, base_logits[name], seqs) for name, seqs in texts.items()}
         out.append({"method": run.method, "stage": stage, "seed": run.seed, "kl": kl})
         del model
     return out
