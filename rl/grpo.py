@@ -18,7 +18,8 @@ train:   GRPO: for each prompt, `num_generations` completions are sampled and sc
          to the starting model (`beta`) is minimised. Resumes from the newest complete checkpoint.
 outputs: <out>/checkpoints/ (resumable; completions/ holds a parquet table of sampled completions and
          their rewards every `logging_steps`), <out>/final/ (a plain Hugging Face folder, atomic)
-         and final/prift_rl.json.
+         and final/prift_rl.json, whose `learning_signal` says whether the run had anything to learn
+         from (rl/learning_signal.py; a warning is logged when it had not).
 TRL logs rewards/<name>/mean and std, completions/mean_length, kl (beta > 0) and clip ratios.
 """
 
@@ -29,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from rl.learning_signal import learning_signal, weights_fingerprint
 from rl.prompts import PromptsConfig, build_rows, check_no_eval_overlap
 from rl.rewards import REWARDS, guarded
 from rl.weight_sync import WeightSyncError, prepare_colocated_vllm, probe_in_subprocess, probe_trainer
@@ -225,10 +227,17 @@ def run_rl(model: str, cfg: RLStageConfig, out_dir: str | Path, eval_tasks=(), c
         resume = latest_complete_checkpoint(out_dir / "checkpoints")
         if resume:
             log.info("resuming RL from %s", resume)
+        start = weights_fingerprint(trainer.model)
         result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
 
-    summary = {"from": model, "rollout": rollout, "rollout_fallback": fallback, "config": asdict(cfg),
-               "train": result.metrics, "steps": result.global_step, "world_size": trainer.args.world_size}
+    signal = learning_signal(trainer.state.log_history, weights_fingerprint(trainer.model) != start)
+    if not signal["ok"]:
+        log.warning("RL had no learning signal: %s. The RL model is not an RL result; see the RL stage's "
+                    "rewards/*/std and completions/clipped_ratio, and raise max_completion_length or pick "
+                    "prompts the model sometimes solves.", signal["reason"])
+    summary = {"from": model, "rollout": rollout, "rollout_fallback": fallback, "learning_signal": signal,
+               "config": asdict(cfg), "train": result.metrics, "steps": result.global_step,
+               "world_size": trainer.args.world_size}
     save_final(trainer, out_dir, "prift_rl.json", summary, keep_checkpoints=cfg.keep_checkpoints)
     log.info("RL finished: %s (%d steps)", final, result.global_step)
     return final

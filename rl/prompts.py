@@ -28,6 +28,9 @@ class GeneratorSpec:
     """How many prompts to generate."""
     seed: int = 0
     """Generator seed: the same seed gives the same prompts."""
+    options: dict = field(default_factory=dict)
+    """The generator's own settings, e.g. basic_arithmetic {min_terms: 2, max_terms: 2, max_digits: 1,
+    operators: ["+"]} (reasoning-gym's dataset config; unknown keys are refused by it)."""
 
 
 @dataclass(frozen=True)
@@ -36,17 +39,25 @@ class PromptsConfig:
     """Training splits of known tasks, e.g. {name: gsm8k, source: openai/gsm8k, split: train}."""
     generators: list[GeneratorSpec] = field(default_factory=lambda: [GeneratorSpec()])
     """reasoning-gym generators (the CPU default: 256 basic_arithmetic prompts)."""
+    template: str = MATH_PROMPT
+    """How a generated problem becomes a prompt ({problem} is replaced); default: the math
+    evaluation's own template, which asks for step-by-step reasoning and a \\boxed{} answer."""
+
+    def __post_init__(self):
+        if "{problem}" not in self.template:
+            raise ValueError(f"template: must contain {{problem}}, got {self.template!r}")
 
 
-def _generated(spec: GeneratorSpec) -> list[Example]:
+def _generated(spec: GeneratorSpec, template: str) -> list[Example]:
     import reasoning_gym
 
+    options = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.options.items()}
     try:
-        data = reasoning_gym.create_dataset(spec.name, size=spec.size, seed=spec.seed)
+        data = reasoning_gym.create_dataset(spec.name, size=spec.size, seed=spec.seed, **options)
     except Exception as e:  # reasoning-gym raises assorted errors for unknown names / bad args
         raise TaskError(f"rl.prompts.generators: reasoning-gym dataset {spec.name!r}: {e}") from None
     return [
-        Example(f"{spec.name}/{spec.seed}/{i}", MATH_PROMPT.format(problem=row["question"]), str(row["answer"]))
+        Example(f"{spec.name}/{spec.seed}/{i}", template.replace("{problem}", row["question"]), str(row["answer"]))
         for i, row in enumerate(data)
     ]
 
@@ -58,7 +69,7 @@ def build_rows(cfg: PromptsConfig) -> list[dict]:
         scorer = TASKS[spec.name].scorer
         rows += [_row(ex, scorer) for ex in load_examples(spec)]
     for gen in cfg.generators:
-        rows += [_row(ex, "math") for ex in _generated(gen)]
+        rows += [_row(ex, "math") for ex in _generated(gen, cfg.template)]
     if not rows:
         raise TaskError("rl.prompts: no prompts (give tasks with training splits or reasoning-gym generators)")
     return rows

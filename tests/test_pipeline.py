@@ -69,6 +69,11 @@ def test_whole_pipeline_outputs_manifest_and_mlflow(tiny_model, sft_file, tmp_pa
         assert "eval/rl/gsm8k/avg_at_2" in parent.data.metrics and "eval/base/gsm8k/avg_at_2" in parent.data.metrics
         sft_run = next(r for r in children if r.data.tags["stage"] == "sft")
         assert len(client.get_metric_history(sft_run.info.run_id, "loss")) == 4  # a curve, by step
+        # math_answer on a random tiny model is 0 for every completion: nothing to learn from
+        rl_run = next(r for r in children if r.data.tags["stage"] == "rl")
+        for run in (rl_run, parent):
+            assert "no reward variance" in run.data.tags["alert.rl_no_learning_signal"]
+    assert printed.count("(rl: no learning signal)") == 2
 
     # resubmitting the same config does nothing again and creates no new MLflow runs
     stamp = (runs[0] / "sft" / "final" / "config.json").stat().st_mtime_ns
@@ -77,6 +82,47 @@ def test_whole_pipeline_outputs_manifest_and_mlflow(tiny_model, sft_file, tmp_pa
     assert len(mlflow_runs(storage)[1]) == len(all_runs)
 
     check_report(root, runs, storage)
+
+
+@pytest.mark.slow
+def test_a_failing_stage_is_recorded_everywhere_and_the_driver_exits_1(tiny_model, sft_file, tmp_path, capsys, monkeypatch):
+    """The RL stage raises inside its Ray worker (a sitecustomize the workers load replaces run_rl)."""
+    import os
+
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "try:\n    import rl.grpo\nexcept Exception:\n    pass\nelse:\n"
+        "    def run_rl(*a, **k):\n        raise RuntimeError('injected failure')\n    rl.grpo.run_rl = run_rl\n"
+    )
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(hook), os.getcwd()]))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    storage = tmp_path / "store"
+    config = tiny_pipeline(tiny_model, sft_file, storage, methods=["sft"], eval_models=["base", "rl"])
+    config["eval"]["tasks"] = [{"name": "gsm8k", "limit": 1}]
+    config["sft"]["max_steps"] = 2
+    assert main(["run", write(tmp_path, config)]) == 1
+    out = capsys.readouterr()
+    assert "FAILED in rl: RuntimeError: injected failure" in out.out and "base: done" in out.out
+    assert "1 run(s) failed: sft/s0" in out.err
+
+    root = storage / "tiny"
+    run = next(p for p in root.iterdir() if p.name.startswith("sft-"))
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["stages"]["sft"]["status"] == "done"
+    assert manifest["stages"]["rl"] == manifest["stages"]["rl"] | {"status": "failed", "error": "RuntimeError: injected failure"}
+    assert (manifest["status"], manifest["failed_stage"]) == ("failed", "rl")
+
+    _, all_runs = mlflow_runs(storage)
+    assert "RUNNING" not in {r.info.status for r in all_runs}
+    status = {r.data.tags.get("stage") or f"parent {r.data.tags['method']}": r.info.status for r in all_runs}
+    assert status == {"parent base": "FINISHED", "eval_base": "FINISHED", "parent sft": "FAILED", "sft": "FINISHED", "rl": "FAILED"}
+    parent = next(r for r in all_runs if r.data.tags.get("method") == "sft" and "mlflow.parentRunId" not in r.data.tags)
+    assert parent.data.tags["failed_stage"] == "rl" and "injected failure" in parent.data.tags["error"]
+
+    assert main(["report", str(root), "--no-mlflow"]) == 0
+    report = (root / "report" / "report.md").read_text()
+    assert f"| {run.name} | failed in rl: RuntimeError: injected failure |" in report
 
 
 def markdown_rows(report: str, heading: str) -> dict[str, dict[str, str]]:
@@ -95,10 +141,11 @@ def check_report(root, runs, storage):
     table = markdown_rows(report, "Avg@n per task")
     for run in runs:
         method = run.name.split("-")[0]
-        for model in ("sft", "rl"):
+        for model, label in (("sft", "sft"), ("rl", "rl: no learning signal")):
             for task in ("gsm8k", "mmlu_medical"):
                 value = json.loads((run / "eval" / model / task / "metrics.json").read_text())["metrics"]["avg_at_2"]
-                assert table[f"{method} ({model})"][task] == f"{100 * value:.1f}"
+                assert table[f"{method} ({label})"][task] == f"{100 * value:.1f}"
+        assert f"| {run.name} | done; rl: no learning signal" in report
     drift = json.loads((root / "report" / "drift.json").read_text())
     assert sorted((d["method"], d["stage"]) for d in drift) == [("prift_mass", "rl"), ("prift_mass", "sft"), ("sft", "rl"), ("sft", "sft")]
     assert all(v > 0 for d in drift for v in d["kl"].values())  # every checkpoint moved off the base

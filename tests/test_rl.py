@@ -146,3 +146,25 @@ def test_config_rejects_partial_groups_and_unknown_rewards():
         tiny_rl(num_generations=3)
     with pytest.raises(ValueError, match="unknown reward 'speed'"):
         RewardSpec("speed")
+
+
+def test_learning_signal_flags_zero_variance_clipping_and_unchanged_weights():
+    from rl.learning_signal import learning_signal
+
+    good = [{"frac_reward_zero_std": 0.5, "completions/clipped_ratio": 0.4}] * 4
+    assert learning_signal(good, weights_changed=True)["ok"]
+    flat = [{"frac_reward_zero_std": 1.0, "completions/clipped_ratio": 0.4}] * 3 + good[:1]
+    assert "75% of steps had no reward variance" in learning_signal(flat, True)["reason"]
+    clipped = [{"frac_reward_zero_std": 0.0, "completions/clipped_ratio": 0.97}] * 4
+    assert "97% of completions hit max_completion_length" in learning_signal(clipped, True)["reason"]
+    assert learning_signal(good, weights_changed=False)["reason"] == "the weights did not change"
+    assert not learning_signal([], True)["ok"]  # no logged step: nothing shows a signal
+
+
+def test_an_rl_run_without_reward_variance_says_so(tiny_model, tmp_path, caplog):
+    """math_answer on a random tiny model scores 0 for every completion."""
+    with caplog.at_level(logging.WARNING, logger="rl.grpo"):
+        final = run_rl(tiny_model, tiny_rl(rewards=[RewardSpec("math_answer")], max_steps=2, logging_steps=1), tmp_path)
+    signal = json.loads((final / "prift_rl.json").read_text())["learning_signal"]
+    assert not signal["ok"] and signal["zero_variance_steps"] == 1.0 and "no reward variance" in signal["reason"]
+    assert "RL had no learning signal" in caplog.text

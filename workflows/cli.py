@@ -66,13 +66,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from evals.tasks import TaskError
     from prift.data import DataError
-    from workflows.pipeline import ResourceError
+    from rl.weight_sync import WeightSyncError
+    from workflows.pipeline import ResourceError, RunsFailed
 
     try:  # bad input found before any compute: the message, not a traceback
         _dispatch(args, cfg)
-    except (TaskError, DataError, ResourceError) as e:
+    except (TaskError, DataError, ResourceError, WeightSyncError) as e:
         print(e, file=sys.stderr)
         return 2
+    except RunsFailed as e:  # each run's outcome is printed above; the finished ones are kept
+        print(e, file=sys.stderr)
+        return 1
     return 0
 
 

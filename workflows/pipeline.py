@@ -21,6 +21,7 @@ Prints a method x task table and the `mlflow ui` command at the end.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -31,7 +32,7 @@ from pathlib import Path
 import yaml
 
 from workflows.config import StagesConfig
-from workflows.rundir import Manifest, config_hash, run_name
+from workflows.rundir import Manifest, config_hash, rl_signal, run_label, run_name
 from workflows.tracking import MetricsCallback, Tracker, tracking_uri
 
 log = logging.getLogger(__name__)
@@ -165,7 +166,7 @@ class Pipeline:
         base = self.eval_base() if on.eval and "base" in cfg.pipeline.eval_models else {}
         runs = [(m, s) for m in cfg.pipeline.methods for s in cfg.pipeline.seeds]
         with ThreadPoolExecutor(len(runs)) as pool:  # Ray decides how many run at once (resources)
-            results = list(pool.map(lambda ms: self.run_one(*ms, prior_dir, base), runs))
+            results = list(pool.map(lambda ms: self.run_one(*ms, prior_dir, base.get("models", {}).get("base", {})), runs))
         return {"base": base, "runs": dict(zip([f"{m}/s{s}" for m, s in runs], results))}
 
     def eval_base(self) -> dict:
@@ -176,7 +177,7 @@ class Pipeline:
         parent = self.tracker.run(manifest.data.get("mlflow_run_id"), "base", {"method": "base", "model": self.cfg.model})
         manifest.data["mlflow_run_id"] = parent
         manifest.save()
-        return self.stage_eval(manifest, parent, "base", self.cfg.model, folder, self.cfg)
+        return self.outcome(manifest, parent, lambda: {"base": self.stage_eval(manifest, parent, "base", self.cfg.model, folder, self.cfg)})
 
     def run_one(self, method: str, seed: int, prior_dir: Path, base: dict) -> dict:
         cfg = replace(self.cfg, sft=replace(self.cfg.sft, method=method, seed=seed), rl=replace(self.cfg.rl, seed=seed))
@@ -191,19 +192,38 @@ class Pipeline:
         manifest.data.update(run_name=name, config_hash=digest, mlflow_run_id=parent)
         manifest.save()
         self.tracker.params(parent, {k: v for k, v in asdict(cfg).items() if k != "pipeline"})
+        result = self.outcome(manifest, parent, lambda: self.stages(cfg, manifest, parent, folder, prior_dir))
+        if result["status"] == "done":
+            if base:
+                self.tracker.metrics(parent, {f"eval/base/{t}/{k}": v for t, m in base.items() for k, v in m.items()})
+            self.tracker.artifact(parent, folder / "config.yaml")
+            self.tracker.artifact(parent, manifest.path)
+        result["rl_signal"] = rl_signal(folder)
+        return result
+
+    def outcome(self, manifest: Manifest, parent: str, work) -> dict:
+        """Run `work()` (-> {model: per-task metrics}) for one parent run and record how it ended:
+        {status: done, models} or {status: failed, stage, error}; the manifest and the MLflow parent
+        say the same (FINISHED or FAILED, never left RUNNING). Interrupts are recorded and re-raised."""
         try:
-            summary = self.stages(cfg, manifest, parent, folder, prior_dir)
-        except BaseException:
-            self.tracker.tags(parent, {"status": "failed"})
+            models = work()
+        except BaseException as e:
+            stages = manifest.data["stages"]
+            stage = next((n for n, st in stages.items() if st.get("status") == "failed"), "setup")
+            result = {"status": "failed", "stage": stage, "error": failure_reason(e), "models": {}}
+            manifest.data.update(status="failed", failed_stage=stage, error=result["error"])
+            manifest.save()
+            self.tracker.tags(parent, {"status": "failed", "failed_stage": stage, "error": result["error"][:500]})
             self.tracker.finish(parent, "FAILED")
-            raise
-        if base:
-            self.tracker.metrics(parent, {f"eval/base/{t}/{k}": v for t, m in base.items() for k, v in m.items()})
+            if not isinstance(e, Exception):
+                raise
+            log.error("%s failed in stage %s: %s", manifest.path.parent.name, stage, result["error"])
+            return result
+        manifest.data.update(status="done", failed_stage=None, error=None)
+        manifest.save()
         self.tracker.tags(parent, {"status": "finished"})
-        self.tracker.artifact(parent, folder / "config.yaml")
-        self.tracker.artifact(parent, manifest.path)
         self.tracker.finish(parent)
-        return summary
+        return {"status": "done", "models": models}
 
     def stages(self, cfg, manifest: Manifest, parent: str, folder: Path, prior_dir: Path) -> dict:
         on, model, results = cfg.pipeline.stages, cfg.model, {}
@@ -233,15 +253,32 @@ class Pipeline:
         if manifest.is_done(stage, digest, (final / "config.json").exists()):
             return
         run_id = self.stage_run(manifest, stage, parent, stage_cfg)
-        manifest.mark(stage, status="running", hash=digest)
+        manifest.mark(stage, status="running", hash=digest, error=None)
         res = getattr(self.res, stage)
         if res.workers > 1:
             task = _remote_on_workers(fn, res, f"{folder.name}-{stage}", self.root / "ray_train")
         else:
             task = _remote(fn, res)
-        ray.get(task.remote(*args, self.tracking(run_id)))
+        with self.recorded(manifest, stage, run_id):
+            ray.get(task.remote(*args, self.tracking(run_id)))
         manifest.mark(stage, status="done", outputs={"final": str(final)})
+        signal = rl_signal(folder) if stage == "rl" else None
+        if signal and not signal["ok"]:
+            alert = {"alert.rl_no_learning_signal": signal["reason"][:500], "rl_signal": "none"}
+            self.tracker.tags(run_id, alert)
+            self.tracker.tags(parent, alert)
         self.tracker.finish(run_id)
+
+    @contextlib.contextmanager
+    def recorded(self, manifest: Manifest, stage: str, run_id: str):
+        """A stage that raises is `failed` in the manifest, with its reason, and FAILED in MLflow."""
+        try:
+            yield
+        except BaseException as e:
+            manifest.mark(stage, status="failed", error=failure_reason(e))
+            self.tracker.tags(run_id, {"error": failure_reason(e)[:500]})
+            self.tracker.finish(run_id, "FAILED")
+            raise
 
     def stage_run(self, manifest: Manifest, stage: str, parent: str, stage_cfg) -> str:
         run_id = self.tracker.run(manifest.stage(stage).get("mlflow_run_id"), stage, {"stage": stage}, parent=parent)
@@ -263,7 +300,8 @@ class Pipeline:
             run_id = self.stage_run(manifest, stage, parent, cfg.eval)
             manifest.mark(stage, status="running", hash=digest)
             task = _remote(eval_task, self.res.eval)
-            ray.get([task.remote(cfg, model, i, str(out), self.tracking(run_id)) for i in range(len(names))])
+            with self.recorded(manifest, stage, run_id):
+                ray.get([task.remote(cfg, model, i, str(out), self.tracking(run_id)) for i in range(len(names))])
             summary = summarize(model, out, names)
             self.tracker.metrics(run_id, {f"{d}/{k}": v for d, m in summary["domains"].items() for k, v in m.items()})
             manifest.mark(stage, status="done", outputs={"summary": str(out / "summary.json")})
@@ -291,22 +329,53 @@ def run_pipeline(cfg: StagesConfig) -> dict:
         pipeline = Pipeline(cfg)
         results = pipeline.run()
         print(comparison_table(results, [t.name for t in cfg.eval.tasks]))
+        print("\n" + run_summary(results))
         print(f"\nMLflow: mlflow ui --backend-store-uri {pipeline.uri}   (experiment {cfg.pipeline.experiment!r})")
+        failed = [name for name, r in [("base", results["base"]), *results["runs"].items()] if r.get("status") == "failed"]
+        if failed:
+            raise RunsFailed(f"{len(failed)} run(s) failed: {', '.join(failed)} (see the summary above)")
         return results
     finally:
         if started:
             ray.shutdown()
 
 
+class RunsFailed(RuntimeError):
+    """Some runs of the sweep failed; the others finished and are recorded."""
+
+
+def failure_reason(e: BaseException) -> str:
+    """The user-facing reason: a Ray task error's own cause, type and first lines of its message."""
+    cause = getattr(e, "cause", None) or e
+    text = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {' '.join(text[:3])[:1000]}" if text else type(cause).__name__
+
+
+def run_summary(results: dict) -> str:
+    """One line per run: done, or failed with the stage and the reason."""
+    lines = ["Runs:"]
+    for name, r in [("base", results["base"]), *results["runs"].items()]:
+        if not r:
+            continue
+        if r["status"] == "failed":
+            lines.append(f"  {name}: FAILED in {r['stage']}: {r['error']}")
+        else:
+            signal = r.get("rl_signal")
+            note = f" (rl: no learning signal: {signal['reason']})" if signal and not signal["ok"] else ""
+            lines.append(f"  {name}: done{note}")
+    return "\n".join(lines)
+
+
 def comparison_table(results: dict, tasks: list[str]) -> str:
     """Method x task: Avg@n of the last trained model of each run (rl, else sft), and the base."""
     rows = []
-    if results.get("base"):
-        rows.append(("base", results["base"]))
-    for run, models in results["runs"].items():
-        last = models.get("rl") or models.get("sft")
-        if last:
-            rows.append((f"{run} ({'rl' if 'rl' in models else 'sft'})", last))
+    if results["base"].get("models"):
+        rows.append(("base", results["base"]["models"]["base"]))
+    for run, result in results["runs"].items():
+        models = result.get("models", {})
+        stage = "rl" if "rl" in models else "sft"
+        if models.get(stage):
+            rows.append((f"{run} ({run_label(stage, result.get('rl_signal'))})", models[stage]))
     if not rows:
         return "(no evaluation ran)"
 

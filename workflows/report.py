@@ -29,6 +29,8 @@ from pathlib import Path
 import torch
 import yaml
 
+from workflows.rundir import rl_signal, run_label
+
 log = logging.getLogger(__name__)
 
 GENERAL_MODULES = ("json", "argparse", "collections", "textwrap", "random", "statistics", "fractions",
@@ -45,6 +47,16 @@ class Run:
     config: dict
     evals: dict[str, dict] = field(default_factory=dict)  # model stage (sft, rl) -> summary.json
     mlflow_run_id: str | None = None
+    manifest: dict = field(default_factory=dict)
+
+    def status(self) -> str:
+        """done, failed in STAGE: REASON, or incomplete (stages not done: ...)."""
+        if self.manifest.get("status") == "failed":
+            return f"failed in {self.manifest.get('failed_stage')}: {self.manifest.get('error')}"
+        pending = [n for n, st in self.manifest.get("stages", {}).items() if st.get("status") != "done"]
+        if pending or self.manifest.get("status") != "done":
+            return f"incomplete (not done: {', '.join(pending) or 'no stage finished'})"
+        return "done"
 
     def models(self) -> dict[str, Path]:
         """Fine-tuned checkpoints that exist: {"sft": .../sft/final, "rl": .../rl/final}."""
@@ -66,7 +78,8 @@ def collect(sweep: Path) -> tuple[list[Run], dict | None]:
     for folder in sorted(p for p in sweep.iterdir() if (p / "manifest.json").exists() and p.name != "base"):
         config = yaml.safe_load((folder / "config.yaml").read_text())
         manifest = json.loads((folder / "manifest.json").read_text())
-        run = Run(folder, config["sft"]["method"], config["sft"]["seed"], config, mlflow_run_id=manifest.get("mlflow_run_id"))
+        run = Run(folder, config["sft"]["method"], config["sft"]["seed"], config,
+                  mlflow_run_id=manifest.get("mlflow_run_id"), manifest=manifest)
         for stage in ("sft", "rl"):
             summary = folder / "eval" / stage / "summary.json"
             if summary.exists():
@@ -109,8 +122,29 @@ def method_table(runs: list[Run], base: dict | None, section: str = "tasks") -> 
                 metrics = [s[col] for s in summaries if col in s]
                 keys = set.intersection(*(set(m) for m in metrics))
                 cells[col] = {k: (*_mean_std([m[k] for m in metrics]), len(metrics)) for k in sorted(keys)}
-            rows[f"{method} ({stage})"] = cells
+            rows[f"{method} ({run_label(stage, _worst_signal(runs, method) if stage == 'rl' else None)})"] = cells
     return rows
+
+
+def _worst_signal(runs: list[Run], method: str) -> dict | None:
+    """The learning signal of a method's RL runs: not ok if any seed's run had none."""
+    signals = [rl_signal(r.folder) for r in runs if r.method == method]
+    return next((s for s in signals if s and not s["ok"]), None)
+
+
+def runs_section(runs: list[Run], config: dict) -> list[str]:
+    """Every run's status, RL runs without a learning signal, and (method, seed) pairs of the
+    newest config that have no run folder at all."""
+    lines = ["", "## Runs", "", "| run | status |", "|---|---|"]
+    for r in runs:
+        signal = rl_signal(r.folder)
+        note = f"; rl: no learning signal ({signal['reason']})" if signal and not signal["ok"] else ""
+        lines.append(f"| {r.folder.name} | {r.status()}{note} |")
+    present = {(r.method, r.seed) for r in runs}
+    pipeline = config.get("pipeline", {})
+    missing = [(m, s) for m in pipeline.get("methods", []) for s in pipeline.get("seeds", []) if (m, s) not in present]
+    lines += [f"| {m} seed {s} | missing (no run folder) |" for m, s in missing]
+    return lines
 
 
 def _cell(value: tuple | None) -> str:
@@ -276,6 +310,7 @@ def write_report(sweep: Path, *, kl_texts: int = 8, kl_max_tokens: int = 96, tok
     parts = [f"# PriFT report: {sweep.name}", "",
              f"Base model `{config['model']}`; methods {sorted({r.method for r in runs})}; "
              f"seeds {sorted({r.seed for r in runs})}. Values in %, mean ± std over seeds."]
+    parts += runs_section(runs, config)
     if tasks:
         comparison_plot(tasks, out / "comparison.png")
         parts += ["", "## Avg@n per task", "", markdown_table(tasks, "avg_at_n"),

@@ -53,3 +53,14 @@ class Manifest:
     def mark(self, name: str, **fields) -> None:
         self.stage(name).update(fields)
         self.save()
+
+
+def rl_signal(folder: Path) -> dict | None:
+    """The RL stage's learning_signal (rl/learning_signal.py) from rl/final/prift_rl.json, if it ran."""
+    summary = folder / "rl" / "final" / "prift_rl.json"
+    return json.loads(summary.read_text()).get("learning_signal") if summary.exists() else None
+
+
+def run_label(stage: str, signal: dict | None) -> str:
+    """'rl', or 'rl: no learning signal' for an RL model that is not an RL result."""
+    return f"{stage}: no learning signal" if stage == "rl" and signal and not signal["ok"] else stage
