@@ -188,7 +188,7 @@ def exposed_dirs():
     """What the interpreter needs to import the standard library: its `sys.path` directories and
     the directories of the shared libraries it has loaded (where extension modules find theirs),
     reduced to the outermost ones."""
-    dirs = {os.path.realpath(p) for p in sys.path if p and os.path.isdir(p)}
+    dirs = set(import_path_dirs())
     with open("/proc/self/maps") as maps:
         for line in maps:
             path = line.split(None, 5)[-1].strip()
@@ -338,7 +338,7 @@ def program(request, state, in_new_pid_namespace, libc, report_fd):
         workdir = os.path.realpath(os.getcwd())
         os.environ.update(HOME=workdir, TMPDIR=workdir)
         nonce = request.pop("nonce").encode()
-        readable = (*state_readable(), workdir, *DEVICES)
+        readable = (*import_path_dirs(), workdir, *DEVICES)
         request_hook = request["audit_hook"]
         request.clear()
         if request_hook:
@@ -367,7 +367,7 @@ def close_all_but(*keep):
     os.closerange(low, 1 << 16)
 
 
-def state_readable():
+def import_path_dirs():
     """What the program may read besides its directory: the interpreter's import path."""
     return [os.path.realpath(p) for p in sys.path if p and os.path.isdir(p)]
 
