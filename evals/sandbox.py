@@ -11,7 +11,7 @@ hook switched off):
   mounts) of the interpreter's import path and shared-library directories, /dev/null and
   /dev/urandom, and the program's own directory at /work: a fresh tmpfs of `file_mb` MiB, the one
   writable place, which vanishes with the namespace. The host's root is detached, not hidden: no
-  path leads back to /tmp, /dev/shm, the repository or any binary. An IPC namespace of its own
+  path leads back to /tmp, /dev/shm, the repository, a shell or /usr/bin. An IPC namespace of its own
   takes any SysV/POSIX IPC object with it;
 - processes: a PID namespace whose PID 1 is the program: it sees and signals no process outside,
   and when it ends (or is killed at the timeout) the kernel kills every process it started before
@@ -20,8 +20,10 @@ hook switched off):
   user namespace of the caller's, where the limit is counted apart from the user's other processes;
 - network: a network namespace with no interface up (127.0.0.1 included);
 - system calls: a seccomp filter makes execve/execveat (so any way of starting a binary:
-  `subprocess`, `os.posix_spawn`, `_posixsubprocess.fork_exec`, ctypes), namespace and mount calls,
-  ptrace, bpf, io_uring and keyrings fail with EPERM; no capability is left;
+  `subprocess`, `os.posix_spawn`, `_posixsubprocess.fork_exec`, ctypes, a memfd), namespace and
+  mount calls, ptrace, bpf, io_uring and keyrings fail with EPERM; no capability is left. This is
+  the wall against exec: the library directories in the view do hold the loader and a few
+  executables (nosuid);
 - resource limits: address space, CPU seconds, size of any file it writes, number of processes;
   a scrubbed environment (HOME = TMPDIR = /work), stdin closed, its own session;
 - a Python audit hook (PEP 578), defence in depth and the guard of the pass/fail verdict: it

@@ -9,8 +9,9 @@ Once, at start-up (`prepare`), the server makes the kernel layers every program 
   PID 1 of it (`become_init`): if it dies, everything it started dies;
 - in that mount namespace, the *view*: a read-only tmpfs on <view dir> holding only read-only bind
   mounts of the directories the interpreter loads from (its `sys.path` and the directories of its
-  shared libraries), /dev/null, /dev/urandom and an empty mount point `WORK`. No binary runs in it
-  (no shell, no loader path: /bin, /usr/bin are absent) and nothing in it is writable.
+  shared libraries), /dev/null, /dev/urandom and an empty mount point `WORK`. Nothing in it is
+  writable and it holds no shell or /usr/bin; the library directories do hold the loader and a
+  few executables (nosuid), so the seccomp filter, not the view, is what stops exec.
 
 Per request it forks the program process (`program`) as PID 1 of a new PID namespace: when it
 exits or is killed, the kernel kills every process it started, and it cannot see or signal any
