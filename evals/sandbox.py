@@ -2,27 +2,45 @@
 
     results = Sandbox(SandboxConfig(timeout_s=10)).run_many([[solution, tests], ...])
 
-Each program is a list of Python sources ("phases", e.g. the solution, then its tests), run in a
-child forked by a warm fork server (`evals/sandbox_runner.py`, a `python -I -S -B` process per
-worker, started on first use; forking it costs ~1 ms where a fresh interpreter costs ~20 ms):
-- its own process group and session, its own empty temporary working directory, a scrubbed
-  environment (PATH, LANG, HOME=the working directory), stdin closed;
+Each program is a list of Python sources ("phases", e.g. the solution, then its tests), run by a
+warm fork server (`evals/sandbox_runner.py`, a `python -I -S -B` process per worker, started on
+first use; forking it costs ~1 ms where a fresh interpreter costs ~20 ms). The layers, outermost
+first; the kernel ones hold without the audit hook (`tests/test_sandbox.py` checks them with the
+hook switched off):
+- file tree: a mount namespace whose root is a read-only tmpfs holding read-only copies (bind
+  mounts) of the interpreter's import path and shared-library directories, /dev/null and
+  /dev/urandom, and the program's own directory at /work: a fresh tmpfs of `file_mb` MiB, the one
+  writable place, which vanishes with the namespace. The host's root is detached, not hidden: no
+  path leads back to /tmp, /dev/shm, the repository, a shell or /usr/bin. An IPC namespace of its own
+  takes any SysV/POSIX IPC object with it;
+- processes: a PID namespace whose PID 1 is the program: it sees and signals no process outside,
+  and when it ends (or is killed at the timeout) the kernel kills every process it started before
+  the result is returned. RLIMIT_NPROC binds its process count: as root, the program runs as a
+  random throw-away uid (which owns no file on the machine); not as root, the namespaces live in a
+  user namespace of the caller's, where the limit is counted apart from the user's other processes;
+- network: a network namespace with no interface up (127.0.0.1 included);
+- system calls: a seccomp filter makes execve/execveat (so any way of starting a binary:
+  `subprocess`, `os.posix_spawn`, `_posixsubprocess.fork_exec`, ctypes, a memfd), namespace and
+  mount calls, ptrace, bpf, io_uring and keyrings fail with EPERM; no capability is left. This is
+  the wall against exec: the library directories in the view do hold the loader and a few
+  executables (nosuid);
 - resource limits: address space, CPU seconds, size of any file it writes, number of processes;
-- OS isolation, what the kernel allows: as root, a fresh network namespace (no interface is up, so
-  no socket reaches anything, 127.0.0.1 included) and a random throw-away uid that owns no file, so
-  files outside its directory are read-only to it and every process it starts can be killed by uid,
-  wherever it moved (`setsid`, double fork); not as root, a user+network namespace when allowed;
-- a Python audit hook (PEP 578) that refuses opening files outside its directory (reads of the
-  standard library excepted), sockets, subprocesses, fork/exec, signals, ctypes, tracing, and
-  other threads' frames or the GC's object lists (where the nonce could be found);
-- a wall-clock timeout that kills the whole process group (and, as root, every process of its uid);
-- stdout/stderr go to files capped by the file-size limit; the result keeps the last bytes only.
+  a scrubbed environment (HOME = TMPDIR = /work), stdin closed, its own session;
+- a Python audit hook (PEP 578), defence in depth and the guard of the pass/fail verdict: it
+  refuses opening files outside /work for writing (and outside the import path for reading),
+  sockets, subprocess/fork/exec, importing ctypes or `_posixsubprocess`, signals, tracing, and other
+  threads' frames or the GC's object lists (where the nonce could be found);
+- a wall-clock timeout; stdout/stderr go to files capped by the file-size limit (last bytes kept).
 A program passes only if its last phase returned and the runner then wrote this run's random nonce
-to a result file the program cannot open: an early `sys.exit(0)` / `os._exit(0)` / `atexit` trick is a failure. The result
-records the isolation that was actually in force (`isolation`).
+to a result file: an early `sys.exit(0)` / `os._exit(0)` / `atexit` trick is a failure.
 
-Not a VM: a kernel exploit or a bug in CPython's audit coverage is out of scope. The audit hook is
-the only layer that keeps a non-root run from *reading* world-readable files outside its directory.
+Where the kernel refuses a layer (no user namespaces for this user, a container without
+CAP_SYS_ADMIN, not x86_64), the sandbox refuses to run code (`SandboxRefused`) unless the config
+says `allow_weak: true`; then it logs a warning and runs with what it has. Every result records the
+isolation in force (`SandboxResult.isolation`, `level` "strong" or "weak").
+
+Not a VM: a kernel exploit is out of scope, and the program may read what the view exposes (the
+standard library, the system's shared libraries) and use CPU, memory and its tmpfs up to the limits.
 """
 
 from __future__ import annotations
@@ -37,9 +55,10 @@ import shutil
 import signal
 import subprocess
 import sys
-import sysconfig
 import tempfile
+import threading
 import time
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,10 +67,12 @@ from typing import Literal
 log = logging.getLogger(__name__)
 
 RUNNER = (Path(__file__).with_name("sandbox_runner.py")).read_text()
-# The standard library the program may import (read-only); the runner gets it from us rather than
-# importing sysconfig itself (startup time).
-STDLIB_DIRS = sorted({os.path.realpath(sysconfig.get_paths()[k]) for k in ("stdlib", "platstdlib")})
+SERVER_GRACE_S = 30.0  # beyond the program's timeout, before a silent fork server counts as hung
 Status = Literal["passed", "failed", "timeout", "error"]
+
+
+class SandboxRefused(RuntimeError):
+    """The kernel refused an isolation layer and the config does not allow running without it."""
 
 
 @dataclass(frozen=True)
@@ -59,26 +80,32 @@ class SandboxConfig:
     """Limits for one program. Defaults suit unit-test style programs (HumanEval, MBPP)."""
 
     timeout_s: float = 10.0
-    """Wall-clock limit; the whole process group is killed at this point."""
+    """Wall-clock limit; the program and every process it started are killed at this point."""
     cpu_s: int = 10
     """CPU-seconds limit (RLIMIT_CPU): a busy loop is stopped even when the machine is slow."""
     memory_mb: int = 1024
     """Address-space limit (RLIMIT_AS) in MiB: an allocation beyond it raises MemoryError."""
     file_mb: int = 16
-    """Largest file the program may write (RLIMIT_FSIZE), its captured stdout/stderr included."""
+    """Largest file the program may write (RLIMIT_FSIZE), its captured stdout/stderr included; also
+    the size of its directory (a tmpfs), all files together."""
     max_processes: int = 32
-    """RLIMIT_NPROC for the throw-away uid (root only; elsewhere fork is refused by the audit hook)."""
+    """Processes and threads of the program, its first one included (RLIMIT_NPROC, counted for its
+    throw-away uid as root, or in its user namespace otherwise)."""
     output_chars: int = 4000
     """How much of stdout / stderr (the end of each) the result keeps."""
     workers: int = 0
     """Programs run at once by `run_many`; 0 = the number of CPU cores."""
+    allow_weak: bool = False
+    """Run programs even where the kernel refuses a layer (mount view, PID/network namespace,
+    seccomp, binding process limit), with a warning and `isolation.level: weak` in every result.
+    Off: such a machine raises SandboxRefused instead of running untrusted code."""
 
 
 @dataclass
 class SandboxResult:
     status: Status
     """passed: every phase returned; failed: an exception or an early exit; timeout; error: killed
-    by a resource limit (file size, CPU) or the sandbox itself could not run the program."""
+    by a resource limit (file size) or the sandbox itself could not run the program."""
     reason: str
     """Why it did not pass (the last line of stderr, the signal, ...); empty when passed."""
     exit_code: int | None
@@ -87,7 +114,8 @@ class SandboxResult:
     stderr: str
     duration_s: float
     isolation: dict = field(default_factory=dict)
-    """What the runner achieved: {"network_namespace": bool, "uid": int}."""
+    """What the runner achieved: level ("strong" / "weak"), uid, mount_view, pid_namespace,
+    network_namespace, user_namespace, seccomp, unprivileged, process_limit, missing (why not)."""
 
     @property
     def passed(self) -> bool:
@@ -95,25 +123,29 @@ class SandboxResult:
 
 
 class _Server:
-    """One fork server (`sandbox_runner.serve`): a warm, trusted process that forks a child per program."""
+    """One fork server (`sandbox_runner.serve`): a warm, trusted process that forks a program per
+    request, inside the namespaces and view it made at start-up, and reaps it."""
 
-    def __init__(self):
+    def __init__(self, view: Path):
         self.proc = subprocess.Popen(
-            [sys.executable, "-I", "-S", "-B", "-c", RUNNER],
+            [sys.executable, "-I", "-S", "-B", "-c", RUNNER, str(view)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
             cwd="/", bufsize=0,
         )
         self.to_server, self.from_server = self.proc.stdin.fileno(), self.proc.stdout.fileno()
 
-    def start(self, request: dict) -> int:
+    def run(self, request: dict, wait_s: float) -> dict | None:
+        """Send a request; returns once the program and every process it started are gone:
+        {"program": pid, "status": exit code (negative: killed by that signal), "timed_out": bool,
+        "isolation": {...}} ("isolation" absent if the runner failed before it could report).
+        None if the server did not answer within wait_s."""
         data = marshal.dumps(request)
         os.write(self.to_server, len(data).to_bytes(4, "little") + data)
-        return int.from_bytes(self._read(4), "little")
-
-    def wait(self, timeout: float | None) -> int | None:
-        """The child's exit code (negative: killed by that signal), None if it is still running."""
-        ready, _, _ = select.select([self.from_server], [], [], timeout)
-        return int.from_bytes(self._read(4), "little", signed=True) if ready else None
+        ready, _, _ = select.select([self.from_server], [], [], wait_s)
+        if not ready:
+            return None
+        size = int.from_bytes(self._read(4), "little")
+        return marshal.loads(self._read(size))
 
     def _read(self, n: int) -> bytes:
         data = b""
@@ -128,71 +160,104 @@ class _Server:
         self.proc.stdin.close()
         self.proc.wait()
 
+    def kill(self) -> None:
+        """A server that stopped answering: its program dies with it (PID namespace, death signal)."""
+        self.proc.kill()
+        self.proc.wait()
+
 
 class Sandbox:
-    def __init__(self, config: SandboxConfig = SandboxConfig()):
+    def __init__(self, config: SandboxConfig = SandboxConfig(), *, audit_hook: bool = True):
+        """`audit_hook=False` is for tests only: it checks that the kernel layers hold on their own."""
         self.config = config
+        self.audit_hook = audit_hook
         self.as_root = hasattr(os, "getuid") and os.getuid() == 0
         self._idle: queue.SimpleQueue[_Server] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._root: Path | None = None
+        self._warned = False
+
+    @property
+    def scratch_root(self) -> Path:
+        """This sandbox's directory: `view/` (the servers' mount point, empty on the host) and one
+        directory per running program, deleted when it ends."""
+        with self._lock:
+            if self._root is None:
+                self._root = Path(tempfile.mkdtemp(prefix="prift-sandbox-"))
+                (self._root / "view").mkdir()
+                weakref.finalize(self, shutil.rmtree, self._root, True)
+            return self._root
 
     def run(self, phases: list[str]) -> SandboxResult:
         cfg = self.config
-        scratch = Path(tempfile.mkdtemp(prefix="prift-sandbox-"))
+        scratch = Path(tempfile.mkdtemp(dir=self.scratch_root))
+        try:
+            request, uid = self._request(scratch, phases)
+            code, timed_out, report, duration = self._execute(request, uid)
+            with open(scratch / "stdout", "rb") as out, open(scratch / "stderr", "rb") as err:
+                stdout, stderr = _tail(out, cfg.output_chars), _tail(err, cfg.output_chars)
+            finished = (scratch / "result").read_bytes() == request["nonce"].encode()
+        finally:
+            _remove(scratch)
+        isolation = report.get("isolation", {})
+        self._check_isolation(isolation, stderr)
+        status, reason = _classify(code, timed_out, finished, stderr, isolation)
+        return SandboxResult(status, reason, code, stdout, stderr, duration, isolation)
+
+    def _request(self, scratch: Path, phases: list[str]) -> tuple[dict, int | None]:
+        """The program's files (capture files; a working directory, used only where the kernel
+        refuses the view) and the request the server gets."""
+        cfg = self.config
         workdir = scratch / "work"
         workdir.mkdir()
         # A uid no file on the machine belongs to; 2^20.. keeps clear of real users and of nobody.
         uid = secrets.randbelow(1 << 29) + (1 << 20) if self.as_root else None
-        if uid is not None:
-            os.chown(workdir, uid, uid)
         for name in ("stdout", "stderr", "result"):
             (scratch / name).touch()
-        nonce = secrets.token_hex(16)
-        rlimits = {
-            "RLIMIT_AS": cfg.memory_mb << 20,
-            "RLIMIT_CPU": cfg.cpu_s,
-            "RLIMIT_FSIZE": cfg.file_mb << 20,
-            "RLIMIT_CORE": 0,
-        }
-        if uid is not None:
-            rlimits["RLIMIT_NPROC"] = cfg.max_processes
+        rlimits = {"RLIMIT_AS": cfg.memory_mb << 20, "RLIMIT_CPU": cfg.cpu_s, "RLIMIT_FSIZE": cfg.file_mb << 20, "RLIMIT_CORE": 0}
         request = {
             "workdir": str(workdir), "stdout": str(scratch / "stdout"), "stderr": str(scratch / "stderr"),
-            "result": str(scratch / "result"), "rlimits": rlimits, "uid": uid, "nonce": nonce,
-            "stdlib_dirs": STDLIB_DIRS, "phases": list(phases),
+            "result": str(scratch / "result"), "rlimits": rlimits, "max_processes": cfg.max_processes,
+            "work_mb": cfg.file_mb, "uid": uid, "nonce": secrets.token_hex(16), "timeout_s": cfg.timeout_s,
+            "allow_weak": cfg.allow_weak, "audit_hook": self.audit_hook, "phases": list(phases),
         }
+        return request, uid
+
+    def _execute(self, request: dict, uid: int | None) -> tuple[int | None, bool, dict, float]:
+        """Run one request on an idle server: (exit code, timed out, report, seconds)."""
         server = self._server()
         start = time.perf_counter()
         try:
-            pid = server.start(request)
-            code = server.wait(cfg.timeout_s)
-            timed_out = code is None
-            _kill_group(pid)
-            if uid is not None:
-                _kill_uid(uid)
-            if timed_out:
-                code = server.wait(None)
+            report = server.run(request, self.config.timeout_s + SERVER_GRACE_S)
         except BaseException:
             server.close()  # a server in an unknown state is not reused
             raise
+        if report is None:
+            log.error("sandbox: a fork server did not answer within the timeout; killed")
+            server.kill()
+            return None, True, {}, time.perf_counter() - start
         self._idle.put(server)
-        duration = time.perf_counter() - start
-        with open(scratch / "stdout", "rb") as out, open(scratch / "stderr", "rb") as err:
-            stdout, stderr = _tail(out, cfg.output_chars), _tail(err, cfg.output_chars)
-        report = (scratch / "result").read_bytes()
-        shutil.rmtree(scratch, ignore_errors=True)
+        _stop(report, uid)
+        return report["status"], report.get("timed_out", False), report, time.perf_counter() - start
 
-        head, _, tail = report.partition(b"\n")
-        isolation = {k: int(v) for k, v in (item.split("=") for item in head.decode().split())}
-        if isolation:
-            isolation["network_namespace"] = bool(isolation["network_namespace"])
-        status, reason = _classify(code, timed_out, tail == nonce.encode(), stderr, isolation)
-        return SandboxResult(status, reason, code, stdout, stderr, duration, isolation)
+    def _check_isolation(self, isolation: dict, stderr: str) -> None:
+        """Refusal (the runner stopped before the program ran) becomes an exception; a weak run
+        that the config allows is logged once."""
+        if isolation.get("refused"):
+            missing = "; ".join(f"{k}: {v}" for k, v in isolation.get("missing", {}).items())
+            raise SandboxRefused(
+                f"the kernel refused sandbox layers ({missing or _last_line(stderr)}); refusing to run "
+                "untrusted code. Set `sandbox.allow_weak: true` to run it with the remaining layers."
+            )
+        if isolation.get("level") == "weak" and not self._warned:
+            self._warned = True
+            log.warning("sandbox: running untrusted code with WEAK isolation (allow_weak), missing: %s", isolation.get("missing"))
 
     def _server(self) -> _Server:
         try:
             return self._idle.get_nowait()
         except queue.Empty:
-            return _Server()
+            return _Server(self.scratch_root / "view")
 
     def close(self) -> None:
         """Stop the fork servers (they also stop by themselves when this process exits)."""
@@ -214,9 +279,20 @@ class Sandbox:
             return list(results)
 
 
-def _kill_group(pid: int) -> None:
+def _stop(report: dict, uid: int | None) -> None:
+    """Make sure nothing of the program runs on. With a PID namespace there is nothing to do: the
+    program was its PID 1, and the kernel killed the rest before the report was sent. Without,
+    kill its process group and, as root, every process of its uid, wherever it moved."""
+    if report.get("isolation", {}).get("pid_namespace"):
+        return
+    _kill(os.killpg, report["program"])  # its own session and group, unless its children left it
+    if uid is not None and report.get("isolation", {}).get("uid") == uid:
+        _kill_uid(uid)
+
+
+def _kill(kill, pid: int) -> None:
     try:
-        os.killpg(pid, signal.SIGKILL)
+        kill(pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
 
@@ -251,6 +327,30 @@ def _pids_of_uid(uid: int) -> list[int]:
 def _state(proc_dir: str) -> str:
     with open(f"{proc_dir}/stat") as f:
         return f.read().rpartition(")")[2].split()[0]
+
+
+def _remove(scratch: Path) -> None:
+    """Delete a program's directory whatever it did to it: a directory it made unreadable or
+    unwritable (chmod 0, which binds a non-root owner too) is opened up and the removal retried."""
+
+    def open_up(func, path, _exc):
+        for p in (os.path.dirname(path), path):
+            try:
+                os.chmod(p, 0o700, follow_symlinks=False)
+            except (OSError, NotImplementedError):
+                pass
+        try:
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, onerror=open_up)
+            else:
+                os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+    try:
+        shutil.rmtree(scratch, onerror=open_up)
+    except OSError as e:
+        log.warning("sandbox: could not remove %s: %s", scratch, e)
 
 
 def _tail(f, chars: int) -> str:

@@ -1,43 +1,85 @@
-"""The fork server that runs untrusted programs (started by `evals.sandbox`, never imported).
+"""The fork server that runs untrusted programs (started by `evals.sandbox`, never imported by it).
 
-`serve()` runs as `python -I -S -B -c <this source>`: a trusted process that has already paid for
-interpreter start-up and imports, and reads requests (length-prefixed marshal) on stdin. For each it
-forks a child, reports the child's pid, waits for it and reports its exit status. Forking a warm
-process costs about a millisecond; starting a fresh interpreter costs twenty.
+`serve()` runs as `python -I -S -B -c <this source> <view dir>`: a trusted process that has already
+paid for interpreter start-up and imports, and reads requests (length-prefixed marshal) on stdin.
 
-The child (`child`) enters the program's empty working directory, points stdin/stdout/stderr at
-/dev/null and the parent's capture files, and, in this order:
-1. sets resource limits (address space, CPU seconds, file size, processes, no core dumps);
-2. when started as root: enters a fresh network namespace and a mount namespace (see
-   `expose_stdlib`), then drops to a throw-away uid/gid that owns nothing on the machine (so
-   `RLIMIT_NPROC` counts only this program's processes and the parent can kill every one of them by
-   uid); when not root: a user+network namespace if the kernel allows it;
-3. takes the program's phases from the request;
-4. installs an audit hook (PEP 578) that refuses opening files outside the working directory for
-   writing, reading outside it (the standard library excepted), sockets, subprocesses, fork/exec,
-   signals to other processes, ctypes, tracing (which can jump over lines) and other threads'
-   frames or the GC's object lists (which could find the nonce);
-5. runs the phases on a worker thread in one namespace, giving each phase a fresh copy of the
-   original builtins, so a solution that replaces `print`, `abs`, `len`, ... cannot change how the
-   tests that follow run; any exception there, `SystemExit(0)` included, exits with status 1;
-6. the main thread writes the parent's nonce to the result file (opened before the uid was dropped)
-   only after that thread returned: a program that calls `sys.exit(0)` / `os._exit(0)` or dies
-   early never counts as passed.
-What it achieved in (2) goes to the result file first as one line, so results say how isolated the
-run really was.
+Once, at start-up (`prepare`), the server makes the kernel layers every program will share:
+- as root: its own mount, network and PID namespace; not root: a user namespace (it is root
+  inside, mapped to the caller's uid) holding the same three. The PID namespace makes the server
+  PID 1 of it (`become_init`): if it dies, everything it started dies;
+- in that mount namespace, the *view*: a read-only tmpfs on <view dir> holding only read-only bind
+  mounts of the directories the interpreter loads from (its `sys.path` and the directories of its
+  shared libraries), /dev/null, /dev/urandom and an empty mount point `WORK`. Nothing in it is
+  writable and it holds no shell or /usr/bin; the library directories do hold the loader and a
+  few executables (nosuid), so the seccomp filter, not the view, is what stops exec.
+
+Per request it forks the program process (`program`) as PID 1 of a new PID namespace: when it
+exits or is killed, the kernel kills every process it started, and it cannot see or signal any
+process outside. The server reaps it (killing it at the wall-clock timeout, `wait_program`), so
+the status is sent only once every process of the program is gone. The program process, in order:
+1. enters new mount and IPC namespaces, mounts a fresh size-capped tmpfs on `WORK` (writable,
+   noexec; it vanishes with the namespace), `pivot_root`s into the view and detaches the old root:
+   the host's file tree is gone from its namespace, not merely hidden (`enter_view`);
+2. drops privileges: as root, to a throw-away uid/gid that owns nothing (RLIMIT_NPROC then counts
+   its processes only); in a user namespace, by clearing every capability;
+3. sets resource limits (address space, CPU seconds, file size, processes, no core dumps);
+4. installs a seccomp filter (`seccomp_filter`): execve/execveat, namespace, mount, ptrace, bpf,
+   io_uring and keyring calls fail with EPERM whatever route the program takes to them;
+5. reports what it achieved (`isolation`) on the server's report pipe and closes it; if a layer is
+   missing and the request does not say `allow_weak`, it stops here (exit 3) without running code;
+6. installs the audit hook (`make_guard`, PEP 578; defence in depth, see `evals/sandbox.py`);
+7. runs the phases on a worker thread, each with a fresh copy of the builtins; the main thread
+   writes the request's nonce to the result file only after that thread returned, so an early
+   `sys.exit(0)` / `os._exit(0)` never counts as passed.
 """
 
 import _thread
+import gc
 import marshal
 import os
 import resource
+import signal
+import struct
 import sys
+import time
 
-import ctypes  # only the trusted server and the child before its hook use it (then it is unloaded)
+import ctypes  # only the trusted server and the program before its filter use it (then unloaded)
 import traceback  # imported once here, so a failing program does not pay for it
 
-CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWNET = 0x00020000, 0x10000000, 0x40000000
-MS_BIND, MS_REC, MS_PRIVATE = 4096, 16384, 1 << 18
+CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x00020000, 0x08000000, 0x10000000, 0x20000000, 0x40000000
+CLONE_ANY_NAMESPACE = 0x7E020000  # NEWNS | NEWCGROUP | NEWUTS | NEWIPC | NEWUSER | NEWPID | NEWNET
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 1, 2, 4, 8, 32
+MS_NOATIME, MS_NODIRATIME, MS_BIND, MS_REC, MS_PRIVATE, MS_RELATIME = 1024, 2048, 4096, 16384, 1 << 18, 1 << 21
+MNT_DETACH = 2
+PR_SET_PDEATHSIG, PR_SET_SECCOMP, PR_SET_NO_NEW_PRIVS = 1, 22, 38
+SYS_PIVOT_ROOT = 155
+WORK = "/work"  # the program's directory inside the view
+DEVICES = ("/dev/null", "/dev/urandom")
+REFUSED = 3  # exit status: the runner itself failed or refused to run the program
+# Imported once by the server, so that programs (HumanEval: `from typing import List`, `import
+# math`) find them loaded. Only modules without state a program could share: not `random`, whose
+# seed would be the same in every program.
+PRELOAD = ("typing", "math", "string", "copy", "heapq", "bisect")
+
+# seccomp (x86_64 only: other architectures get no filter, so the run counts as weak)
+AUDIT_ARCH_X86_64 = 0xC000003E
+X32_SYSCALL_BIT = 0x40000000
+SYS_CLONE, SYS_CLONE3 = 56, 435
+DENIED_SYSCALLS = (
+    59, 322,  # execve, execveat: no binary starts, whatever module or trick reaches them
+    101,  # ptrace
+    272, 308, 165, 166, 155, 161,  # unshare, setns, mount, umount2, pivot_root, chroot
+    428, 429, 430, 431, 432, 433, 442,  # the new mount API
+    321, 298, 323,  # bpf, perf_event_open, userfaultfd
+    248, 249, 250,  # add_key, request_key, keyctl
+    425, 426, 427,  # io_uring (its operations bypass seccomp)
+    246, 320, 175, 313, 176,  # kexec, kernel modules
+)
+SECCOMP_RET_KILL_PROCESS, SECCOMP_RET_ERRNO, SECCOMP_RET_ALLOW = 0x80000000, 0x00050000, 0x7FFF0000
+BPF_LD_W_ABS, BPF_JEQ_K, BPF_JGE_K, BPF_JSET_K, BPF_RET_K = 0x20, 0x15, 0x35, 0x45, 0x06
+EPERM, ENOSYS = 1, 38
+
+# audit hook (step 6)
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
 BLOCKED_PREFIXES = ("socket.", "subprocess.", "ctypes.", "os.exec", "os.spawn", "os.posix_spawn", "pty.")
 BLOCKED = {
@@ -45,6 +87,11 @@ BLOCKED = {
     "resource.setrlimit", "resource.prlimit",
     "sys._current_frames", "sys.settrace", "gc.get_objects", "gc.get_referrers", "gc.get_referents",
     "os.chdir", "os.fchdir",
+}
+# Modules that reach fork/exec or raw memory without an audit event of their own.
+BLOCKED_MODULES = {
+    "ctypes", "_ctypes", "_posixsubprocess", "_testcapi", "_testinternalcapi", "_xxsubinterpreters",
+    "_xxtestfuzz", "_testbuffer", "_testmultiphase", "_testimportmultiple", "_testclinic",
 }
 LISTING_EVENTS = ("os.listdir", "os.scandir")  # reads: allowed where files may be read (imports list dirs)
 CHANGE_EVENTS = {  # event -> indexes of its path arguments, which must lie in the working directory
@@ -54,48 +101,390 @@ CHANGE_EVENTS = {  # event -> indexes of its path arguments, which must lie in t
 }
 
 
-def isolate(libc, uid, stdlib_dirs):
-    """OS-level isolation (step 2); returns what was achieved."""
-    isolation = {"network_namespace": False, "uid": os.getuid()}
+class CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+
+class SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+def kernel_call(what, result):
+    """Raise OSError (with the errno) when a libc call returned -1, so callers record why."""
+    if result != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+# ---------------------------------------------------------------- server start-up (once)
+
+
+def prepare(libc, view):
+    """Namespaces and the read-only view shared by every program of this server. Returns what was
+    achieved and why anything is missing (`missing`), for every program's report."""
+    state = {"root": os.getuid() == 0, "user_namespace": False, "network_namespace": False,
+             "view": None, "pid_namespace_fd": None, "missing": {}}
     if libc is None:
-        return isolation
-    if os.getuid() != 0:
-        isolation["network_namespace"] = libc.unshare(CLONE_NEWUSER | CLONE_NEWNET) == 0
-        return isolation
-    isolation["network_namespace"] = libc.unshare(CLONE_NEWNET) == 0
-    if uid is not None and libc.unshare(CLONE_NEWNS) == 0 and expose_stdlib(libc, stdlib_dirs):
-        os.setgroups([])
-        os.setgid(uid)
-        os.setuid(uid)
-        isolation["uid"] = uid
+        state["missing"]["namespaces"] = "not Linux"
+        return state
+    if not state["root"]:
+        try:
+            enter_user_namespace(libc)
+            state["user_namespace"] = True
+        except OSError as e:
+            state["missing"]["user_namespace"] = str(e)
+            return state  # without one, a non-root process may not create the others
+    try:
+        kernel_call("unshare(network)", libc.unshare(CLONE_NEWNET))
+        state["network_namespace"] = True
+    except OSError as e:
+        state["missing"]["network_namespace"] = str(e)
+    try:
+        kernel_call("unshare(mount)", libc.unshare(CLONE_NEWNS))
+        kernel_call("mount private", libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None))
+        build_view(libc, view)
+        state["view"] = view
+    except OSError as e:
+        state["missing"]["mount_view"] = str(e)
+    try:
+        state["pid_namespace_fd"] = become_init(libc)
+    except OSError as e:
+        state["missing"]["pid_namespace"] = str(e)
+    return state
+
+
+def become_init(libc):
+    """Move the server into a PID namespace of its own, as its PID 1: fork, and let the original
+    process wait and exit with it. Returns a descriptor of that namespace, which `fork_program`
+    re-enters before each program so that each gets a fresh child namespace (a process can
+    `unshare` a PID namespace only while its children still go to its own one)."""
+    kernel_call("unshare(pid)", libc.unshare(CLONE_NEWPID))
+    pid = os.fork()
+    if pid:
+        os.close(0)
+        os.close(1)
+        os._exit(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) & 0xFF)
+    prctl(libc, PR_SET_PDEATHSIG, signal.SIGKILL)  # the original killed (Sandbox gave up on us): we go too
+    return os.open("/proc/self/ns/pid", os.O_RDONLY)
+
+
+def enter_user_namespace(libc):
+    """Not root: become root of a new user namespace mapped to our own uid/gid, which lets this
+    process create mount/network/PID namespaces. Its capabilities hold only inside it."""
+    uid, gid = os.getuid(), os.getgid()
+    kernel_call("unshare(user)", libc.unshare(CLONE_NEWUSER))
+    for name, text in (("setgroups", "deny"), ("uid_map", f"0 {uid} 1"), ("gid_map", f"0 {gid} 1")):
+        fd = os.open(f"/proc/self/{name}", os.O_WRONLY)
+        try:
+            os.write(fd, text.encode())
+        finally:
+            os.close(fd)
+
+
+def exposed_dirs():
+    """What the interpreter needs to import the standard library: its `sys.path` directories and
+    the directories of the shared libraries it has loaded (where extension modules find theirs),
+    reduced to the outermost ones."""
+    dirs = set(import_path_dirs())
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            path = line.split(None, 5)[-1].strip()
+            if path.startswith("/") and ".so" in os.path.basename(path) and os.path.exists(path):
+                dirs.add(os.path.dirname(os.path.realpath(path)))
+    kept = []
+    for d in sorted(dirs):
+        if not any(d == k or d.startswith(k + "/") for k in kept):
+            kept.append(d)
+    return kept
+
+
+def build_view(libc, view):
+    """The program's whole file tree: a tmpfs with read-only bind mounts of `exposed_dirs()` and
+    the two devices, the host's top-level symlinks (/lib -> usr/lib, so the loader's paths resolve)
+    and the empty mount point WORK; then the tmpfs itself is made read-only."""
+    tmpfs_flags = MS_NOSUID | MS_NODEV | MS_NOEXEC
+    kernel_call("mount view", libc.mount(b"tmpfs", view.encode(), b"tmpfs", tmpfs_flags, b"mode=0755,size=64k"))
+    dirs = exposed_dirs()
+    if any(d == WORK or d.startswith(WORK + "/") for d in dirs):
+        raise OSError(0, f"the interpreter lives under {WORK}, the program's mount point")
+    for d in dirs:
+        os.makedirs(view + d, mode=0o755, exist_ok=True)
+        bind(libc, d, view + d, MS_RDONLY | MS_NOSUID | MS_NODEV)
+    os.makedirs(view + "/dev", mode=0o755, exist_ok=True)
+    for dev in DEVICES:
+        os.close(os.open(view + dev, os.O_CREAT | os.O_WRONLY, 0o666))
+        bind(libc, dev, view + dev, MS_RDONLY | MS_NOSUID)  # writing to /dev/null stays possible
+    for name in os.listdir("/"):
+        if os.path.islink("/" + name) and not os.path.lexists(view + "/" + name):
+            os.symlink(os.readlink("/" + name), view + "/" + name)
+    os.mkdir(view + WORK, 0o755)
+    kernel_call("remount view read-only", libc.mount(None, view.encode(), None, MS_REMOUNT | MS_RDONLY | tmpfs_flags, None))
+
+
+def bind(libc, source, target, flags):
+    """Bind-mount source on target, then remount it with `flags` (a bind mount takes new flags only
+    on remount). Flags the source mount already has are kept: in a user namespace, dropping
+    nosuid/nodev/noexec/atime flags of a mount made outside it is refused."""
+    kernel_call(f"bind {source}", libc.mount(source.encode(), target.encode(), None, MS_BIND, None))
+    st = os.statvfs(source).f_flag
+    kept = st & (MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_NOATIME | MS_NODIRATIME) | (MS_RELATIME if st & 4096 else 0)
+    kernel_call(f"remount {target}", libc.mount(None, target.encode(), None, MS_BIND | MS_REMOUNT | flags | kept, None))
+
+
+# ---------------------------------------------------------------- per program: the server's side
+
+
+def fork_program(libc, state):
+    """Fork the program process, as PID 1 of a new PID namespace when the server has one."""
+    fresh = False
+    if state["pid_namespace_fd"] is not None:
+        try:
+            kernel_call("setns(pid)", libc.setns(state["pid_namespace_fd"], CLONE_NEWPID))
+            kernel_call("unshare(pid)", libc.unshare(CLONE_NEWPID))
+            fresh = True
+        except OSError as e:
+            state["missing"]["pid_namespace"] = str(e)
+    gc.freeze()  # the child's collections skip the server's objects: fewer pages copied on write
+    return os.fork(), fresh
+
+
+def wait_program(pid, timeout):
+    """Reap the program, killing it at the timeout: (wait status, rusage, timed out). It is our
+    unreaped child until wait4 returns, so the kill cannot reach a recycled pid; as PID 1 of its
+    namespace, its death takes every process it started with it before wait4 returns. SIGCHLD is
+    blocked in the server, so sigtimedwait sleeps until the program ends (or stops) or time is up."""
+    deadline = time.monotonic() + timeout
+    while True:
+        done, status, usage = os.wait4(pid, os.WNOHANG)
+        if done:
+            return status, usage, False
+        left = deadline - time.monotonic()
+        if left <= 0:
+            os.kill(pid, signal.SIGKILL)
+            _, status, usage = os.wait4(pid, 0)
+            return status, usage, True
+        signal.sigtimedwait({signal.SIGCHLD}, left)
+
+
+def cpu_limit_as_sigxcpu(status, usage, cpu_s):
+    """PID 1 of a namespace ignores the soft CPU limit's SIGXCPU (the kernel delivers only SIGKILL
+    to it), so the hard limit's SIGKILL ends it: report that as the CPU limit it is."""
+    spent = usage.ru_utime + usage.ru_stime
+    if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL and spent >= cpu_s:
+        return -signal.SIGXCPU
+    return os.waitstatus_to_exitcode(status)
+
+
+# ---------------------------------------------------------------- per program: the program process
+
+
+def redirect(request):
+    """A session of its own; stdin from /dev/null, stdout/stderr to the parent's capture files.
+    Returns the result file's descriptor (opened while still privileged)."""
+    os.setsid()
+    result_fd = os.open(request["result"], os.O_WRONLY)
+    for fd, path, flags in ((0, "/dev/null", os.O_RDONLY), (1, request["stdout"], os.O_WRONLY), (2, request["stderr"], os.O_WRONLY)):
+        opened = os.open(path, flags)
+        os.dup2(opened, fd)
+        os.close(opened)
+    return result_fd
+
+
+def enter_view(libc, state, request, found):
+    """Step 1: own mount and IPC namespaces; a fresh size-capped tmpfs on WORK, the one writable
+    place (nothing in it runs, and it vanishes with the namespace: nothing the program writes
+    survives it); pivot_root into the view and detach the old root, so no path leads back to the
+    host. The IPC namespace takes any SysV/POSIX message queue or segment it makes with it."""
+    if not state["view"]:
+        os.chdir(request["workdir"])
+        return
+    view, uid = state["view"], request["uid"] if state["root"] else 0
+    options = f"size={request['work_mb']}m,nr_inodes=4096,mode=0700,uid={uid},gid={uid}"
+    try:
+        kernel_call("unshare(mount, ipc)", libc.unshare(CLONE_NEWNS | CLONE_NEWIPC))
+        kernel_call("mount work", libc.mount(b"tmpfs", (view + WORK).encode(), b"tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, options.encode()))
+        os.chdir(view)
+        kernel_call("pivot_root", libc.syscall(SYS_PIVOT_ROOT, b".", b"."))
+        kernel_call("detach old root", libc.umount2(b".", MNT_DETACH))
+        os.chdir(WORK)
+        found["mount_view"] = True
+    except OSError as e:
+        state["missing"]["mount_view"] = str(e)
+        os.chdir(request["workdir"])
+
+
+def program(request, state, in_new_pid_namespace, libc, report_fd):
+    """Steps 1-7 of the module docstring in the program process; never returns."""
+    try:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
+        result_fd = redirect(request)
+        close_all_but(report_fd, result_fd)
+        found = {"mount_view": False, "pid_namespace": in_new_pid_namespace}
+        enter_view(libc, state, request, found)
+        isolation = lock_down(request, state, found, libc)
+        refused = isolation["level"] != "strong" and not request["allow_weak"]
+        isolation["refused"] = refused
+        send(report_fd, b"I", isolation)
+        os.close(report_fd)
+        if refused:
+            os._exit(REFUSED)
+        for name in ("ctypes", "_ctypes", "ctypes._endian", "_posixsubprocess"):
+            sys.modules.pop(name, None)  # the program's own import of them must reach the hook
+        del libc
+        phases = request["phases"]
+        workdir = os.path.realpath(os.getcwd())
+        os.environ.update(HOME=workdir, TMPDIR=workdir)
+        nonce = request.pop("nonce").encode()
+        readable = (*import_path_dirs(), workdir, *DEVICES)
+        request_hook = request["audit_hook"]
+        request.clear()
+        if request_hook:
+            sys.addaudithook(make_guard(workdir, readable))
+        # The nonce stays a local of this (main) thread's frame; the program runs on another
+        # thread, whose frames lead back to run_phases, not here (other threads' frames and the
+        # GC's object lists are behind the hook).
+        finished = _thread.allocate_lock()
+        finished.acquire()
+        _thread.start_new_thread(run_phases, (phases, finished))
+        finished.acquire()
+        os.write(result_fd, nonce)
+        os._exit(0)
+    except BaseException:
+        traceback.print_exc()
+        sys.stderr.flush()
+        os._exit(REFUSED)
+
+
+def close_all_but(*keep):
+    """Close every inherited descriptor above stderr except `keep`."""
+    low = 3
+    for fd in sorted(keep):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, 1 << 16)
+
+
+def import_path_dirs():
+    """What the program may read besides its directory: the interpreter's import path."""
+    return [os.path.realpath(p) for p in sys.path if p and os.path.isdir(p)]
+
+
+def lock_down(request, state, found, libc):
+    """Steps 2-4: privileges, limits, seccomp. Returns the isolation achieved, `level` "strong"
+    only when every kernel layer is in force."""
+    missing = dict(state["missing"])
+    privileges = drop_privileges(request, state, found, libc, missing)
+    limits = dict(request["rlimits"])
+    process_limit = privileges["process_limit"]
+    if process_limit:
+        # The count covers every process of the uid in this user namespace: in one of our own,
+        # also the server (and the original process waiting for it).
+        limits["RLIMIT_NPROC"] = request["max_processes"] + (0 if state["root"] else 2)
+    for name, value in limits.items():
+        set_limit(getattr(resource, name), value, value + 1 if name == "RLIMIT_CPU" else value)
+    seccomp = False
+    try:
+        install_seccomp(libc)
+        seccomp = True
+    except OSError as e:
+        missing["seccomp"] = str(e)
+    isolation = {
+        "uid": os.getuid(), "user_namespace": state["user_namespace"],
+        "network_namespace": state["network_namespace"], "mount_view": found["mount_view"],
+        "pid_namespace": found["pid_namespace"], "seccomp": seccomp,
+        "unprivileged": privileges["unprivileged"], "process_limit": process_limit,
+    }
+    if not process_limit:
+        missing.setdefault("process_limit", "no throw-away uid or user namespace to count processes in")
+    strong = all(isolation[k] for k in ("network_namespace", "mount_view", "pid_namespace", "seccomp", "unprivileged", "process_limit"))
+    isolation["level"] = "strong" if strong else "weak"
+    isolation["missing"] = {} if strong else missing
     return isolation
 
 
-def expose_stdlib(libc, stdlib_dirs):
-    """The dropped uid must still import the standard library, but it may live under a directory
-    only root can enter (pyenv in /root). In our own mount namespace, put an empty tmpfs over that
-    directory and bind-mount just the standard library back at its old path: sys.path stays valid
-    and nothing else in that directory (caches, credentials) is visible to the program."""
-    if libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None) != 0:
-        return False
-    for lib in stdlib_dirs:
-        parts = lib.split("/")
-        closed = next(("/".join(parts[:i]) for i in range(2, len(parts))
-                       if not os.stat("/".join(parts[:i])).st_mode & 0o001), None)
-        if closed is None:
-            continue
-        keep = os.open(lib, os.O_PATH | os.O_DIRECTORY)
-        if libc.mount(b"tmpfs", closed.encode(), b"tmpfs", 0, b"mode=0755,size=1m") != 0:
-            return False
-        os.makedirs(lib, mode=0o755)
-        if libc.mount(f"/proc/self/fd/{keep}".encode(), lib.encode(), None, MS_BIND | MS_REC, None) != 0:
-            return False
-        os.close(keep)
-    return True
+def set_limit(which, soft, hard):
+    """Lower a resource limit; never above the hard limit we were given (privileges are dropped
+    by now, so raising it would fail). RLIMIT_CPU's hard limit is one second above the soft one:
+    SIGXCPU (a timeout) before SIGKILL."""
+    given = resource.getrlimit(which)[1]
+    if given != resource.RLIM_INFINITY:
+        hard = min(hard, given)
+    resource.setrlimit(which, (min(soft, hard), hard))
+
+
+def drop_privileges(request, state, found, libc, missing):
+    """Root: a throw-away uid/gid that owns nothing (only inside the view, where it can still read
+    the standard library). User namespace: clear every capability. Then ask for SIGKILL when the
+    server dies (set after the credential change, which would clear it)."""
+    unprivileged = process_limit = False
+    if state["root"] and found["mount_view"] and request["uid"] is not None:
+        os.setgroups([])
+        os.setgid(request["uid"])
+        os.setuid(request["uid"])
+        unprivileged = process_limit = True
+    elif state["root"]:
+        missing.setdefault("unprivileged", "runs as root: no view to drop the uid in")
+    elif state["user_namespace"]:
+        header, data = CapHeader(0x20080522, 0), (CapData * 2)()
+        try:
+            kernel_call("capset", libc.capset(ctypes.byref(header), data))
+            unprivileged = process_limit = True
+        except OSError as e:
+            missing["unprivileged"] = str(e)
+    else:
+        unprivileged = True  # an ordinary user; but RLIMIT_NPROC would count all of its processes
+    if libc is not None:
+        prctl(libc, PR_SET_PDEATHSIG, signal.SIGKILL)
+    return {"unprivileged": unprivileged, "process_limit": process_limit}
+
+
+def seccomp_filter():
+    """Classic BPF: wrong architecture -> kill; x32 numbers, DENIED_SYSCALLS and clone() with a
+    namespace flag -> EPERM; clone3 -> ENOSYS (its flags are behind a pointer the filter cannot
+    read; glibc then falls back to clone); everything else allowed."""
+    head = [(BPF_LD_W_ABS, 0, 0, 4), (BPF_JEQ_K, 1, 0, AUDIT_ARCH_X86_64), (BPF_RET_K, 0, 0, SECCOMP_RET_KILL_PROCESS),
+            (BPF_LD_W_ABS, 0, 0, 0), (BPF_JEQ_K, 0, 1, SYS_CLONE3), (BPF_RET_K, 0, 0, SECCOMP_RET_ERRNO | ENOSYS)]
+    checks = [(BPF_JGE_K, X32_SYSCALL_BIT)] + [(BPF_JEQ_K, nr) for nr in DENIED_SYSCALLS]
+    # [head] [checks...] [clone?] [load flags] [flags?] [allow] [deny]
+    n = len(checks)
+    body = [(code, n - i + 3, 0, k) for i, (code, k) in enumerate(checks)]  # jt -> deny
+    tail = [(BPF_JEQ_K, 0, 2, SYS_CLONE), (BPF_LD_W_ABS, 0, 0, 16), (BPF_JSET_K, 1, 0, CLONE_ANY_NAMESPACE),
+            (BPF_RET_K, 0, 0, SECCOMP_RET_ALLOW), (BPF_RET_K, 0, 0, SECCOMP_RET_ERRNO | EPERM)]
+    return b"".join(struct.pack("=HBBI", *ins) for ins in head + body + tail)
+
+
+def install_seccomp(libc):
+    """Step 4: no_new_privs, then the filter (inherited by every thread and child it makes)."""
+    if libc is None or os.uname().machine != "x86_64":
+        raise OSError(0, f"no seccomp filter for {os.uname().machine}")
+    code = seccomp_filter()
+    buf = ctypes.create_string_buffer(code, len(code))
+    prog = SockFprog(len(code) // 8, ctypes.addressof(buf))
+    kernel_call("no_new_privs", prctl(libc, PR_SET_NO_NEW_PRIVS, 1))
+    kernel_call("seccomp", prctl(libc, PR_SET_SECCOMP, 2, ctypes.addressof(prog)))
+
+
+def prctl(libc, option, arg2, arg3=0):
+    """prctl with its arguments as the unsigned longs the kernel reads (unused ones zero)."""
+    ulong = ctypes.c_ulong
+    return libc.prctl(option, ulong(arg2), ulong(arg3), ulong(0), ulong(0))
+
+
+def send(fd, tag, value):
+    """One framed message on the report pipe (one write: atomic, whatever the other writer does)."""
+    data = marshal.dumps(value)
+    os.write(fd, tag + len(data).to_bytes(4, "little") + data)
+
+
+# ---------------------------------------------------------------- the program's own code
 
 
 def make_guard(workdir, readable):
-    """The audit hook (step 4)."""
+    """The audit hook (step 6)."""
 
     def inside(path, roots):
         if isinstance(path, int):  # an already open descriptor
@@ -116,8 +505,8 @@ def make_guard(workdir, readable):
             for i in CHANGE_EVENTS[event]:
                 if len(args) > i and args[i] is not None and not inside(args[i], (workdir,)):
                     raise PermissionError(f"sandbox: {event} on {args[i]!r} is not allowed")
-        elif event == "import" and args[0] in ("ctypes", "_ctypes"):
-            raise PermissionError("sandbox: importing ctypes is not allowed")
+        elif event == "import" and args[0].partition(".")[0] in BLOCKED_MODULES:
+            raise PermissionError(f"sandbox: importing {args[0]} is not allowed")
         elif event in BLOCKED or event.startswith(BLOCKED_PREFIXES):
             raise PermissionError(f"sandbox: {event} is not allowed")
 
@@ -125,12 +514,14 @@ def make_guard(workdir, readable):
 
 
 def run_phases(phases, finished):
-    """Step 5, on a thread of its own. Any exception, SystemExit(0) included, ends the process
+    """Step 7, on a thread of its own. Any exception, SystemExit(0) included, ends the process
     with status 1: `finished` is released only if the last phase returned."""
     import builtins
 
     pristine = dict(builtins.__dict__)
-    namespace = {"__name__": "__main__"}
+    main = type(sys)("__main__")  # `import __main__` gives the program's module, not this runner
+    sys.modules["__main__"] = main
+    namespace = main.__dict__
     try:
         for i, source in enumerate(phases):
             namespace["__builtins__"] = dict(pristine)
@@ -147,46 +538,7 @@ def run_phases(phases, finished):
     finished.release()
 
 
-def child(request, libc):
-    """Steps 1-6 in the forked child; never returns."""
-    try:
-        os.setsid()
-        os.chdir(request["workdir"])
-        os.environ["HOME"] = request["workdir"]
-        result_fd = os.open(request["result"], os.O_WRONLY)  # root-owned: opened before the uid drop
-        for fd, path, flags in ((0, "/dev/null", os.O_RDONLY), (1, request["stdout"], os.O_WRONLY), (2, request["stderr"], os.O_WRONLY)):
-            opened = os.open(path, flags)
-            os.dup2(opened, fd)
-            os.close(opened)
-        os.closerange(3, result_fd)
-        os.closerange(result_fd + 1, 1 << 16)
-        for name, value in request["rlimits"].items():
-            hard = value + 1 if name == "RLIMIT_CPU" else value  # SIGXCPU (a timeout) before SIGKILL
-            resource.setrlimit(getattr(resource, name), (value, hard))
-        stdlib_dirs = request["stdlib_dirs"]
-        isolation = isolate(libc, request["uid"], stdlib_dirs)
-        for name in ("ctypes", "_ctypes"):  # a program's `import ctypes` must go through the hook
-            sys.modules.pop(name, None)
-        del libc
-        os.write(result_fd, f"network_namespace={int(isolation['network_namespace'])} uid={isolation['uid']}\n".encode())
-        phases = request["phases"]
-        workdir = os.path.realpath(os.getcwd())
-        nonce = request.pop("nonce").encode()
-        request.clear()
-        sys.addaudithook(make_guard(workdir, (*stdlib_dirs, workdir, "/dev/null", "/dev/urandom")))
-        # The nonce stays a local of this (main) thread's frame; the program runs on another
-        # thread, whose frames lead back to run_phases, not here (other threads' frames and the
-        # GC's object lists are behind the hook).
-        finished = _thread.allocate_lock()
-        finished.acquire()
-        _thread.start_new_thread(run_phases, (phases, finished))
-        finished.acquire()
-        os.write(result_fd, nonce)
-        os._exit(0)
-    except BaseException:
-        traceback.print_exc()
-        sys.stderr.flush()
-        os._exit(3)
+# ---------------------------------------------------------------- the server loop
 
 
 def read_exactly(fd, n):
@@ -199,22 +551,49 @@ def read_exactly(fd, n):
     return data
 
 
+def read_report(fd):
+    """What the program sent ("I": its isolation) before it closed the pipe to run code (or died)."""
+    data = b""
+    while chunk := os.read(fd, 65536):
+        data += chunk
+    report, i = {}, 0
+    while i + 5 <= len(data):
+        tag, size = data[i:i + 1], int.from_bytes(data[i + 1:i + 5], "little")
+        if tag == b"I":
+            report["isolation"] = marshal.loads(data[i + 5:i + 5 + size])
+        i += 5 + size
+    return report
+
+
 def serve():
-    """One request at a time: fork a child, send its pid, reap it, send its exit status."""
+    """One request at a time: fork the program, collect its report, reap it (timeout included),
+    send report and exit status to the parent in one message."""
     libc = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+    for name in PRELOAD:
+        __import__(name)
+    state = prepare(libc, sys.argv[1])
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})  # for sigtimedwait in wait_program
     while True:
         try:
             size = int.from_bytes(read_exactly(0, 4), "little")
         except EOFError:  # the parent is gone
             return
         request = marshal.loads(read_exactly(0, size))
-        pid = os.fork()
+        report_r, report_w = os.pipe()
+        pid, fresh = fork_program(libc, state)
         if pid == 0:
-            child(request, libc)
+            os.close(report_r)
+            program(request, state, fresh, libc, report_w)
+        os.close(report_w)
+        report = read_report(report_r)  # returns when the program closed the pipe: code runs now
+        os.close(report_r)
+        status, usage, timed_out = wait_program(pid, request["timeout_s"])
+        code = cpu_limit_as_sigxcpu(status, usage, request["rlimits"]["RLIMIT_CPU"]) if fresh else os.waitstatus_to_exitcode(status)
+        report.update(program=pid, timed_out=timed_out, status=code)
         del request
-        os.write(1, pid.to_bytes(4, "little"))
-        _, status = os.waitpid(pid, 0)
-        os.write(1, os.waitstatus_to_exitcode(status).to_bytes(4, "little", signed=True))
+        data = marshal.dumps(report)
+        os.write(1, len(data).to_bytes(4, "little") + data)
 
 
 serve()
