@@ -6,10 +6,14 @@ setup:   every task's data is loaded and checked first, and every prompt must fi
          context (a bad row or a too-long prompt fails before any model loads);
          tasks whose metrics.json already matches this model, task and sampling are skipped.
 run:     one generator (vLLM or HF) for all remaining tasks; n samples per prompt; scoring by the
-         task's scorer (math-verify, option letter, label, or the code sandbox, in parallel).
+         task's scorer (math as the Qwen2.5-Math harness, option letter, label, or the code
+         sandbox, in parallel).
 outputs: <out>/<task>/samples.jsonl  one row per (problem, sample): prompt, completion, extracted
-                                     answer, score, reason for failure, tokens, finish reason
-         <out>/<task>/metrics.json   avg_at_n, pass_at_k for k = 1, 2, 4, ..., n, key, timings
+                                     answer, extractor, score, reason for failure, tokens, finish
+                                     reason, truncated; math also the flexible extraction and score
+         <out>/<task>/metrics.json   avg_at_n, pass_at_k for k = 1, 2, 4, ..., n (primary: strict
+                                     for math), math also avg_at_n_flexible, pass_at_k_flexible;
+                                     truncated_frac; key, timings
          <out>/summary.json          every task's metrics and per-domain means
 Each file is written to a temporary name and renamed, so an interrupted run leaves finished tasks
 finished and nothing half-written; the rerun resumes at the first unfinished task.
@@ -26,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from evals.generate import SamplingConfig, chat_ids, context_length
+from evals.generate import Completion, SamplingConfig, chat_ids, context_length
 from evals.metrics import task_metrics
 from evals.sandbox import Sandbox, SandboxConfig
 from evals.scoring import Score, score_choice, score_code, score_label, score_math
@@ -72,6 +76,30 @@ def score_task(task: Task, examples: list[Example], completions: list[list[str]]
     if task.scorer == "choice":
         return [[score_choice(c, ex.gold, ex.meta["letters"]) for c in cs] for ex, cs in zip(examples, completions)]
     return [[score_label(c, ex.gold, ("yes", "no", "maybe")) for c in cs] for ex, cs in zip(examples, completions)]
+
+
+def flexible_scores(task: Task, examples: list[Example], outputs: list[list[Completion]]) -> list[list[Score]] | None:
+    """Math only: the flexible scoring (the last number when no answer is stated, never for a
+    completion cut by the length limit) of the same samples; None for other tasks."""
+    if task.scorer != "math":
+        return None
+    return [
+        [score_math(c.text, ex.gold, flexible=True, truncated=c.finish_reason == "length") for c in outs]
+        for ex, outs in zip(examples, outputs)
+    ]
+
+
+def sample_row(ex: Example, index: int, c: Completion, s: Score, flexible: Score | None) -> dict:
+    """One line of samples.jsonl: what was asked, what came back, how it was read and scored."""
+    row = {
+        "id": ex.id, "sample": index, "prompt": ex.prompt, "completion": c.text, "gold": ex.gold,
+        "extracted": s.extracted, "extractor": s.extractor, "score": s.value, "reason": s.reason,
+        "num_tokens": c.num_tokens, "finish_reason": c.finish_reason, "truncated": c.finish_reason == "length",
+    }
+    if flexible is not None:
+        row |= {"extracted_flexible": flexible.extracted, "extractor_flexible": flexible.extractor,
+                "score_flexible": flexible.value}
+    return row
 
 
 def task_key(model_fingerprint: str, spec: TaskSpec, examples: list[Example], cfg: EvalStageConfig) -> str:
@@ -160,20 +188,22 @@ def _run_task(generator, sandbox, spec: TaskSpec, examples: list[Example], promp
     outputs = generator.generate(prompts, cfg.sampling, task.stop)
     t1 = time.perf_counter()
     scores = score_task(task, examples, [[c.text for c in outs] for outs in outputs], sandbox)
+    flexible = flexible_scores(task, examples, outputs)
     t2 = time.perf_counter()
 
     metrics = task_metrics([[s.value for s in row] for row in scores])
-    tokens = sum(c.num_tokens for outs in outputs for c in outs)
-    metrics["mean_completion_tokens"] = tokens / (len(examples) * cfg.sampling.n)
+    if flexible is not None:
+        metrics |= task_metrics([[s.value for s in row] for row in flexible], "flexible")
+    completions = [c for outs in outputs for c in outs]
+    tokens = sum(c.num_tokens for c in completions)
+    metrics["mean_completion_tokens"] = tokens / len(completions)
+    metrics["truncated_frac"] = sum(c.finish_reason == "length" for c in completions) / len(completions)
     folder.mkdir(parents=True, exist_ok=True)
-    lines = []
-    for ex, outs, row in zip(examples, outputs, scores):
-        for i, (c, s) in enumerate(zip(outs, row)):
-            lines.append(json.dumps({
-                "id": ex.id, "sample": i, "prompt": ex.prompt, "completion": c.text, "gold": ex.gold,
-                "extracted": s.extracted, "score": s.value, "reason": s.reason,
-                "num_tokens": c.num_tokens, "finish_reason": c.finish_reason,
-            }))
+    lines = [
+        json.dumps(sample_row(ex, i, c, s, flexible[p][i] if flexible else None))
+        for p, (ex, outs, row) in enumerate(zip(examples, outputs, scores))
+        for i, (c, s) in enumerate(zip(outs, row))
+    ]
     write_atomic(folder / "samples.jsonl", "\n".join(lines) + "\n")
     record = {
         "key": key, "task": spec.name, "domain": task.domain, "backend": generator.backend,

@@ -50,6 +50,44 @@ def test_scores_and_metrics_follow_the_completions(tiny_model, tmp_path, monkeyp
     assert summary["domains"]["math"]["avg_at_4"] == m["avg_at_4"]
 
 
+class Scripted(Generator):
+    """The same (text, finish_reason) completions for every prompt."""
+
+    backend = "scripted"
+
+    def __init__(self, model, outs):
+        super().__init__(model)
+        self.outs = outs
+
+    def generate(self, prompts, sampling, stop=()):
+        return [[Completion(text, 5, finish) for text, finish in self.outs] for _ in prompts]
+
+
+def test_math_reports_strict_and_flexible_and_credits_no_truncated_guess(tiny_model, tmp_path, monkeypatch):
+    gold = load_examples(TaskSpec("gsm8k", limit=1))[0].gold
+    outs = [
+        (f"So the answer is \\boxed{{{gold}}}.", "stop"),  # stated: counts under both
+        (f"Adding up, we get {gold} in total.", "stop"),  # not stated: the flexible metric only
+        (f"The question asks for 5 + {gold} = ", "length"),  # cut off, last number = gold: neither
+        (f"So the answer is \\boxed{{{gold}}}. Checking: 5 + {gold}", "length"),  # stated before the cut
+    ]
+    monkeypatch.setattr(evals.generate, "make_generator", lambda model, *a, **k: Scripted(model, outs))
+    cfg = EvalStageConfig(tasks=[TaskSpec("gsm8k", limit=1)], sampling=SamplingConfig(n=4, temperature=1.0))
+
+    summary = run_eval(tiny_model, cfg, tmp_path)
+
+    m = summary["tasks"]["gsm8k"]
+    assert (m["avg_at_4"], m["avg_at_4_flexible"], m["truncated_frac"]) == (2 / 4, 3 / 4, 2 / 4)
+    rows = [json.loads(line) for line in (tmp_path / "gsm8k" / "samples.jsonl").read_text().splitlines()]
+    assert [r["score"] for r in rows] == [1.0, 0.0, 0.0, 1.0]
+    assert [r["score_flexible"] for r in rows] == [1.0, 1.0, 0.0, 1.0]
+    assert [r["extractor"] for r in rows] == ["boxed", None, None, "boxed"]
+    assert [r["extractor_flexible"] for r in rows] == ["boxed", "last number", None, "boxed"]
+    assert [r["truncated"] for r in rows] == [False, False, True, True]
+    assert rows[2]["reason"] == "no answer found" and rows[1]["extracted_flexible"] == gold
+    assert summary["domains"]["math"]["avg_at_4_flexible"] == 3 / 4
+
+
 def test_a_finished_task_is_not_rerun_but_a_changed_one_is(tiny_model, tmp_path, monkeypatch):
     cfg = EvalStageConfig(tasks=[TaskSpec("mmlu_medical", limit=2)], backend="hf", sampling=SamplingConfig(max_new_tokens=4))
     run_eval(tiny_model, cfg, tmp_path)

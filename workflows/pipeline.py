@@ -312,14 +312,14 @@ def comparison_table(results: dict, tasks: list[str]) -> str:
 
     from workflows.report import pick
 
-    def avg(metrics: dict) -> str:
-        key = pick(metrics, "avg_at_n")
-        return f"{100 * metrics[key]:.1f}" if key else "-"
+    def avg(metrics: dict) -> str:  # strict (primary) / flexible where a task has both
+        keys = [k for k in (pick(metrics, "avg_at_n"), pick(metrics, "avg_at_n_flexible")) if k]
+        return " / ".join(f"{100 * metrics[k]:.1f}" for k in keys) or "-"
 
     width = max(len(r[0]) for r in rows)
-    lines = [f"{'model':{width}s} | " + " | ".join(f"{t:>10s}" for t in tasks)]
+    lines = [f"{'model':{width}s} | " + " | ".join(f"{t:>13s}" for t in tasks)]
     lines.append("-" * len(lines[0]))
     for label, per_task in rows:
-        lines.append(f"{label:{width}s} | " + " | ".join(f"{avg(per_task.get(t, {})):>10s}" for t in tasks))
-    return "Avg@n (%) per task\n" + "\n".join(lines)
+        lines.append(f"{label:{width}s} | " + " | ".join(f"{avg(per_task.get(t, {})):>13s}" for t in tasks))
+    return "Avg@n (%) per task; math: strict (primary) / flexible\n" + "\n".join(lines)
 
