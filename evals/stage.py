@@ -2,8 +2,9 @@
 
     prift eval CONFIG [--model PATH]
 
-setup:   every task's data is loaded and checked first, and every prompt must fit the model's
-         context (a bad row or a too-long prompt fails before any model loads);
+setup:   every task's data is loaded and checked first, and every prompt plus max_new_tokens must
+         fit the model's context (a bad row or a blown context budget fails before any model
+         loads; `check_eval_inputs` does the same for the pipeline's preflight);
          tasks whose metrics.json already matches this model, task and sampling are skipped.
 run:     one generator (vLLM or HF) for all remaining tasks; n samples per prompt; scoring by the
          task's scorer (math as the Qwen2.5-Math harness, option letter, label, or the code
@@ -149,7 +150,7 @@ def run_eval(model: str, cfg: EvalStageConfig, out_dir: str | Path, write_summar
             log.info("eval %s: already done for this model and config (%s), skipped", spec.name, done)
         else:
             prompts = chat_ids(tokenizer, [e.prompt for e in examples], cfg.system_prompt)
-            check_prompt_lengths(spec.name, examples, prompts, context)
+            check_context_budget(spec.name, examples, prompts, context, cfg.sampling.max_new_tokens)
             todo.append((spec, examples, prompts, key))
 
     if todo:
@@ -168,17 +169,39 @@ def run_eval(model: str, cfg: EvalStageConfig, out_dir: str | Path, write_summar
     return {spec.name: json.loads((out_dir / spec.name / "metrics.json").read_text())["metrics"] for spec in cfg.tasks}
 
 
-def check_prompt_lengths(name: str, examples: list[Example], prompts: list[list[int]], context: int | None) -> None:
-    """A prompt the model cannot take is an error naming the rows, before any generation."""
+def check_context_budget(name: str, examples: list[Example], prompts: list[list[int]], context: int | None,
+                         max_new_tokens: int) -> None:
+    """Every prompt plus `max_new_tokens` must fit the model's context. Otherwise vLLM cuts the
+    completion at the context silently (it looks like any other length-limited one) and HF
+    generates past the positions the model was trained on; either way the protocol is not the one
+    the config states. An input error that names the task, the longest prompt, max_new_tokens and
+    the context, and the largest max_new_tokens that would fit."""
     if context is None:
         return
-    too_long = [(e.id, len(p)) for e, p in zip(examples, prompts) if len(p) >= context]
-    if too_long:
-        shown = ", ".join(f"{i} ({n} tokens)" for i, n in too_long[:5])
-        raise TaskError(
-            f"{name}: {len(too_long)} prompt(s) do not fit the model's context of {context} tokens: {shown}; "
-            "lower the task's limit, choose other rows, or raise eval.max_model_len if the model allows it"
-        )
+    lengths = [len(p) for p in prompts]
+    over = [n for n in lengths if n + max_new_tokens > context]
+    if not over:
+        return
+    longest = max(range(len(lengths)), key=lengths.__getitem__)
+    room = context - lengths[longest]
+    fix = f"lower eval.sampling.max_new_tokens to {room} or less, " if room > 0 else ""
+    raise TaskError(
+        f"{name}: the longest prompt (row {examples[longest].id}, {lengths[longest]} tokens) + max_new_tokens "
+        f"{max_new_tokens} = {lengths[longest] + max_new_tokens} tokens exceed the model's context of {context} "
+        f"tokens ({len(over)} of {len(prompts)} prompts do not fit); {fix}lower the task's limit or choose "
+        "other rows, or raise eval.max_model_len if the model allows it"
+    )
+
+
+def check_eval_inputs(model: str, cfg: EvalStageConfig) -> None:
+    """Every task's rows and context budget, with the tokenizer and config only (no weights): the
+    pipeline's preflight. The fine-tuned models it evaluates later keep the base model's tokenizer
+    and context, so the base model stands for them."""
+    tokenizer, context = load_tokenizer(model), context_length(model, cfg.max_model_len)
+    for spec in cfg.tasks:
+        examples = load_examples(spec)
+        prompts = chat_ids(tokenizer, [e.prompt for e in examples], cfg.system_prompt)
+        check_context_budget(spec.name, examples, prompts, context, cfg.sampling.max_new_tokens)
 
 
 def _run_task(generator, sandbox, spec: TaskSpec, examples: list[Example], prompts, key: str, cfg: EvalStageConfig, folder: Path):

@@ -133,6 +133,15 @@ def test_bad_pipeline_configs_fail_fast_listing_every_problem(tiny_model, sft_fi
     assert not (tmp_path / "store").exists()  # nothing was started
 
 
+def test_preflight_refuses_a_context_budget_the_model_cannot_hold(tiny_model, sft_file, tmp_path, capsys):
+    config = tiny_pipeline(tiny_model, sft_file, tmp_path / "store")
+    config["eval"]["sampling"]["max_new_tokens"] = 512  # the tiny model's whole context
+    assert main(["run", write(tmp_path, config)]) == 2
+    err = capsys.readouterr().err
+    assert "gsm8k: the longest prompt" in err and "+ max_new_tokens 512" in err and "context of 512 tokens" in err
+    assert not (tmp_path / "store").exists()  # refused before Ray, MLflow or any model
+
+
 def _free_port() -> int:
     import socket
 

@@ -90,15 +90,14 @@ def eval_task(cfg: StagesConfig, model: str, task_index: int, out_dir: str, trac
 
 def preflight(cfg: StagesConfig) -> None:
     """Everything that can be checked without a model, so bad input fails before any compute."""
-    from evals.tasks import load_examples
+    from evals.stage import check_eval_inputs
     from prift.data import load_rows, validate_rows
 
     on = cfg.pipeline.stages
     if on.sft or on.prior:
         validate_rows(load_rows(cfg.data), cfg.data)
     if on.eval:
-        for spec in cfg.eval.tasks:
-            load_examples(spec)
+        check_eval_inputs(cfg.model, cfg.eval)  # rows, and prompt + max_new_tokens within the context
     if on.rl:
         from rl.prompts import build_rows, check_no_eval_overlap
 
