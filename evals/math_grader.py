@@ -117,7 +117,11 @@ _UNITS = (
     'yard', 'pure', 'year', 'increase', 'decrease', 'd', 'less', 'Surface', 'litre', 'pi sq m', 's .',
     'metre', 'meter', 'inch',
 )
-_UNIT_PATTERNS = tuple(re.compile(r"(^|\W)" + u + r"($|\W)") for u in _UNITS + tuple(u + "s" for u in _UNITS))
+# Each with the literal text it cannot match without (up to its first "."): a substring test skips
+# most of the ~260 expressions, with the same result.
+_UNIT_PATTERNS = tuple(
+    (u.split(".")[0], re.compile(r"(^|\W)" + u + r"($|\W)")) for u in _UNITS + tuple(u + "s" for u in _UNITS)
+)
 
 
 def _fix_fracs(string: str) -> str:
@@ -155,7 +159,7 @@ def _fix_a_slash_b(string: str) -> str:
 @functools.lru_cache(maxsize=65536)
 def strip_string(string: str, skip_unit: bool = False) -> str:
     """The harness's answer normalisation, step by step in its order (`skip_unit`: the harness keeps
-    units for carp_en and minerva_math only). Cached: it runs ~300 regular expressions."""
+    units for carp_en and minerva_math only). Cached: it may run a few hundred regular expressions."""
     s = str(string).strip().replace("\n", "").rstrip(".").replace("\\!", "")
     s = re.sub(r"\\begin\{array\}\{.*?\}", r"\\begin{pmatrix}", s)
     s = re.sub(r"\\end\{array\}", r"\\end{pmatrix}", s).replace("bmatrix", "pmatrix")
@@ -167,8 +171,9 @@ def strip_string(string: str, skip_unit: bool = False) -> str:
         s = no_text_tail
     if not skip_unit:
         for _ in range(2):
-            for pattern in _UNIT_PATTERNS:
-                s = pattern.sub(r"\1\2", s) or s
+            for literal, pattern in _UNIT_PATTERNS:
+                if literal in s:
+                    s = pattern.sub(r"\1\2", s) or s
     s = s.replace("^{\\circ}", "").replace("^\\circ", "")
     s = s.replace("\\$", "").replace("$", "").replace("\\(", "").replace("\\)", "")
     s = re.sub(r"\\text\{(.*?)\}", r"\1", s)
