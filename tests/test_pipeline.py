@@ -67,8 +67,11 @@ def test_whole_pipeline_outputs_manifest_and_mlflow(tiny_model, sft_file, tmp_pa
         assert sorted(r.data.tags["stage"] for r in children) == ["eval_rl", "eval_sft", "rl", "sft"]
         assert parent.data.tags["status"] == "finished"
         assert "eval/rl/gsm8k/avg_at_2" in parent.data.metrics and "eval/base/gsm8k/avg_at_2" in parent.data.metrics
+        assert "eval/rl/gsm8k/avg_at_2_flexible" in parent.data.metrics  # math: strict and flexible
+        assert "eval/rl/mmlu_medical/avg_at_2_flexible" not in parent.data.metrics
         sft_run = next(r for r in children if r.data.tags["stage"] == "sft")
-        assert len(client.get_metric_history(sft_run.info.run_id, "loss")) == 4  # a curve, by step
+        for curve in ("loss", "nll_unweighted", "weight/kept_frac"):  # curves by step, for every method
+            assert len(client.get_metric_history(sft_run.info.run_id, curve)) == 4, curve
 
     # resubmitting the same config does nothing again and creates no new MLflow runs
     stamp = (runs[0] / "sft" / "final" / "config.json").stat().st_mtime_ns
