@@ -1,7 +1,8 @@
 """Evaluation: math, code and medical benchmarks with exact scoring.
 
 sandbox   run untrusted generated code contained (process, limits, namespaces, audit hook)
-scoring   answer extraction and equivalence: math (math-verify), multiple choice, code programs
+scoring   what counts as correct, one scorer per task kind: math, multiple choice, labels, code programs
+math_grader  math answers as the Qwen2.5-Math harness reads and compares them (the paper's protocol)
 tasks     the benchmarks: where their data comes from, their prompts, their scorers
 generate  generation backends with one interface: vLLM and Hugging Face `generate`
 metrics   Avg@k and the unbiased Pass@k estimator

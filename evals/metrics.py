@@ -29,17 +29,21 @@ def ks_for(n: int) -> list[int]:
     return sorted({k for k in (1, 2, 4, 8, 16, 32, 64, 128) if k <= n} | {n})
 
 
-def task_metrics(scores: list[list[float]]) -> dict[str, float]:
-    """scores[problem][sample] in {0, 1} -> avg_at_n and pass_at_k for each reported k."""
+def task_metrics(scores: list[list[float]], variant: str = "") -> dict[str, float]:
+    """scores[problem][sample] in {0, 1} -> avg_at_n and pass_at_k for each reported k, and the
+    counts. A `variant` ("flexible") suffixes the rates, `avg_at_n_flexible`, and leaves the counts
+    out: the rates of another scoring of the same samples, to merge beside the primary ones."""
     if not scores:
         raise ValueError("no problems to score")
     n = len(scores[0])
     if any(len(s) != n for s in scores):
         raise ValueError("every problem needs the same number of samples")
     correct = [int(sum(s)) for s in scores]
-    metrics = {f"avg_at_{n}": float(np.mean([c / n for c in correct]))}
+    suffix = f"_{variant}" if variant else ""
+    metrics = {f"avg_at_{n}{suffix}": float(np.mean([c / n for c in correct]))}
     for k in ks_for(n):
-        metrics[f"pass_at_{k}"] = float(np.mean([pass_at_k(n, c, k) for c in correct]))
-    metrics["num_problems"] = len(scores)
-    metrics["num_samples"] = n
+        metrics[f"pass_at_{k}{suffix}"] = float(np.mean([pass_at_k(n, c, k) for c in correct]))
+    if not variant:
+        metrics["num_problems"] = len(scores)
+        metrics["num_samples"] = n
     return metrics

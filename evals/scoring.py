@@ -1,10 +1,12 @@
-"""What counts as correct: answer extraction and equivalence, one definition for eval and RL rewards.
+r"""What counts as correct: answer extraction and equivalence, one definition for eval and RL rewards.
 
 Every scorer is a plain function of (completion, gold) returning a `Score`; the RL stage wraps the
 same functions as rewards.
 
     >>> score_math("... so the total is \\boxed{\\dfrac12}.", "0.5").correct
     True
+    >>> score_math("... 5 + 12 = ", "12", flexible=True, truncated=True).correct   # cut off: no answer
+    False
     >>> score_choice("The answer is (C).", "C", "ABCDE").extracted
     'C'
     >>> score_choice("Either B or C.", "C", "ABCDE").correct      # names two options: wrong
@@ -15,8 +17,9 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
 from dataclasses import dataclass
+
+from evals.math_grader import clean_prediction, extract_final, last_boxed, last_number, math_equal, strip_string
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +31,8 @@ class Score:
     """The answer read off the completion (None: none found)."""
     reason: str = ""
     """Why it is not correct ("no answer found", "wrong answer", "ambiguous: B, C", a test failure)."""
+    extractor: str | None = None
+    """Math: the rule that found the answer ("boxed", "answer is", "####", "last number", ...)."""
 
     @property
     def value(self) -> float:
@@ -37,73 +42,26 @@ class Score:
 # ---------------------------------------------------------------- math
 
 
-def last_boxed(text: str) -> str | None:
-    r"""Content of the last `\boxed{...}` (or `\fbox{...}`), nested braces matched; `\boxed 5` too.
+def score_math(completion: str, gold: str, *, flexible: bool = False, truncated: bool = False) -> Score:
+    """A math completion against its gold answer, read and compared as the Qwen2.5-Math harness does
+    (evals.math_grader).
 
-    >>> last_boxed(r"first \boxed{1}, then \boxed{\frac{a}{b}}")
-    '\\frac{a}{b}'
+    Strict (the default, the primary metric and the RL reward): only a stated final answer counts
+    (`\\boxed{}`, "the answer is", `####`, ...). Flexible: with no stated answer, the last number in
+    the completion, as the harness and lm-evaluation-harness's flexible-extract do -- except in a
+    completion cut by the length limit (`truncated`), whose last number is usually a number being
+    copied from the problem or mid-calculation, not an answer.
     """
-    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
-    if start < 0:
-        return None
-    i = start + (6 if text.startswith("\\boxed", start) else 5)
-    if i < len(text) and text[i] == " ":  # \boxed 5
-        m = re.match(r" ([^\s$]+)", text[i:])
-        return m.group(1) if m else None
-    if i >= len(text) or text[i] != "{":
-        return None
-    depth = 0
-    for j in range(i, len(text)):
-        depth += {"{": 1, "}": -1}.get(text[j], 0)
-        if depth == 0:
-            return text[i + 1 : j].strip()
-    return None  # unbalanced: the completion was cut off inside the box
-
-
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
-
-
-def extract_math_answer(text: str) -> str | None:
-    """The final answer of a math completion: the last `\\boxed{}`; else GSM8K's `#### x`; else
-    "the answer is x"; else the last number in the text."""
-    boxed = last_boxed(text)
-    if boxed is not None:
-        return boxed
-    m = re.search(r"####\s*([^\n]+)", text)
-    if m:
-        return m.group(1).strip()
-    m = list(re.finditer(r"answer is[:\s]*\$?([^\n$]+?)\$?\s*(?:\.\s|\.?$)", text, re.I | re.M))
-    if m:
-        return m[-1].group(1).strip()
-    numbers = _NUMBER.findall(text)
-    return numbers[-1].rstrip(".,") if numbers else None
-
-
-def math_equal(pred: str, gold: str) -> bool:
-    r"""Mathematical equivalence by math-verify (`1/2` == `0.5` == `\dfrac12`; `12` != `12.5`).
-
-    math-verify's timeouts use SIGALRM, which exists only on the main thread: elsewhere (Ray
-    workers, vLLM callbacks) they are off and a pathological expression could take long.
-    """
-    if pred.strip() == gold.strip():
-        return True
-    from math_verify import parse, verify
-
-    timeout = 5 if threading.current_thread() is threading.main_thread() else None
-    logging.getLogger("math_verify").setLevel(logging.ERROR)  # it warns on every call without a timeout
-    gold_parsed = parse(f"${gold}$", parsing_timeout=timeout)
-    pred_parsed = parse(f"${pred}$", parsing_timeout=timeout)
-    if not gold_parsed or not pred_parsed:
-        return False
-    return bool(verify(gold_parsed, pred_parsed, timeout_seconds=timeout))
-
-
-def score_math(completion: str, gold: str) -> Score:
-    pred = extract_math_answer(completion)
-    if pred is None:
+    raw, extractor = extract_final(completion)
+    if raw is None and flexible:
+        if truncated:
+            return Score(False, None, "truncated before a final answer")
+        raw, extractor = last_number(completion), "last number"
+    if raw is None:
         return Score(False, None, "no answer found")
-    ok = math_equal(pred, gold)
-    return Score(ok, pred, "" if ok else "wrong answer")
+    pred = clean_prediction(raw)
+    ok = math_equal(pred, strip_string(gold))
+    return Score(ok, pred, "" if ok else "wrong answer", extractor)
 
 
 # ---------------------------------------------------------------- multiple choice

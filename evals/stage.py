@@ -2,14 +2,19 @@
 
     prift eval CONFIG [--model PATH]
 
-setup:   every task's data is loaded and checked first, and every prompt must fit the model's
-         context (a bad row or a too-long prompt fails before any model loads);
+setup:   every task's data is loaded and checked first, and every prompt plus max_new_tokens must
+         fit the model's context (a bad row or a blown context budget fails before any model
+         loads; `check_eval_inputs` does the same for the pipeline's preflight);
          tasks whose metrics.json already matches this model, task and sampling are skipped.
 run:     one generator (vLLM or HF) for all remaining tasks; n samples per prompt; scoring by the
-         task's scorer (math-verify, option letter, label, or the code sandbox, in parallel).
+         task's scorer (math as the Qwen2.5-Math harness, option letter, label, or the code
+         sandbox, in parallel).
 outputs: <out>/<task>/samples.jsonl  one row per (problem, sample): prompt, completion, extracted
-                                     answer, score, reason for failure, tokens, finish reason
-         <out>/<task>/metrics.json   avg_at_n, pass_at_k for k = 1, 2, 4, ..., n, key, timings
+                                     answer, extractor, score, reason for failure, tokens, finish
+                                     reason, truncated; math also the flexible extraction and score
+         <out>/<task>/metrics.json   avg_at_n, pass_at_k for k = 1, 2, 4, ..., n (primary: strict
+                                     for math), math also avg_at_n_flexible, pass_at_k_flexible;
+                                     truncated_frac; key, timings
          <out>/summary.json          every task's metrics and per-domain means
 Each file is written to a temporary name and renamed, so an interrupted run leaves finished tasks
 finished and nothing half-written; the rerun resumes at the first unfinished task.
@@ -26,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from evals.generate import SamplingConfig, chat_ids, context_length
+from evals.generate import Completion, SamplingConfig, chat_ids, context_length
 from evals.metrics import task_metrics
 from evals.sandbox import Sandbox, SandboxConfig
 from evals.scoring import Score, score_choice, score_code, score_label, score_math
@@ -72,6 +77,30 @@ def score_task(task: Task, examples: list[Example], completions: list[list[str]]
     if task.scorer == "choice":
         return [[score_choice(c, ex.gold, ex.meta["letters"]) for c in cs] for ex, cs in zip(examples, completions)]
     return [[score_label(c, ex.gold, ("yes", "no", "maybe")) for c in cs] for ex, cs in zip(examples, completions)]
+
+
+def flexible_scores(task: Task, examples: list[Example], outputs: list[list[Completion]]) -> list[list[Score]] | None:
+    """Math only: the flexible scoring (the last number when no answer is stated, never for a
+    completion cut by the length limit) of the same samples; None for other tasks."""
+    if task.scorer != "math":
+        return None
+    return [
+        [score_math(c.text, ex.gold, flexible=True, truncated=c.finish_reason == "length") for c in outs]
+        for ex, outs in zip(examples, outputs)
+    ]
+
+
+def sample_row(ex: Example, index: int, c: Completion, s: Score, flexible: Score | None) -> dict:
+    """One line of samples.jsonl: what was asked, what came back, how it was read and scored."""
+    row = {
+        "id": ex.id, "sample": index, "prompt": ex.prompt, "completion": c.text, "gold": ex.gold,
+        "extracted": s.extracted, "extractor": s.extractor, "score": s.value, "reason": s.reason,
+        "num_tokens": c.num_tokens, "finish_reason": c.finish_reason, "truncated": c.finish_reason == "length",
+    }
+    if flexible is not None:
+        row |= {"extracted_flexible": flexible.extracted, "extractor_flexible": flexible.extractor,
+                "score_flexible": flexible.value}
+    return row
 
 
 def task_key(model_fingerprint: str, spec: TaskSpec, examples: list[Example], cfg: EvalStageConfig) -> str:
@@ -121,7 +150,7 @@ def run_eval(model: str, cfg: EvalStageConfig, out_dir: str | Path, write_summar
             log.info("eval %s: already done for this model and config (%s), skipped", spec.name, done)
         else:
             prompts = chat_ids(tokenizer, [e.prompt for e in examples], cfg.system_prompt)
-            check_prompt_lengths(spec.name, examples, prompts, context)
+            check_context_budget(spec.name, examples, prompts, context, cfg.sampling.max_new_tokens)
             todo.append((spec, examples, prompts, key))
 
     if todo:
@@ -140,17 +169,39 @@ def run_eval(model: str, cfg: EvalStageConfig, out_dir: str | Path, write_summar
     return {spec.name: json.loads((out_dir / spec.name / "metrics.json").read_text())["metrics"] for spec in cfg.tasks}
 
 
-def check_prompt_lengths(name: str, examples: list[Example], prompts: list[list[int]], context: int | None) -> None:
-    """A prompt the model cannot take is an error naming the rows, before any generation."""
+def check_context_budget(name: str, examples: list[Example], prompts: list[list[int]], context: int | None,
+                         max_new_tokens: int) -> None:
+    """Every prompt plus `max_new_tokens` must fit the model's context. Otherwise vLLM cuts the
+    completion at the context silently (it looks like any other length-limited one) and HF
+    generates past the positions the model was trained on; either way the protocol is not the one
+    the config states. An input error that names the task, the longest prompt, max_new_tokens and
+    the context, and the largest max_new_tokens that would fit."""
     if context is None:
         return
-    too_long = [(e.id, len(p)) for e, p in zip(examples, prompts) if len(p) >= context]
-    if too_long:
-        shown = ", ".join(f"{i} ({n} tokens)" for i, n in too_long[:5])
-        raise TaskError(
-            f"{name}: {len(too_long)} prompt(s) do not fit the model's context of {context} tokens: {shown}; "
-            "lower the task's limit, choose other rows, or raise eval.max_model_len if the model allows it"
-        )
+    lengths = [len(p) for p in prompts]
+    over = [n for n in lengths if n + max_new_tokens > context]
+    if not over:
+        return
+    longest = max(range(len(lengths)), key=lengths.__getitem__)
+    room = context - lengths[longest]
+    fix = f"lower eval.sampling.max_new_tokens to {room} or less, " if room > 0 else ""
+    raise TaskError(
+        f"{name}: the longest prompt (row {examples[longest].id}, {lengths[longest]} tokens) + max_new_tokens "
+        f"{max_new_tokens} = {lengths[longest] + max_new_tokens} tokens exceed the model's context of {context} "
+        f"tokens ({len(over)} of {len(prompts)} prompts do not fit); {fix}lower the task's limit or choose "
+        "other rows, or raise eval.max_model_len if the model allows it"
+    )
+
+
+def check_eval_inputs(model: str, cfg: EvalStageConfig) -> None:
+    """Every task's rows and context budget, with the tokenizer and config only (no weights): the
+    pipeline's preflight. The fine-tuned models it evaluates later keep the base model's tokenizer
+    and context, so the base model stands for them."""
+    tokenizer, context = load_tokenizer(model), context_length(model, cfg.max_model_len)
+    for spec in cfg.tasks:
+        examples = load_examples(spec)
+        prompts = chat_ids(tokenizer, [e.prompt for e in examples], cfg.system_prompt)
+        check_context_budget(spec.name, examples, prompts, context, cfg.sampling.max_new_tokens)
 
 
 def _run_task(generator, sandbox, spec: TaskSpec, examples: list[Example], prompts, key: str, cfg: EvalStageConfig, folder: Path):
@@ -160,20 +211,22 @@ def _run_task(generator, sandbox, spec: TaskSpec, examples: list[Example], promp
     outputs = generator.generate(prompts, cfg.sampling, task.stop)
     t1 = time.perf_counter()
     scores = score_task(task, examples, [[c.text for c in outs] for outs in outputs], sandbox)
+    flexible = flexible_scores(task, examples, outputs)
     t2 = time.perf_counter()
 
     metrics = task_metrics([[s.value for s in row] for row in scores])
-    tokens = sum(c.num_tokens for outs in outputs for c in outs)
-    metrics["mean_completion_tokens"] = tokens / (len(examples) * cfg.sampling.n)
+    if flexible is not None:
+        metrics |= task_metrics([[s.value for s in row] for row in flexible], "flexible")
+    completions = [c for outs in outputs for c in outs]
+    tokens = sum(c.num_tokens for c in completions)
+    metrics["mean_completion_tokens"] = tokens / len(completions)
+    metrics["truncated_frac"] = sum(c.finish_reason == "length" for c in completions) / len(completions)
     folder.mkdir(parents=True, exist_ok=True)
-    lines = []
-    for ex, outs, row in zip(examples, outputs, scores):
-        for i, (c, s) in enumerate(zip(outs, row)):
-            lines.append(json.dumps({
-                "id": ex.id, "sample": i, "prompt": ex.prompt, "completion": c.text, "gold": ex.gold,
-                "extracted": s.extracted, "score": s.value, "reason": s.reason,
-                "num_tokens": c.num_tokens, "finish_reason": c.finish_reason,
-            }))
+    lines = [
+        json.dumps(sample_row(ex, i, c, s, flexible[p][i] if flexible else None))
+        for p, (ex, outs, row) in enumerate(zip(examples, outputs, scores))
+        for i, (c, s) in enumerate(zip(outs, row))
+    ]
     write_atomic(folder / "samples.jsonl", "\n".join(lines) + "\n")
     record = {
         "key": key, "task": spec.name, "domain": task.domain, "backend": generator.backend,

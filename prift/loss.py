@@ -29,6 +29,7 @@ class LossStats:
     tokens: int  # response tokens in this micro-batch
     weight_sum: float  # sum of w_t over them: the effective token count
     kept: int  # response tokens with w_t > 0
+    nll: float  # sum_t M_t ce_t / N: the loss with every w_t = 1 (the same N), comparable across methods
 
 
 def to_label_space(by_token: torch.Tensor) -> torch.Tensor:
@@ -59,5 +60,6 @@ def weighted_nll(
     weights = torch.where(mask, token_weights(rule, logprob, mass), 0.0)
     n = mask.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch
     loss = -(weights * log_probs).sum() / n
-    stats = LossStats(tokens=int(mask.sum()), weight_sum=float(weights.sum()), kept=int((weights > 0).sum()))
+    nll = -torch.where(mask, log_probs.detach(), 0.0).sum() / n
+    stats = LossStats(int(mask.sum()), float(weights.sum()), int((weights > 0).sum()), float(nll))
     return loss, stats

@@ -8,14 +8,18 @@ the [B, L, V] logits. The weight of each token comes from
 The loss is `prift.loss.weighted_nll`, normalised by TRL's `num_items_in_batch` (response tokens of the
 whole accumulated batch, gathered over ranks), so micro-batching and data parallelism do not change it.
 
-Logged besides TRL's own metrics: `weight/mean` (mean w over response tokens), `weight/kept_frac`
-(fraction with w > 0: what PriFT-mass keeps) and `weight/effective_tokens` (sum of w per micro-batch).
+Logged beside the weighted `loss` at every logging step, over the same window (`WindowSums`):
+  nll_unweighted        the mean response-token NLL, every w_t = 1, averaged as the loss is (per
+                        optimizer step, then over the window's steps): the curve that compares
+                        across methods, and exactly the loss for `sft`;
+  weight/kept_frac      the fraction of response tokens with w > 0 (what PriFT-mass keeps);
+  weight/effective_frac sum of w over the number of response tokens (1 for `sft`).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from trl import SFTTrainer
@@ -65,6 +69,26 @@ def with_labels(dataset):
     return dataset.map(_row_labels, remove_columns=["response_mask"], desc="labels")
 
 
+@dataclass
+class WindowSums:
+    """What the training steps since the last log add up to, over micro-batches and ranks:
+    [nll share, weight sum, kept tokens, tokens]. The nll share of a micro-batch is the unweighted
+    NLL normalised and scaled as its loss is, so that, like the loss, its mean over ranks per step
+    and over steps gives the logged value."""
+
+    start_step: int
+    sums: list[torch.Tensor] = field(default_factory=list)
+
+    def metrics(self, step: int, world_size: int) -> dict[str, float]:
+        nll_share, weight_sum, kept, tokens = torch.stack(self.sums).sum(0).tolist()
+        tokens = max(tokens, 1.0)
+        return {
+            "nll_unweighted": nll_share / world_size / max(step - self.start_step, 1),
+            "weight/kept_frac": kept / tokens,
+            "weight/effective_frac": weight_sum / tokens,
+        }
+
+
 class PriftTrainer(SFTTrainer):
     """SFTTrainer whose loss is sum(M * w * ce) / N with w from `weight_rule` (see module docstring)."""
 
@@ -74,6 +98,7 @@ class PriftTrainer(SFTTrainer):
         self.ref_model = ref_model
         self.vocab_chunk = vocab_chunk
         self._ref_checked = False
+        self._window: WindowSums | None = None
         if ref_model is not None:
             self.ref_model = ref_model.to(self.accelerator.device).eval().requires_grad_(False)
 
@@ -105,10 +130,11 @@ class PriftTrainer(SFTTrainer):
                 f"the last saved checkpoint in {self.args.output_dir} is intact"
             )
         # As in TRL: num_items_in_batch counts every rank's tokens and DDP averages gradients over ranks.
+        scale = 1
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
-            loss = loss * self.accelerator.num_processes
-        self._record(mode, outputs, stats)
-        return loss
+            scale = self.accelerator.num_processes
+        self._record(mode, outputs, stats, stats.nll * scale)
+        return loss * scale
 
     @torch.no_grad()
     def _signals(self, model, inputs, response):
@@ -119,11 +145,21 @@ class PriftTrainer(SFTTrainer):
             model, inputs["input_ids"], inputs["attention_mask"], response, vocab_chunk=self.vocab_chunk
         )
 
-    def _record(self, mode: str, outputs, stats: LossStats) -> None:
+    def _record(self, mode: str, outputs, stats: LossStats, nll_share: float) -> None:
         metrics = self._metrics[mode]
         n = max(stats.tokens, 1)
         metrics["entropy"].append((outputs.entropy.detach().sum() / n).item())
         metrics["mean_token_accuracy"].append((outputs.is_top1.sum() / n).item())
-        metrics["weight/mean"].append(stats.weight_sum / n)
-        metrics["weight/kept_frac"].append(stats.kept / n)
-        metrics["weight/effective_tokens"].append(stats.weight_sum)
+        if mode != "train":  # the window follows optimizer steps; the SFT stage runs no eval loop
+            return
+        local = torch.tensor([[nll_share, stats.weight_sum, stats.kept, stats.tokens]], device=self.accelerator.device)
+        if self._window is None:
+            self._window = WindowSums(self.state.global_step)  # the step last logged (or resumed from)
+        self._window.sums.append(self.accelerator.gather(local).sum(0))
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """TRL's log, plus the window's unweighted NLL and token fractions (training only)."""
+        if self.model.training and self._window is not None:
+            logs.update(self._window.metrics(self.state.global_step, self.accelerator.num_processes))
+            self._window = None
+        super().log(logs, start_time)

@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class GeneratorSpec:
-    """A reasoning-gym dataset: unlimited seeded prompts with exact answers (math-verify scores them)."""
+    """A reasoning-gym dataset: unlimited seeded prompts with exact answers (scored by the strict math scorer)."""
 
     name: str = "basic_arithmetic"
     """A reasoning-gym dataset name (basic_arithmetic, chain_sum, gsm_symbolic, simple_equations, ...)."""

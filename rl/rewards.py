@@ -1,4 +1,4 @@
-"""GRPO rewards: the eval scorers as TRL reward functions, so "correct" has one definition.
+r"""GRPO rewards: the eval scorers as TRL reward functions, so "correct" has one definition.
 
 A TRL reward function takes the batch's `prompts` and `completions` (chat messages here) plus every
 extra dataset column as keyword lists, and returns one float per completion:
@@ -37,7 +37,8 @@ def _kinds(scorer, n: int) -> list:
 
 
 def math_answer(prompts, completions, answer, scorer=None, **_) -> list[float | None]:
-    """1 if the final answer (last \\boxed{}, ####, ...) equals `answer` by math-verify."""
+    """1 if the stated final answer equals `answer`: the strict scorer of the eval's primary metric
+    (`evals.scoring.score_math`), so a completion is never rewarded for a number it only mentions."""
     return [
         score_math(completion_text(c), a).value if kind in (None, "math") else None
         for c, a, kind in zip(completions, answer, _kinds(scorer, len(completions)))

@@ -8,9 +8,9 @@ import torch
 from test_pipeline import mlflow_runs, tiny_pipeline, write
 
 
-def trained_losses(run_dir, step):
+def trained_logs(run_dir, step) -> list[dict]:
     state = json.loads((run_dir / "checkpoints" / f"checkpoint-{step}" / "trainer_state.json").read_text())
-    return [h["loss"] for h in state["log_history"] if "loss" in h]
+    return [h for h in state["log_history"] if "loss" in h]
 
 
 def weights(folder):
@@ -44,9 +44,11 @@ def test_two_workers_step_exactly_like_one_with_the_same_global_batch(tiny_model
         ray.shutdown()
 
     assert json.loads((tmp_path / "two" / "final" / "prift_sft.json").read_text())["world_size"] == 2
-    one_losses, two_losses = trained_losses(tmp_path / "one", 3), trained_losses(tmp_path / "two", 3)
+    one_logs, two_logs = trained_logs(tmp_path / "one", 3), trained_logs(tmp_path / "two", 3)
+    one_losses = [h["loss"] for h in one_logs]
     assert len(one_losses) == 3 and len(set(one_losses)) == 3  # three different batches, all logged
-    assert two_losses == pytest.approx(one_losses, rel=1e-5)
+    for key in ("loss", "nll_unweighted", "weight/effective_frac"):  # the curves too: summed over ranks
+        assert [h[key] for h in two_logs] == pytest.approx([h[key] for h in one_logs], rel=1e-5), key
     before, one, two = weights(tiny_model), weights(tmp_path / "one" / "final"), weights(tmp_path / "two" / "final")
     for name in one:
         assert torch.allclose(one[name], two[name], atol=1e-6), name

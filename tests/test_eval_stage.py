@@ -1,15 +1,18 @@
 """The eval stage: outputs that agree with their samples, resume, bad data before any model, backends."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import yaml
+from transformers import AutoConfig
 
 import evals.generate
-from evals.generate import Completion, Generator, HFGenerator, SamplingConfig
+from evals.generate import Completion, Generator, HFGenerator, SamplingConfig, chat_ids
 from evals.sandbox import Sandbox, SandboxConfig
-from evals.stage import EvalStageConfig, run_eval, score_task
+from evals.stage import EvalStageConfig, check_eval_inputs, run_eval, score_task
 from evals.tasks import TASKS, TaskError, TaskSpec, load_examples
+from prift.models import load_tokenizer
 from workflows.cli import main
 
 
@@ -36,7 +39,7 @@ def test_scores_and_metrics_follow_the_completions(tiny_model, tmp_path, monkeyp
     # problem i: i of its 4 samples are right
     answers = {ex.prompt[:60]: [f"\\boxed{{{ex.gold}}}"] * i + ["\\boxed{-1}"] * (4 - i) for i, ex in enumerate(gsm)}
     monkeypatch.setattr(evals.generate, "make_generator", lambda model, *a, **k: Oracle(model, answers))
-    cfg = EvalStageConfig(tasks=[TaskSpec("gsm8k", limit=4)], sampling=SamplingConfig(n=4, temperature=1.0))
+    cfg = EvalStageConfig(tasks=[TaskSpec("gsm8k", limit=4)], sampling=SamplingConfig(n=4, temperature=1.0, max_new_tokens=16))
 
     summary = run_eval(tiny_model, cfg, tmp_path)
 
@@ -48,6 +51,44 @@ def test_scores_and_metrics_follow_the_completions(tiny_model, tmp_path, monkeyp
     assert len(rows) == 16 and sum(r["score"] for r in rows) == 6
     assert {r["reason"] for r in rows if r["score"] == 0} == {"wrong answer"}
     assert summary["domains"]["math"]["avg_at_4"] == m["avg_at_4"]
+
+
+class Scripted(Generator):
+    """The same (text, finish_reason) completions for every prompt."""
+
+    backend = "scripted"
+
+    def __init__(self, model, outs):
+        super().__init__(model)
+        self.outs = outs
+
+    def generate(self, prompts, sampling, stop=()):
+        return [[Completion(text, 5, finish) for text, finish in self.outs] for _ in prompts]
+
+
+def test_math_reports_strict_and_flexible_and_credits_no_truncated_guess(tiny_model, tmp_path, monkeypatch):
+    gold = load_examples(TaskSpec("gsm8k", limit=1))[0].gold
+    outs = [
+        (f"So the answer is \\boxed{{{gold}}}.", "stop"),  # stated: counts under both
+        (f"Adding up, we get {gold} in total.", "stop"),  # not stated: the flexible metric only
+        (f"The question asks for 5 + {gold} = ", "length"),  # cut off, last number = gold: neither
+        (f"So the answer is \\boxed{{{gold}}}. Checking: 5 + {gold}", "length"),  # stated before the cut
+    ]
+    monkeypatch.setattr(evals.generate, "make_generator", lambda model, *a, **k: Scripted(model, outs))
+    cfg = EvalStageConfig(tasks=[TaskSpec("gsm8k", limit=1)], sampling=SamplingConfig(n=4, temperature=1.0, max_new_tokens=16))
+
+    summary = run_eval(tiny_model, cfg, tmp_path)
+
+    m = summary["tasks"]["gsm8k"]
+    assert (m["avg_at_4"], m["avg_at_4_flexible"], m["truncated_frac"]) == (2 / 4, 3 / 4, 2 / 4)
+    rows = [json.loads(line) for line in (tmp_path / "gsm8k" / "samples.jsonl").read_text().splitlines()]
+    assert [r["score"] for r in rows] == [1.0, 0.0, 0.0, 1.0]
+    assert [r["score_flexible"] for r in rows] == [1.0, 1.0, 0.0, 1.0]
+    assert [r["extractor"] for r in rows] == ["boxed", None, None, "boxed"]
+    assert [r["extractor_flexible"] for r in rows] == ["boxed", "last number", None, "boxed"]
+    assert [r["truncated"] for r in rows] == [False, False, True, True]
+    assert rows[2]["reason"] == "no answer found" and rows[1]["extracted_flexible"] == gold
+    assert summary["domains"]["math"]["avg_at_4_flexible"] == 3 / 4
 
 
 def test_a_finished_task_is_not_rerun_but_a_changed_one_is(tiny_model, tmp_path, monkeypatch):
@@ -62,7 +103,7 @@ def test_a_finished_task_is_not_rerun_but_a_changed_one_is(tiny_model, tmp_path,
     run_eval(tiny_model, cfg, tmp_path)
     assert (tmp_path / "mmlu_medical" / "metrics.json").stat().st_mtime_ns == stamp
     with pytest.raises(AssertionError, match="loaded a model"):  # another seed is another result
-        run_eval(tiny_model, EvalStageConfig(tasks=cfg.tasks, backend="hf", sampling=SamplingConfig(seed=1)), tmp_path)
+        run_eval(tiny_model, EvalStageConfig(tasks=cfg.tasks, backend="hf", sampling=SamplingConfig(max_new_tokens=4, seed=1)), tmp_path)
 
 
 def test_bad_task_data_fails_before_the_model_is_touched(tmp_path):
@@ -74,11 +115,31 @@ def test_bad_task_data_fails_before_the_model_is_touched(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_a_prompt_longer_than_the_context_fails_before_generation(tiny_model, tmp_path, monkeypatch):
+def test_prompt_plus_max_new_tokens_beyond_the_context_fails_before_generation(tiny_model, tmp_path, monkeypatch):
     monkeypatch.setattr(evals.generate, "make_generator", lambda *a, **k: pytest.fail("generator started"))
-    cfg = EvalStageConfig(tasks=[TaskSpec("gsm8k", limit=1), TaskSpec("pubmedqa", limit=3)], max_model_len=300)
-    with pytest.raises(TaskError, match=r"pubmedqa: 3 prompt\(s\) do not fit the model's context of 300 tokens"):
-        run_eval(tiny_model, cfg, tmp_path)
+    spec = TaskSpec("gsm8k", limit=1)
+    prompt = len(chat_ids(load_tokenizer(tiny_model), [load_examples(spec)[0].prompt])[0])
+    context = AutoConfig.from_pretrained(tiny_model).max_position_embeddings
+    fits = EvalStageConfig(tasks=[spec], sampling=SamplingConfig(max_new_tokens=context - prompt))
+    check_eval_inputs(tiny_model, fits)  # exactly the context: accepted
+
+    over = replace(fits, sampling=SamplingConfig(max_new_tokens=context - prompt + 1))
+    expected = (rf"gsm8k: the longest prompt \(row \S+, {prompt} tokens\) \+ max_new_tokens {context - prompt + 1} = "
+                rf"{context + 1} tokens exceed the model's context of {context} tokens \(1 of 1 prompts do not fit\); "
+                rf"lower eval.sampling.max_new_tokens to {context - prompt} or less")
+    with pytest.raises(TaskError, match=expected):
+        check_eval_inputs(tiny_model, over)
+    with pytest.raises(TaskError, match=expected):
+        run_eval(tiny_model, over, tmp_path)
+    assert not (tmp_path / "gsm8k").exists()
+
+
+def test_max_model_len_is_the_context_and_a_prompt_alone_can_blow_it(tiny_model):
+    cfg = EvalStageConfig(tasks=[TaskSpec("gsm8k", limit=1), TaskSpec("pubmedqa", limit=3)], max_model_len=300,
+                          sampling=SamplingConfig(max_new_tokens=1))
+    with pytest.raises(TaskError, match=r"pubmedqa: .*context of 300 tokens \(3 of 3 prompts do not fit\); lower the task's") as e:
+        check_eval_inputs(tiny_model, cfg)
+    assert "max_new_tokens to" not in str(e.value)  # no max_new_tokens could help
 
 
 def test_code_scoring_runs_the_canonical_solutions_in_the_sandbox():

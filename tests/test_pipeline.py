@@ -67,8 +67,11 @@ def test_whole_pipeline_outputs_manifest_and_mlflow(tiny_model, sft_file, tmp_pa
         assert sorted(r.data.tags["stage"] for r in children) == ["eval_rl", "eval_sft", "rl", "sft"]
         assert parent.data.tags["status"] == "finished"
         assert "eval/rl/gsm8k/avg_at_2" in parent.data.metrics and "eval/base/gsm8k/avg_at_2" in parent.data.metrics
+        assert "eval/rl/gsm8k/avg_at_2_flexible" in parent.data.metrics  # math: strict and flexible
+        assert "eval/rl/mmlu_medical/avg_at_2_flexible" not in parent.data.metrics
         sft_run = next(r for r in children if r.data.tags["stage"] == "sft")
-        assert len(client.get_metric_history(sft_run.info.run_id, "loss")) == 4  # a curve, by step
+        for curve in ("loss", "nll_unweighted", "weight/kept_frac"):  # curves by step, for every method
+            assert len(client.get_metric_history(sft_run.info.run_id, curve)) == 4, curve
         # math_answer on a random tiny model is 0 for every completion: nothing to learn from
         rl_run = next(r for r in children if r.data.tags["stage"] == "rl")
         for run in (rl_run, parent):
@@ -178,6 +181,15 @@ def test_bad_pipeline_configs_fail_fast_listing_every_problem(tiny_model, sft_fi
     assert main(["run", write(tmp_path, missing)]) == 2
     assert "nope.jsonl" in capsys.readouterr().err
     assert not (tmp_path / "store").exists()  # nothing was started
+
+
+def test_preflight_refuses_a_context_budget_the_model_cannot_hold(tiny_model, sft_file, tmp_path, capsys):
+    config = tiny_pipeline(tiny_model, sft_file, tmp_path / "store")
+    config["eval"]["sampling"]["max_new_tokens"] = 512  # the tiny model's whole context
+    assert main(["run", write(tmp_path, config)]) == 2
+    err = capsys.readouterr().err
+    assert "gsm8k: the longest prompt" in err and "+ max_new_tokens 512" in err and "context of 512 tokens" in err
+    assert not (tmp_path / "store").exists()  # refused before Ray, MLflow or any model
 
 
 def _free_port() -> int:

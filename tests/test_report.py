@@ -154,3 +154,21 @@ def test_pick_finds_avg_at_n_and_the_largest_pass_at_k():
     metrics = {"avg_at_16": 0.3, "pass_at_1": 0.3, "pass_at_2": 0.4, "pass_at_16": 0.7, "pass_at_4": 0.5}
     assert pick(metrics, "avg_at_n") == "avg_at_16" and pick(metrics, "pass_at_n") == "pass_at_16"
     assert pick(metrics, "pass_at_1") == "pass_at_1" and pick(metrics, "pass_at_8") is None
+
+
+def test_pick_keeps_the_strict_and_the_flexible_metric_apart():
+    from workflows.report import pick
+
+    metrics = {"avg_at_16": 0.3, "avg_at_16_flexible": 0.4, "pass_at_2_flexible": 0.5, "pass_at_16_flexible": 0.6}
+    assert pick(metrics, "avg_at_n") == "avg_at_16" and pick(metrics, "avg_at_n_flexible") == "avg_at_16_flexible"
+    assert pick(metrics, "pass_at_n_flexible") == "pass_at_16_flexible" and pick(metrics, "pass_at_n") is None
+    assert pick({"avg_at_16": 0.3}, "avg_at_n_flexible") is None
+
+
+def test_pipeline_table_shows_strict_then_flexible_where_a_task_has_both():
+    from workflows.pipeline import comparison_table
+
+    math, medical = {"avg_at_2": 0.25, "avg_at_2_flexible": 0.5}, {"avg_at_2": 0.75}
+    table = comparison_table({"base": {"gsm8k": math, "medqa": medical}, "runs": {}}, ["gsm8k", "medqa"])
+    assert "strict (primary) / flexible" in table.splitlines()[0]
+    assert table.splitlines()[-1].split("|")[1:] == ["   25.0 / 50.0 ", "          75.0"]

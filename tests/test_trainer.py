@@ -22,8 +22,9 @@ def first_batch(trainer, ds, n=8):
     return {k: v.to(trainer.model.device) for k, v in batch.items()}
 
 
-def float64_reference(model_path, batch, method):
-    """sum(M w ce) / sum(M) from full float64 logits; prior signals from a fresh copy of the base."""
+def float64_reference(model_path, batch, method) -> dict[str, torch.Tensor]:
+    """From full float64 logits, prior signals from a fresh copy of the base: the loss sum(M w ce) /
+    sum(M), the weight sum, the unweighted NLL sum(M ce) / sum(M) and the kept fraction."""
     from transformers import AutoModelForCausalLM
 
     ref = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float64).eval()
@@ -35,7 +36,9 @@ def float64_reference(model_path, batch, method):
     lq = logq[:, :-1].gather(-1, y).squeeze(-1)
     u = torch.exp(lq) + torch.where(logq[:, :-1] < lq[..., None], logq[:, :-1].exp(), 0.0).sum(-1)
     w = {"sft": torch.ones_like(lq), "prift_prob": lq.exp(), "prift_mass": (u >= 0.5).double()}[method]
-    return (w * -lq * mask).sum() / mask.sum(), (w * mask).sum()
+    n = mask.sum()
+    return {"loss": (w * -lq * mask).sum() / n, "weight_sum": (w * mask).sum(),
+            "nll": (-lq * mask).sum() / n, "kept_frac": ((w > 0) & mask).sum() / n}
 
 
 @pytest.mark.parametrize("method", ["sft", "prift_prob", "prift_mass"])
@@ -44,7 +47,8 @@ def test_loss_matches_float64_and_dropped_tokens_stay_in_the_denominator(tiny_mo
     batch = first_batch(trainer, ds)
     trainer.model.train()
     loss = trainer.compute_loss(trainer.model, dict(batch))
-    expected, weight_sum = float64_reference(tiny_model, batch, method)
+    ref = float64_reference(tiny_model, batch, method)
+    expected, weight_sum = ref["loss"], ref["weight_sum"]
     assert loss.item() == pytest.approx(expected.item(), rel=1e-4)
     n = (batch["labels"][:, 1:] != -100).sum()
     if method == "prift_mass":  # the tokens it drops still count: dividing by sum(w) would differ
@@ -121,3 +125,34 @@ def test_online_nucleus_rule_reads_the_policy_mass(tiny_model, sft_file, tmp_pat
         trainer.model.train()
         losses.append(trainer.compute_loss(trainer.model, first_batch(trainer, ds)).item())
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+
+
+def logged_steps(trainer) -> list[dict]:
+    return [h for h in trainer.state.log_history if "loss" in h]
+
+
+def test_sft_logs_an_unweighted_nll_equal_to_its_loss_at_every_logging_step(tiny_model, sft_file, tmp_path):
+    # micro-batches of 2 with different token counts, 2 per step, 2 steps per log: the NLL must be
+    # averaged exactly as the loss is (per step over its tokens, then over steps), not over tokens
+    trainer, _ = trainer_for(tiny_model, sft_file, tmp_path, "sft", max_steps=4, logging_steps=2,
+                             per_device_batch_size=2, gradient_accumulation_steps=2, learning_rate=1e-3)
+    trainer.train()
+    logs = logged_steps(trainer)
+    assert [h["step"] for h in logs] == [2, 4]
+    for h in logs:
+        assert h["nll_unweighted"] == pytest.approx(h["loss"], rel=1e-5)
+        assert h["weight/kept_frac"] == h["weight/effective_frac"] == 1.0
+
+
+def test_prift_mass_logs_the_unweighted_nll_and_kept_fraction_of_its_batch(tiny_model, sft_file, tmp_path):
+    trainer, _ = trainer_for(tiny_model, sft_file, tmp_path, "prift_mass", max_steps=1, per_device_batch_size=8)
+    trainer.train_dataset = trainer.train_dataset.select(range(8))  # one step on exactly these 8 rows
+    ref = float64_reference(tiny_model, first_batch(trainer, trainer.train_dataset), "prift_mass")
+    trainer.train()
+    (h,) = logged_steps(trainer)
+    assert h["loss"] == pytest.approx(ref["loss"].item(), rel=1e-4)
+    assert h["nll_unweighted"] == pytest.approx(ref["nll"].item(), rel=1e-4)
+    assert h["weight/kept_frac"] == pytest.approx(ref["kept_frac"].item(), rel=1e-6)
+    assert h["weight/effective_frac"] == h["weight/kept_frac"]  # 0/1 weights
+    assert 0 < h["weight/kept_frac"] <= 1
+    assert h["nll_unweighted"] > 1.05 * h["loss"]  # the dropped tokens: the loss alone is not comparable

@@ -91,15 +91,14 @@ def eval_task(cfg: StagesConfig, model: str, task_index: int, out_dir: str, trac
 
 def preflight(cfg: StagesConfig) -> None:
     """Everything that can be checked without a model, so bad input fails before any compute."""
-    from evals.tasks import load_examples
+    from evals.stage import check_eval_inputs
     from prift.data import load_rows, validate_rows
 
     on = cfg.pipeline.stages
     if on.sft or on.prior:
         validate_rows(load_rows(cfg.data), cfg.data)
     if on.eval:
-        for spec in cfg.eval.tasks:
-            load_examples(spec)
+        check_eval_inputs(cfg.model, cfg.eval)  # rows, and prompt + max_new_tokens within the context
     if on.rl:
         from rl.prompts import build_rows, check_no_eval_overlap
 
@@ -381,14 +380,14 @@ def comparison_table(results: dict, tasks: list[str]) -> str:
 
     from workflows.report import pick
 
-    def avg(metrics: dict) -> str:
-        key = pick(metrics, "avg_at_n")
-        return f"{100 * metrics[key]:.1f}" if key else "-"
+    def avg(metrics: dict) -> str:  # strict (primary) / flexible where a task has both
+        keys = [k for k in (pick(metrics, "avg_at_n"), pick(metrics, "avg_at_n_flexible")) if k]
+        return " / ".join(f"{100 * metrics[k]:.1f}" for k in keys) or "-"
 
     width = max(len(r[0]) for r in rows)
-    lines = [f"{'model':{width}s} | " + " | ".join(f"{t:>10s}" for t in tasks)]
+    lines = [f"{'model':{width}s} | " + " | ".join(f"{t:>13s}" for t in tasks)]
     lines.append("-" * len(lines[0]))
     for label, per_task in rows:
-        lines.append(f"{label:{width}s} | " + " | ".join(f"{avg(per_task.get(t, {})):>10s}" for t in tasks))
-    return "Avg@n (%) per task\n" + "\n".join(lines)
+        lines.append(f"{label:{width}s} | " + " | ".join(f"{avg(per_task.get(t, {})):>13s}" for t in tasks))
+    return "Avg@n (%) per task; math: strict (primary) / flexible\n" + "\n".join(lines)
 

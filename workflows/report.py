@@ -4,7 +4,8 @@
     prift report demo --storage runs       # ... or its experiment name
 
 Reads the run directory (the source of truth for what finished) and writes <sweep>/report/:
-  report.md       method x task tables (Avg@n and Pass@k, mean +- std over seeds, per-domain means),
+  report.md       method x task tables (Avg@n and Pass@k, mean +- std over seeds, per-domain means;
+                  math: strict, the primary metric, and flexible extraction),
                   the drift table, and links to the figures
   comparison.png  the Avg@n table as grouped bars (error bars: std over seeds)
   drift           mean per-token KL(fine-tuned || base) on general text (the documentation of Python
@@ -22,6 +23,7 @@ import importlib
 import json
 import logging
 import math
+import re
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -156,12 +158,20 @@ def _cell(value: tuple | None) -> str:
 
 def pick(metrics: dict, metric: str) -> str | None:
     """The key of `metric` in a task's metrics: `avg_at_n` (Avg@n, whatever n), `pass_at_n` (the
-    largest k computed: Pass@n), or an exact name such as `pass_at_1`."""
-    if metric in ("avg_at_n", "pass_at_n"):
-        prefix = metric.removesuffix("n")
-        keys = [k for k in metrics if k.startswith(prefix) and k[len(prefix):].isdigit()]
-        return max(keys, key=lambda k: int(k[len(prefix):]), default=None)
+    largest k computed: Pass@n), either with a variant suffix (`avg_at_n_flexible`: math's flexible
+    extraction), or an exact name such as `pass_at_1`. `avg_at_n` never picks a variant."""
+    m = re.fullmatch(r"(avg_at_|pass_at_)n(_[a-z]+)?", metric)
+    if m:
+        prefix, suffix = m.group(1), m.group(2) or ""
+        ks = [re.fullmatch(rf"{prefix}(\d+){suffix}", k) for k in metrics]
+        return max((k.group(0) for k in ks if k), key=lambda k: int(re.search(r"\d+", k).group()), default=None)
     return metric if metric in metrics else None
+
+
+SCORING_NOTE = ("Math is scored as the Qwen2.5-Math harness scores it (the paper's protocol). Every table "
+                "but one counts stated final answers only (`\\boxed{}`, \"the answer is\", `####`): the "
+                "primary, strict metric. The flexible table also takes the last number of a completion "
+                "that states none, except in completions cut by the length limit.")
 
 
 def markdown_table(rows: dict[str, dict[str, dict]], metric: str) -> str:
@@ -313,7 +323,8 @@ def write_report(sweep: Path, *, kl_texts: int = 8, kl_max_tokens: int = 96, tok
     parts += runs_section(runs, config)
     if tasks:
         comparison_plot(tasks, out / "comparison.png")
-        parts += ["", "## Avg@n per task", "", markdown_table(tasks, "avg_at_n"),
+        parts += ["", SCORING_NOTE, "", "## Avg@n per task", "", markdown_table(tasks, "avg_at_n"),
+                  "", "## Avg@n per task, flexible math extraction", "", markdown_table(tasks, "avg_at_n_flexible"),
                   "", "## Pass@1 per task", "", markdown_table(tasks, "pass_at_1"),
                   "", "## Pass@n per task", "", markdown_table(tasks, "pass_at_n"),
                   "", "## Avg@n per domain", "", markdown_table(domains, "avg_at_n"),
