@@ -45,6 +45,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from common.checks import at_least, positive, require
+
 log = logging.getLogger(__name__)
 
 RUNNER = (Path(__file__).with_name("sandbox_runner.py")).read_text()
@@ -72,6 +74,17 @@ class SandboxConfig:
     """How much of stdout / stderr (the end of each) the result keeps."""
     workers: int = 0
     """Programs run at once by `run_many`; 0 = the number of CPU cores."""
+
+    def __post_init__(self):
+        require(
+            positive("timeout_s", self.timeout_s),
+            at_least("cpu_s", self.cpu_s, 1),
+            at_least("memory_mb", self.memory_mb, 1),
+            at_least("file_mb", self.file_mb, 1),
+            at_least("max_processes", self.max_processes, 1),
+            at_least("output_chars", self.output_chars, 0),
+            at_least("workers", self.workers, 0),
+        )
 
 
 @dataclass

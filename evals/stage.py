@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from common.checks import at_least, items, require
 from evals.generate import SamplingConfig, chat_ids, context_length
 from evals.metrics import task_metrics
 from evals.sandbox import Sandbox, SandboxConfig
@@ -59,6 +60,16 @@ class EvalStageConfig:
     """vLLM context length (None: the model's); lower it to save KV-cache memory."""
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
     """Limits for running generated code (code tasks)."""
+
+    def __post_init__(self):
+        names = [t.name for t in items(self.tasks) if isinstance(t, TaskSpec)]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        require(
+            # each task writes <out>/<task>/: two entries of one task would overwrite each other
+            f"tasks: {', '.join(repeated)} listed more than once" if repeated else None,
+            at_least("batch_size", self.batch_size, 1),
+            at_least("max_model_len", self.max_model_len, 2),
+        )
 
 
 def score_task(task: Task, examples: list[Example], completions: list[list[str]], sandbox: Sandbox) -> list[list[Score]]:

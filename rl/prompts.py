@@ -13,6 +13,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 
+from common.checks import at_least, require, seed
 from evals.tasks import MATH_PROMPT, TASKS, Example, TaskError, TaskSpec, load_examples
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,9 @@ class GeneratorSpec:
     """How many prompts to generate."""
     seed: int = 0
     """Generator seed: the same seed gives the same prompts."""
+
+    def __post_init__(self):
+        require(at_least("size", self.size, 1), seed("seed", self.seed))
 
 
 @dataclass(frozen=True)

@@ -3,9 +3,9 @@
     prift run CONFIG [--set a.b=c]                     # a local Ray, or RAY_ADDRESS's cluster
     ray job submit --working-dir . -- python -m workflows.run CONFIG
 
-setup:   the config is validated (every bad field at once); the SFT data, every eval task and the RL
-         prompts (with the eval-overlap check) are loaded and checked, and GPUs asked for must
-         exist in the Ray cluster -- all before any model loads.
+setup:   workflows/preflight.py, the same checks as `prift validate`: the config (every bad field at
+         once), the model, the SFT data, every eval task, the RL prompts (with the eval-overlap
+         check) and the GPUs asked for -- all before any model weights load.
 stages:  each is a Ray task with the resources `pipeline.resources` declares, calling the same stage
          function as the single-stage commands:
            prior  once per sweep (shared by every method and seed; keyed by its inputs)
@@ -21,7 +21,6 @@ Prints a method x task table and the `mlflow ui` command at the end.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +30,8 @@ from pathlib import Path
 import yaml
 
 from workflows.config import StagesConfig
+from workflows.preflight import preflight
+from workflows.ray_session import ray_session, start_ray
 from workflows.rundir import Manifest, config_hash, run_name
 from workflows.tracking import MetricsCallback, Tracker, tracking_uri
 
@@ -86,39 +87,6 @@ def eval_task(cfg: StagesConfig, model: str, task_index: int, out_dir: str, trac
 
 
 # ---------------------------------------------------------------- the driver
-
-
-def preflight(cfg: StagesConfig) -> None:
-    """Everything that can be checked without a model, so bad input fails before any compute."""
-    from evals.tasks import load_examples
-    from prift.data import load_rows, validate_rows
-
-    on = cfg.pipeline.stages
-    if on.sft or on.prior:
-        validate_rows(load_rows(cfg.data), cfg.data)
-    if on.eval:
-        for spec in cfg.eval.tasks:
-            load_examples(spec)
-    if on.rl:
-        from rl.prompts import build_rows, check_no_eval_overlap
-
-        check_no_eval_overlap(build_rows(cfg.rl.prompts), cfg.eval.tasks)
-
-
-class ResourceError(RuntimeError):
-    """The config asks for more than the Ray cluster has."""
-
-
-def check_resources(cfg: StagesConfig) -> None:
-    import ray
-
-    have = ray.cluster_resources().get("GPU", 0)
-    res = cfg.pipeline.resources
-    stages = {f.name: getattr(res, f.name) for f in dataclasses.fields(res)}
-    wanted = {k: r for k, r in stages.items() if r.gpus * r.workers > have}
-    if wanted:
-        asks = ", ".join(f"pipeline.resources.{k}: {r.workers} worker(s) x {r.gpus:g} GPU" for k, r in wanted.items())
-        raise ResourceError(f"the Ray cluster has {have:g} GPU(s); the config asks for more: {asks}")
 
 
 def _remote(fn, res):
@@ -275,27 +243,14 @@ class Pipeline:
 
 
 def run_pipeline(cfg: StagesConfig) -> dict:
-    import ray
-
-    preflight(cfg)
-    started = not ray.is_initialized()
-    if started:
-        # The dashboard costs ~5 s at start; Ray Train needs it (its controller is watched through the
-        # State API it serves, and warns every few seconds without it).
-        res = cfg.pipeline.resources
-        ray_train = max(res.sft.workers, res.rl.workers) > 1
-        ray.init(address=cfg.pipeline.ray_address, include_dashboard=ray_train, log_to_driver=True,
-                 runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
-    try:
-        check_resources(cfg)
+    with ray_session():
+        preflight(cfg)  # the same checks as `prift validate`, before any compute
+        start_ray(cfg)
         pipeline = Pipeline(cfg)
         results = pipeline.run()
         print(comparison_table(results, [t.name for t in cfg.eval.tasks]))
         print(f"\nMLflow: mlflow ui --backend-store-uri {pipeline.uri}   (experiment {cfg.pipeline.experiment!r})")
         return results
-    finally:
-        if started:
-            ray.shutdown()
 
 
 def comparison_table(results: dict, tasks: list[str]) -> str:

@@ -29,6 +29,8 @@ from pathlib import Path
 import torch
 import yaml
 
+from common.errors import InputError
+
 log = logging.getLogger(__name__)
 
 GENERAL_MODULES = ("json", "argparse", "collections", "textwrap", "random", "statistics", "fractions",
@@ -57,7 +59,7 @@ def resolve_sweep(target: str, storage: str = "runs") -> Path:
     for path in (Path(target), Path(storage) / target):
         if path.is_dir() and (any(path.glob("*/manifest.json"))):
             return path
-    raise FileNotFoundError(f"{target}: no sweep folder with run manifests here or under {storage}/")
+    raise InputError(f"{target}: no sweep folder with run manifests here or under {storage}/")
 
 
 def collect(sweep: Path) -> tuple[list[Run], dict | None]:
