@@ -6,7 +6,7 @@ setup:   resolve the weight rule; get the tokenized data (with the stored prior 
          reads the prior in cached mode, else just the tokens); load the policy (and the resident
          reference in online mode); build a PriftTrainer.
 train:   TRL/transformers training loop; resumes from the newest *complete* checkpoint in
-         <out>/checkpoints (one with trainer_state.json, which transformers writes last).
+         <out>/checkpoints (one with the COMPLETE marker: prift/checkpoints.py).
 cleanup: save model + tokenizer to <out>/final.tmp, then rename to <out>/final (atomic).
 
 The defaults are the paper's math recipe (AdamW lr 5e-5, betas 0.9/0.95, weight decay 0.01, cosine
@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from common.checks import at_least, interval, one_of, positive, require, seed
-from prift.checkpoints import latest_complete_checkpoint, save_final
+from prift.checkpoints import CheckpointMarker, latest_complete_checkpoint, save_final
 from prift.data import DataConfig
 from prift.models import default_device, load_causal_lm, load_tokenizer
 from prift.prior import PriorConfig, load_prior, prepare_rows, run_prior, torch_dtype
@@ -181,7 +181,7 @@ def build_trainer(model_name: str, dataset, cfg: SFTStageConfig, prior: PriorCon
         weight_rule=rule,
         ref_model=ref_model,
         vocab_chunk=prior.vocab_chunk,
-        callbacks=list(callbacks),
+        callbacks=[*callbacks, CheckpointMarker()],  # last: marks what every other callback let through
     )
 
 

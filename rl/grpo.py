@@ -218,7 +218,7 @@ def run_rl(model: str, cfg: RLStageConfig, out_dir: str | Path, eval_tasks=(), c
     import datasets
 
     from prift.models import resolve_model_path
-    from prift.checkpoints import latest_complete_checkpoint, save_final
+    from prift.checkpoints import CheckpointMarker, latest_complete_checkpoint, save_final
 
     out_dir = Path(out_dir)
     final = out_dir / "final"
@@ -241,7 +241,7 @@ def run_rl(model: str, cfg: RLStageConfig, out_dir: str | Path, eval_tasks=(), c
         trainer = GRPOTrainer(
             model=resolve_model_path(model), reward_funcs=[guarded(REWARDS[r.name]) for r in cfg.rewards],
             args=grpo_args(cfg, rollout, out_dir), train_dataset=datasets.Dataset.from_list(rows),
-            callbacks=list(callbacks),
+            callbacks=[*callbacks, CheckpointMarker()],
         )
         resume = latest_complete_checkpoint(out_dir / "checkpoints")
         if resume:

@@ -2,6 +2,7 @@
 
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import pytest
@@ -120,9 +121,10 @@ def test_interrupted_training_resumes_from_its_last_complete_checkpoint(tiny_mod
     with pytest.raises(_Interrupt):
         run_sft(tiny_model, data, PriorConfig(), cfg, out, callbacks=[_stop_at(3, interrupt)])
     assert latest_complete_checkpoint(out / "checkpoints").name == "checkpoint-2"
-    (out / "checkpoints" / "checkpoint-4").mkdir()  # a half-written checkpoint: no trainer_state.json
+    half = out / "checkpoints" / "checkpoint-4"  # killed while writing: no COMPLETE marker yet
+    shutil.copytree(out / "checkpoints" / "checkpoint-2", half, ignore=shutil.ignore_patterns("COMPLETE"))
     assert latest_complete_checkpoint(out / "checkpoints").name == "checkpoint-2"
-    (out / "checkpoints" / "checkpoint-4").rmdir()
+    shutil.rmtree(half)
     final = run_sft(tiny_model, data, PriorConfig(), cfg, out)
     summary = json.loads((final / "prift_sft.json").read_text())
     assert summary["steps"] == 6
