@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from common.checks import at_least, interval, require, seed
+from common.lease import check_driver
 from prift.models import default_device, load_causal_lm, load_tokenizer, resolve_model_path
 
 log = logging.getLogger(__name__)
@@ -122,6 +123,7 @@ class HFGenerator(Generator):
         eos.discard(None)
         batches = range(0, len(prompts), self.batch_size)
         for b, start in enumerate(tqdm(batches, desc="generate (hf)", unit="batch")):
+            check_driver()  # an orphaned pipeline worker stops between batches
             batch = prompts[start : start + self.batch_size]
             width = max(map(len, batch))
             ids = torch.tensor([[tok.pad_token_id] * (width - len(p)) + p for p in batch], device=self.device)

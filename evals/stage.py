@@ -12,7 +12,9 @@ outputs: <out>/<task>/samples.jsonl  one row per (problem, sample): prompt, comp
          <out>/<task>/metrics.json   avg_at_n, pass_at_k for k = 1, 2, 4, ..., n, key, timings
          <out>/summary.json          every task's metrics and per-domain means
 Each file is written to a temporary name and renamed, so an interrupted run leaves finished tasks
-finished and nothing half-written; the rerun resumes at the first unfinished task.
+finished and nothing half-written; the rerun resumes at the first unfinished task. In a pipeline,
+the loop checks that the driver still runs (common/lease.py) before each task, each HF batch and
+the writes, so an orphaned eval worker stops without writing.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import Literal
 
 from common.checks import at_least, items, require
+from common.lease import check_driver
 from evals.generate import SamplingConfig, chat_ids, context_length
 from evals.metrics import task_metrics
 from evals.sandbox import Sandbox, SandboxConfig
@@ -142,6 +145,7 @@ def run_eval(model: str, cfg: EvalStageConfig, out_dir: str | Path, write_summar
         sandbox = Sandbox(cfg.sandbox)
         try:
             for spec, examples, prompts, key in todo:
+                check_driver()
                 _run_task(generator, sandbox, spec, examples, prompts, key, cfg, out_dir / spec.name)
         finally:
             generator.close()
@@ -185,6 +189,7 @@ def _run_task(generator, sandbox, spec: TaskSpec, examples: list[Example], promp
                 "extracted": s.extracted, "score": s.value, "reason": s.reason,
                 "num_tokens": c.num_tokens, "finish_reason": c.finish_reason,
             }))
+    check_driver()  # a pipeline worker whose driver is gone writes nothing
     write_atomic(folder / "samples.jsonl", "\n".join(lines) + "\n")
     record = {
         "key": key, "task": spec.name, "domain": task.domain, "backend": generator.backend,

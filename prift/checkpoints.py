@@ -7,6 +7,10 @@ own RNG state). transformers' own trainer_state.json is not enough: it is writte
 process killed while writing it leaves a file that exists but does not parse. Checkpoints written
 before the marker existed are not resumed from. `final/` appears only by an atomic rename of a fully
 written `final.tmp/`, so a stage whose final/ exists is finished.
+
+`DriverWatch` stops a pipeline's training worker whose driver is gone (common/lease.py): it checks
+at the end of every step, before the step's metrics are logged and its checkpoint saved, and again
+before the marker, so a checkpoint written while the driver died is never marked complete.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ import shutil
 from pathlib import Path
 
 from transformers import TrainerCallback
+
+from common.lease import check_driver
 
 MARKER = "COMPLETE"
 
@@ -48,6 +54,20 @@ class CheckpointMarker(TrainerCallback):
             mark_complete(Path(args.output_dir) / f"checkpoint-{state.global_step}", state.global_step)
 
 
+class DriverWatch(TrainerCallback):
+    """Raises DriverLost (common/lease.py) at the next step boundary once the pipeline's driver is
+    gone; a no-op for a stage run on its own. Put it before the callbacks that write anything."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        check_driver()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        check_driver()
+
+    def on_save(self, args, state, control, **kwargs):
+        check_driver()
+
+
 def save_final(trainer, out_dir: Path, summary_name: str, summary: dict, keep_checkpoints: bool = True) -> Path:
     """Model + tokenizer + a JSON summary into <out_dir>/final, atomically; then, unless
     `keep_checkpoints`, <out_dir>/checkpoints is deleted (final/ already marks the stage finished).
@@ -60,11 +80,13 @@ def save_final(trainer, out_dir: Path, summary_name: str, summary: dict, keep_ch
     if main:
         shutil.rmtree(tmp, ignore_errors=True)
     trainer.accelerator.wait_for_everyone()
+    check_driver()
     trainer.save_model(str(tmp))
     if main:
         trainer.processing_class.save_pretrained(str(tmp))
         (tmp / summary_name).write_text(json.dumps(summary, indent=2, default=str))
-            tmp.rename(final)
+        check_driver()
+        tmp.rename(final)
         if not keep_checkpoints:
             shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
     trainer.accelerator.wait_for_everyone()

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import yaml
 
+from common.lease import DriverLease, check_driver, watch_driver
+from prift.checkpoints import DriverWatch
 from workflows.config import StagesConfig
 from workflows.preflight import preflight
 from workflows.ray_session import ray_session, start_ray
@@ -46,8 +48,11 @@ def _tracker(tracking: dict) -> Tracker:
 
 
 def _worker_logging() -> None:
-    """Ray workers start with Python's default (warnings only); show the stages' progress lines."""
+    """Ray workers start with Python's default (warnings only); show the stages' progress lines.
+    Every stage task calls this first, so it also starts the watch on the driver (common/lease.py):
+    a task whose driver is gone ends within a fraction of a second."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    watch_driver()
 
 
 def prior_task(cfg: StagesConfig, prior_dir: str) -> str:
@@ -61,16 +66,16 @@ def sft_task(cfg: StagesConfig, out_dir: str, prior_dir: str, tracking: dict) ->
     _worker_logging()
     from prift.sft import run_sft
 
-    callback = MetricsCallback(_tracker(tracking), tracking["run_id"])
-    return str(run_sft(cfg.model, cfg.data, cfg.prior, cfg.sft, out_dir, prior_dir=prior_dir, callbacks=[callback]))
+    callbacks = [DriverWatch(), MetricsCallback(_tracker(tracking), tracking["run_id"])]
+    return str(run_sft(cfg.model, cfg.data, cfg.prior, cfg.sft, out_dir, prior_dir=prior_dir, callbacks=callbacks))
 
 
 def rl_task(cfg: StagesConfig, model: str, out_dir: str, tracking: dict) -> str:
     _worker_logging()
     from rl.grpo import run_rl
 
-    callback = MetricsCallback(_tracker(tracking), tracking["run_id"])
-    return str(run_rl(model, cfg.rl, out_dir, eval_tasks=cfg.eval.tasks, callbacks=[callback]))
+    callbacks = [DriverWatch(), MetricsCallback(_tracker(tracking), tracking["run_id"])]
+    return str(run_rl(model, cfg.rl, out_dir, eval_tasks=cfg.eval.tasks, callbacks=callbacks))
 
 
 def eval_task(cfg: StagesConfig, model: str, task_index: int, out_dir: str, tracking: dict) -> dict:
@@ -79,6 +84,7 @@ def eval_task(cfg: StagesConfig, model: str, task_index: int, out_dir: str, trac
 
     spec = cfg.eval.tasks[task_index]
     metrics = run_eval(model, replace(cfg.eval, tasks=[spec]), out_dir, write_summary=False)[spec.name]
+    check_driver()
     tracker = _tracker(tracking)
     tracker.metrics(tracking["run_id"], {f"{spec.name}/{k}": v for k, v in metrics.items()})
     rows = [json.loads(line) for line in (Path(out_dir) / spec.name / "samples.jsonl").read_text().splitlines()[:200]]
@@ -243,11 +249,14 @@ class Pipeline:
 
 
 def run_pipeline(cfg: StagesConfig) -> dict:
-    with ray_session():
+    """Preflight, then the sweep, holding its lock and heartbeat (common/lease.py) throughout."""
+    lease = DriverLease(Path(cfg.pipeline.storage) / cfg.pipeline.experiment)
+    with ray_session(lease.ticket()):
         preflight(cfg)  # the same checks as `prift validate`, before any compute
-        start_ray(cfg)
-        pipeline = Pipeline(cfg)
-        results = pipeline.run()
+        with lease:
+            start_ray(cfg)
+            pipeline = Pipeline(cfg)
+            results = pipeline.run()
         print(comparison_table(results, [t.name for t in cfg.eval.tasks]))
         print(f"\nMLflow: mlflow ui --backend-store-uri {pipeline.uri}   (experiment {cfg.pipeline.experiment!r})")
         return results
