@@ -230,10 +230,10 @@ def _gone_after(processes: list, started: float, limit_s: float) -> float:
 
 @pytest.mark.slow
 def test_kill_9_during_sft_leaves_no_writer_and_the_rerun_resumes_with_each_step_once(tiny_model, sft_file, tmp_path, monkeypatch):
-    """The driver dies mid-SFT: within a second no Ray process of the run is left, no write starts
-    in the sweep after the kill (one under way may finish), the same command again resumes from a
-    checkpoint that was complete before the kill, and the MLflow loss curve has each of the 60
-    steps exactly once."""
+    """The driver dies mid-SFT: within seconds no Ray process of the run is left, no write starts in
+    the sweep after the kill (one under way may finish: an MLflow log, or a checkpoint that is then
+    never marked complete), the same command again resumes from a checkpoint that was complete
+    before the kill, and the MLflow loss curve has each of the 60 steps exactly once."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     storage = tmp_path / "store"
     config = tiny_pipeline(tiny_model, sft_file, storage, methods=["prift_mass"], eval_models=["sft"])
@@ -256,12 +256,14 @@ def test_kill_9_during_sft_leaves_no_writer_and_the_rerun_resumes_with_each_step
         time.sleep(3)
     finally:
         _kill_group(first)
-    last_write = max(p.stat().st_mtime for p in storage.rglob("*") if p.is_file())
-    print(f"last write to the sweep {last_write - killed_at:+.3f} s after the kill")
-    assert last_write < killed_at + 0.5  # a write under way at the kill may finish; no new one starts
     run = next(p for p in (storage / "tiny").iterdir() if p.name.startswith("prift_mass-"))
-    assert {p.name for p in (run / "sft" / "checkpoints").glob("checkpoint-*")} == checkpoints
+    assert {p.name for p in (run / "sft" / "checkpoints").glob("checkpoint-*")} == checkpoints  # none new
     complete = {p.parent.name for p in (run / "sft" / "checkpoints").glob(f"*/{MARKER}")}
+    late = {p: p.stat().st_mtime - killed_at for p in storage.rglob("*") if p.is_file() and p.stat().st_mtime > killed_at}
+    print(f"written after the kill: { {str(p.relative_to(storage)): round(t, 3) for p, t in late.items()} }")
+    for path in late:  # only writes under way at the kill: MLflow's last log, or a save never marked complete
+        assert path.name.startswith("mlflow.db") or (path.parent.name in checkpoints - complete), path
+    assert max(late.values(), default=0) < 2.0
     client, runs = mlflow_runs(storage)
     sft_run = next(r for r in runs if r.data.tags.get("stage") == "sft")
     late = [m.step for m in client.get_metric_history(sft_run.info.run_id, "loss") if m.timestamp > killed_at * 1000]
