@@ -18,6 +18,8 @@ from typing import Literal
 import torch
 from tqdm.auto import tqdm
 
+from common.checks import at_least, interval, require, seed
+from common.lease import check_driver
 from prift.models import default_device, load_causal_lm, load_tokenizer, resolve_model_path
 
 log = logging.getLogger(__name__)
@@ -38,6 +40,15 @@ class SamplingConfig:
     """Longest completion; longer ones are cut (finish_reason "length")."""
     seed: int = 0
     """Sampling seed: the same seed, model and backend give the same completions."""
+
+    def __post_init__(self):
+        require(
+            at_least("n", self.n, 1),
+            at_least("temperature", self.temperature, 0),
+            interval("top_p", self.top_p, 0, 1, low_open=True),
+            at_least("max_new_tokens", self.max_new_tokens, 1),
+            seed("seed", self.seed),
+        )
 
 
 @dataclass(frozen=True)
@@ -112,6 +123,7 @@ class HFGenerator(Generator):
         eos.discard(None)
         batches = range(0, len(prompts), self.batch_size)
         for b, start in enumerate(tqdm(batches, desc="generate (hf)", unit="batch")):
+            check_driver()  # an orphaned pipeline worker stops between batches
             batch = prompts[start : start + self.batch_size]
             width = max(map(len, batch))
             ids = torch.tensor([[tok.pad_token_id] * (width - len(p)) + p for p in batch], device=self.device)

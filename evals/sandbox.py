@@ -64,6 +64,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from common.checks import at_least, positive, require
+
 log = logging.getLogger(__name__)
 
 RUNNER = (Path(__file__).with_name("sandbox_runner.py")).read_text()
@@ -99,6 +101,17 @@ class SandboxConfig:
     """Run programs even where the kernel refuses a layer (mount view, PID/network namespace,
     seccomp, binding process limit), with a warning and `isolation.level: weak` in every result.
     Off: such a machine raises SandboxRefused instead of running untrusted code."""
+
+    def __post_init__(self):
+        require(
+            positive("timeout_s", self.timeout_s),
+            at_least("cpu_s", self.cpu_s, 1),
+            at_least("memory_mb", self.memory_mb, 1),
+            at_least("file_mb", self.file_mb, 1),
+            at_least("max_processes", self.max_processes, 1),
+            at_least("output_chars", self.output_chars, 0),
+            at_least("workers", self.workers, 0),
+        )
 
 
 @dataclass

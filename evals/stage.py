@@ -17,7 +17,9 @@ outputs: <out>/<task>/samples.jsonl  one row per (problem, sample): prompt, comp
                                      truncated_frac; key, timings
          <out>/summary.json          every task's metrics and per-domain means
 Each file is written to a temporary name and renamed, so an interrupted run leaves finished tasks
-finished and nothing half-written; the rerun resumes at the first unfinished task.
+finished and nothing half-written; the rerun resumes at the first unfinished task. In a pipeline,
+the loop checks that the driver still runs (common/lease.py) before each task, each HF batch and
+the writes, so an orphaned eval worker stops without writing.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from common.checks import at_least, items, require
+from common.lease import check_driver
 from evals.generate import Completion, SamplingConfig, chat_ids, context_length
 from evals.metrics import task_metrics
 from evals.sandbox import Sandbox, SandboxConfig
@@ -64,6 +68,16 @@ class EvalStageConfig:
     """vLLM context length (None: the model's); lower it to save KV-cache memory."""
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
     """Limits for running generated code (code tasks)."""
+
+    def __post_init__(self):
+        names = [t.name for t in items(self.tasks) if isinstance(t, TaskSpec)]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        require(
+            # each task writes <out>/<task>/: two entries of one task would overwrite each other
+            f"tasks: {', '.join(repeated)} listed more than once" if repeated else None,
+            at_least("batch_size", self.batch_size, 1),
+            at_least("max_model_len", self.max_model_len, 2),
+        )
 
 
 def score_task(task: Task, examples: list[Example], completions: list[list[str]], sandbox: Sandbox) -> list[list[Score]]:
@@ -160,6 +174,7 @@ def run_eval(model: str, cfg: EvalStageConfig, out_dir: str | Path, write_summar
         sandbox = Sandbox(cfg.sandbox)
         try:
             for spec, examples, prompts, key in todo:
+                check_driver()
                 _run_task(generator, sandbox, spec, examples, prompts, key, cfg, out_dir / spec.name)
         finally:
             generator.close()
@@ -227,6 +242,7 @@ def _run_task(generator, sandbox, spec: TaskSpec, examples: list[Example], promp
         for p, (ex, outs, row) in enumerate(zip(examples, outputs, scores))
         for i, (c, s) in enumerate(zip(outs, row))
     ]
+    check_driver()  # a pipeline worker whose driver is gone writes nothing
     write_atomic(folder / "samples.jsonl", "\n".join(lines) + "\n")
     record = {
         "key": key, "task": spec.name, "domain": task.domain, "backend": generator.backend,

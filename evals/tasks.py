@@ -27,6 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal
 
+from common.checks import at_least, require, seed
+from common.errors import InputError, listing
+
 MATH_PROMPT = "{problem}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
 CHOICE_PROMPT = "{question}\n\n{options}\n\nAnswer with the letter of the correct option."
 PUBMEDQA_PROMPT = "Context: {context}\n\nQuestion: {question}\n\nAnswer with yes, no or maybe."
@@ -41,7 +44,7 @@ MEDICAL_MMLU_TOPICS = (
 )
 
 
-class TaskError(ValueError):
+class TaskError(InputError):
     """A task's data is missing or malformed (names the task, the row and the field)."""
 
 
@@ -62,10 +65,12 @@ class TaskSpec:
     """With `limit`: a seeded random subset instead of the first `limit` rows."""
 
     def __post_init__(self):
-        if self.name not in TASKS:
-            raise ValueError(f"name: unknown task {self.name!r}, expected one of {', '.join(TASKS)}")
-        if self.limit is not None and self.limit < 1:
-            raise ValueError(f"limit: got {self.limit}, expected a positive number or null")
+        require(
+            f"name: unknown task {self.name!r}, expected one of {', '.join(TASKS)}"
+            if isinstance(self.name, str) and self.name not in TASKS else None,
+            at_least("limit", self.limit, 1) and f"limit: got {self.limit}, expected a positive number or null",
+            seed("seed", self.seed),
+        )
 
 
 @dataclass(frozen=True)
@@ -118,13 +123,23 @@ def read_rows(source: str, split: str) -> list[dict]:
         return [row for p in paths for row in _read_file(p)]
     path = Path(source)
     if path.exists():
-        return _read_file(path)
+        try:
+            return _read_file(path)
+        except (OSError, ValueError, KeyError) as e:  # not JSON, not gzip, no "data" key
+            raise TaskError(f"data file {source} cannot be read ({type(e).__name__}: {e})") from None
     if path.suffix in (".jsonl", ".json", ".parquet", ".gz") or source.startswith((".", "/")):
         raise TaskError(f"data file {source} does not exist")
     import datasets
 
     name, _, config = source.partition(":")
-    return list(datasets.load_dataset(name, config or None, split=split))
+    try:
+        return list(datasets.load_dataset(name, config or None, split=split))
+    except Exception as e:  # not found, offline, bad split or config: datasets raises many kinds
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise TaskError(
+            f"{source!r} (split {split!r}) is neither a local file nor a hub dataset that loads ({type(e).__name__}: "
+            f"{first}); without hub access, give the task a local `source` file"
+        ) from None
 
 
 def _read_file(path: Path) -> list[dict]:
@@ -147,12 +162,16 @@ def load_examples(spec: TaskSpec) -> list[Example]:
     task = TASKS[spec.name]
     source = spec.source or task.default_source
     rows = [row for row in read_rows(source, spec.split) if task.keep(row)]
-    examples = []
+    examples, problems = [], []
     for i, row in enumerate(rows):
         try:
             examples.append(task.normalise(row, i))
         except (KeyError, ValueError, TypeError, IndexError) as e:
-            raise TaskError(f"{spec.name}: row {i} of {source}: {type(e).__name__}: {e}") from None
+            problems.append(f"row {i} of {source}: {type(e).__name__}: {e}")
+    if len(problems) == 1:
+        raise TaskError(f"{spec.name}: {problems[0]}")
+    if problems:
+        raise TaskError(f"{spec.name}: {len(problems)} malformed rows:\n{listing(problems)}")
     if not examples:
         raise TaskError(f"{spec.name}: no rows in {source} (split {spec.split!r})")
     if spec.limit is not None and spec.limit < len(examples):

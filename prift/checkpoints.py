@@ -1,20 +1,71 @@
 """Trainer folders shared by the SFT and RL stages: which checkpoint to resume, and the final model.
 
-A checkpoint is complete once transformers has written its trainer_state.json (the last file it
-writes); `final/` appears only by an atomic rename of a fully written `final.tmp/`, so a stage whose
-final/ exists is finished.
+A checkpoint is complete once its COMPLETE marker exists. `CheckpointMarker` writes it (atomically:
+a temporary file, fsync, rename) from the trainer's `on_save`, which transformers calls once every
+file of the checkpoint is written (with several ranks, after a barrier, since each rank writes its
+own RNG state). transformers' own trainer_state.json is not enough: it is written in place, so a
+process killed while writing it leaves a file that exists but does not parse. Checkpoints written
+before the marker existed are not resumed from. `final/` appears only by an atomic rename of a fully
+written `final.tmp/`, so a stage whose final/ exists is finished.
+
+`DriverWatch` stops a pipeline's training worker whose driver is gone (common/lease.py): it checks
+at the end of every step, before the step's metrics are logged and its checkpoint saved, and again
+before the marker, so a checkpoint written while the driver died is never marked complete.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
+from transformers import TrainerCallback
+
+from common.lease import check_driver
+
+MARKER = "COMPLETE"
+
 
 def latest_complete_checkpoint(folder: Path) -> Path | None:
-    done = [p for p in folder.glob("checkpoint-*") if (p / "trainer_state.json").exists()]
+    done = [p for p in folder.glob("checkpoint-*") if (p / MARKER).exists()]
     return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
+
+
+def mark_complete(checkpoint: Path, step: int) -> None:
+    """Write the marker last and atomically: it exists only once every byte before it is on disk."""
+    tmp = checkpoint / f"{MARKER}.tmp"
+    with open(tmp, "w") as f:
+        f.write(json.dumps({"step": step}))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, checkpoint / MARKER)
+
+
+class CheckpointMarker(TrainerCallback):
+    """Marks each checkpoint complete once the trainer has saved all of it."""
+
+    def on_save(self, args, state, control, **kwargs):
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()  # every rank has written its own files (RNG state) before rank 0 marks
+        if state.is_world_process_zero:
+            mark_complete(Path(args.output_dir) / f"checkpoint-{state.global_step}", state.global_step)
+
+
+class DriverWatch(TrainerCallback):
+    """Raises DriverLost (common/lease.py) at the next step boundary once the pipeline's driver is
+    gone; a no-op for a stage run on its own. Put it before the callbacks that write anything."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        check_driver()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        check_driver()
+
+    def on_save(self, args, state, control, **kwargs):
+        check_driver()
 
 
 def save_final(trainer, out_dir: Path, summary_name: str, summary: dict, keep_checkpoints: bool = True) -> Path:
@@ -29,10 +80,12 @@ def save_final(trainer, out_dir: Path, summary_name: str, summary: dict, keep_ch
     if main:
         shutil.rmtree(tmp, ignore_errors=True)
     trainer.accelerator.wait_for_everyone()
+    check_driver()
     trainer.save_model(str(tmp))
     if main:
         trainer.processing_class.save_pretrained(str(tmp))
         (tmp / summary_name).write_text(json.dumps(summary, indent=2, default=str))
+        check_driver()
         tmp.rename(final)
         if not keep_checkpoints:
             shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)

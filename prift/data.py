@@ -20,11 +20,14 @@ import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from common.checks import at_least, require
+from common.errors import InputError, listing
+
 log = logging.getLogger(__name__)
 
 
-class DataError(ValueError):
-    """A malformed input row: the message names the row index and the field."""
+class DataError(InputError):
+    """Missing or malformed SFT data: the message names the file, and every bad line and row."""
 
 
 @dataclass(frozen=True)
@@ -49,26 +52,69 @@ class DataConfig:
     max_length: int = 2048
     """Prompt + response tokens kept per row (right truncation)."""
 
+    def __post_init__(self):
+        require(at_least("limit", self.limit, 0), at_least("max_length", self.max_length, 2))
+
 
 def load_rows(cfg: DataConfig) -> list[dict]:
-    """Rows as plain dicts, in file order, cut to `cfg.limit`."""
+    """Rows as plain dicts, in file order, cut to `cfg.limit`; a DataError lists every unreadable line."""
+    rows, _, problems = read_rows(cfg)
+    if problems:
+        raise data_error(cfg, problems)
+    return rows
+
+
+def check_data(cfg: DataConfig) -> None:
+    """Read and check every row before any model loads; one DataError names every unreadable line
+    and every malformed row (a user fixes them all in one pass, not one per run)."""
+    rows, where, problems = read_rows(cfg)
+    problems += _conversations(rows, where, cfg)[1]
+    if not rows and not problems:
+        problems.append("no rows")
+    if problems:
+        raise data_error(cfg, problems)
+
+
+def data_error(cfg: DataConfig, problems: list[str]) -> DataError:
+    count = f"{len(problems)} problem{'s' * (len(problems) > 1)}"
+    return DataError(f"data.path: {cfg.path}: {count}:\n{listing(problems)}")
+
+
+def read_rows(cfg: DataConfig) -> tuple[list[dict], list[str], list[str]]:
+    """(rows cut to `cfg.limit`, where each row is in the file, problems): the lines of a .jsonl
+    that are not JSON are problems, not exceptions, so that the rows after them are checked too."""
     if not cfg.path:
         raise DataError("data.path: expected a local file or a hub dataset name, got an empty string")
     if cfg.path.startswith("reasoning_gym:"):
-        return _reasoning_gym_rows(cfg.path.split(":", 1)[1], cfg.limit or 256)
-    path = Path(cfg.path)
-    if path.suffix in (".jsonl", ".json", ".parquet") or path.exists():
-        if not path.is_file():
-            raise DataError(f"data.path: file {path} does not exist")
-        rows = _read_local(path)
+        rows, where, problems = _reasoning_gym_rows(cfg.path.split(":", 1)[1], cfg.limit or 256), None, []
     else:
-        import datasets  # a hub name: only users with network access get here
+        path = Path(cfg.path)
+        if path.suffix in (".jsonl", ".json", ".parquet") or path.exists():
+            if not path.is_file():
+                raise DataError(f"data.path: file {path} does not exist")
+            rows, where, problems = _read_local(path)
+        else:
+            rows, where, problems = _hub_rows(cfg), None, []
+    where = where or [""] * len(rows)
+    if cfg.limit:
+        rows, where = rows[: cfg.limit], where[: cfg.limit]
+    return rows, where, problems
 
+
+def _hub_rows(cfg: DataConfig) -> list[dict]:
+    import datasets  # a hub name: only users with network access get here
+
+    try:
         ds = datasets.load_dataset(cfg.path, split=cfg.split)
-        if cfg.limit:
-            ds = ds.select(range(min(cfg.limit, len(ds))))
-        rows = ds.to_list()
-    return rows[: cfg.limit] if cfg.limit else rows
+    except Exception as e:  # not found, offline, bad split: datasets raises many kinds
+        raise DataError(
+            f"data.path: {cfg.path!r} is neither a local file nor a hub dataset that loads "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); without hub access, "
+            "point data.path at a local .jsonl/.json/.parquet file"
+        ) from None
+    if cfg.limit:
+        ds = ds.select(range(min(cfg.limit, len(ds))))
+    return ds.to_list()
 
 
 def _reasoning_gym_rows(name: str, size: int) -> list[dict]:
@@ -77,8 +123,12 @@ def _reasoning_gym_rows(name: str, size: int) -> list[dict]:
     the format the math evaluation asks for."""
     import reasoning_gym
 
+    try:
+        entries = list(reasoning_gym.create_dataset(name, size=size, seed=0))
+    except Exception as e:  # reasoning-gym raises assorted errors for unknown names
+        raise DataError(f"data.path: reasoning_gym:{name}: {type(e).__name__}: {e}") from None
     rows = []
-    for entry in reasoning_gym.create_dataset(name, size=size, seed=0):
+    for entry in entries:
         cot = entry["metadata"].get("answer_cot")
         if cot is None:
             raise DataError(f"data.path: reasoning_gym:{name} entries have no worked solution (metadata.answer_cot)")
@@ -86,22 +136,27 @@ def _reasoning_gym_rows(name: str, size: int) -> list[dict]:
     return rows
 
 
-def _read_local(path: Path) -> list[dict]:
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
+def _read_local(path: Path) -> tuple[list[dict], list[str] | None, list[str]]:
+    """(rows, `file:line: ` of each row of a .jsonl, problems)."""
+    try:
+        if path.suffix == ".parquet":
+            import pyarrow.parquet as pq
 
-        return pq.read_table(path).to_pylist()
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".json" and text.lstrip().startswith("["):
-        return json.loads(text)
-    rows = []
+            return pq.read_table(path).to_pylist(), None, []
+        text = path.read_text(encoding="utf-8")
+        if path.suffix == ".json" and text.lstrip().startswith("["):
+            return json.loads(text), None, []
+    except (OSError, ValueError) as e:  # pyarrow's errors are OSError/ValueError; JSONDecodeError is a ValueError
+        raise DataError(f"data.path: {path}: cannot be read ({type(e).__name__}: {e})") from None
+    rows, where, problems = [], [], []
     for lineno, line in enumerate(text.splitlines(), 1):
         if line.strip():
             try:
                 rows.append(json.loads(line))
+                where.append(f"{path.name}:{lineno}: ")
             except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-    return rows
+                problems.append(f"{path.name}:{lineno}: not valid JSON ({e.msg} at column {e.colno})")
+    return rows, where, problems
 
 
 def to_conversation(row: dict, index: int, cfg: DataConfig) -> tuple[list[dict], str]:
@@ -141,10 +196,24 @@ def _text_field(row: dict, index: int, field: str, *, allow_empty: bool) -> str:
 
 
 def validate_rows(rows: list[dict], cfg: DataConfig) -> list[tuple[list[dict], str]]:
-    """All rows as conversations, or a DataError for the first bad one (before any model loads)."""
+    """All rows as conversations, or one DataError naming every bad row (before any model loads)."""
     if not rows:
         raise DataError(f"data.path: {cfg.path} has no rows")
-    return [to_conversation(row, i, cfg) for i, row in enumerate(rows)]
+    conversations, problems = _conversations(rows, [""] * len(rows), cfg)
+    if problems:
+        raise data_error(cfg, problems)
+    return conversations
+
+
+def _conversations(rows: list[dict], where: list[str], cfg: DataConfig) -> tuple[list, list[str]]:
+    """(conversations of the good rows, a problem per bad row, prefixed with where it is)."""
+    conversations, problems = [], []
+    for i, row in enumerate(rows):
+        try:
+            conversations.append(to_conversation(row, i, cfg))
+        except DataError as e:
+            problems.append(f"{where[i]}{e}")
+    return conversations, problems
 
 
 def tokenize_rows(conversations, tokenizer, max_length: int) -> list[dict]:

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from common.checks import at_least, require
 from prift.data import DataConfig, fingerprint_rows, load_rows, tokenize_rows, validate_rows
 from prift.models import (
     default_device,
@@ -66,6 +67,13 @@ class PriorConfig:
     """Vocabulary slice reduced at once in float32."""
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     """Reference dtype: `auto` is bf16 on a GPU that has it, float32 otherwise."""
+
+    def __post_init__(self):
+        require(
+            at_least("batch_tokens", self.batch_tokens, 1),
+            at_least("row_chunk", self.row_chunk, 1),
+            at_least("vocab_chunk", self.vocab_chunk, 1),
+        )
 
 
 def torch_dtype(name: str, device: torch.device) -> torch.dtype:

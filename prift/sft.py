@@ -6,7 +6,7 @@ setup:   resolve the weight rule; get the tokenized data (with the stored prior 
          reads the prior in cached mode, else just the tokens); load the policy (and the resident
          reference in online mode); build a PriftTrainer.
 train:   TRL/transformers training loop; resumes from the newest *complete* checkpoint in
-         <out>/checkpoints (one with trainer_state.json, which transformers writes last).
+         <out>/checkpoints (one with the COMPLETE marker: prift/checkpoints.py).
 cleanup: save model + tokenizer to <out>/final.tmp, then rename to <out>/final (atomic).
 
 The defaults are the paper's math recipe (AdamW lr 5e-5, betas 0.9/0.95, weight decay 0.01, cosine
@@ -22,12 +22,13 @@ from pathlib import Path
 
 import torch
 
-from prift.checkpoints import latest_complete_checkpoint, save_final
+from common.checks import at_least, interval, one_of, positive, require, seed
+from prift.checkpoints import CheckpointMarker, latest_complete_checkpoint, save_final
 from prift.data import DataConfig
 from prift.models import default_device, load_causal_lm, load_tokenizer
 from prift.prior import PriorConfig, load_prior, prepare_rows, run_prior, torch_dtype
 from prift.trainer import PriftCollator, PriftTrainer, with_labels
-from prift.weights import WeightRule, resolve_method
+from prift.weights import METHODS, WeightRule, resolve_method
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +85,32 @@ class SFTStageConfig:
     """transformers integrations to report to (the pipeline adds its own MLflow tracking)."""
 
     def __post_init__(self):
-        if self.rule is None:
-            resolve_method(self.method)  # an unknown method name fails at config time
+        from transformers.trainer_utils import SchedulerType
+        from transformers.training_args import OptimizerNames
+
+        steps = self.max_steps
+        require(
+            one_of("method", self.method, METHODS) if self.rule is None else None,
+            one_of("optim", self.optim, [o.value for o in OptimizerNames]),
+            one_of("lr_scheduler_type", self.lr_scheduler_type, [t.value for t in SchedulerType]),
+            one_of("precision", self.precision, ("auto", "bf16", "fp32")),
+            positive("learning_rate", self.learning_rate),
+            interval("adam_beta1", self.adam_beta1, 0, 1, high_open=True),
+            interval("adam_beta2", self.adam_beta2, 0, 1, high_open=True),
+            at_least("weight_decay", self.weight_decay, 0),
+            # transformers reads warmup_steps < 1 as a ratio and >= 1 as a step count
+            interval("warmup_ratio", self.warmup_ratio, 0, 1, high_open=True),
+            at_least("max_grad_norm", self.max_grad_norm, 0),
+            at_least("per_device_batch_size", self.per_device_batch_size, 1),
+            at_least("gradient_accumulation_steps", self.gradient_accumulation_steps, 1),
+            positive("num_train_epochs", self.num_train_epochs),
+            None if steps == -1 or not at_least("max_steps", steps, 1) else
+            f"max_steps: got {steps!r}, expected -1 (run the epochs) or at least 1",
+            at_least("logging_steps", self.logging_steps, 1),
+            at_least("save_steps", self.save_steps, 1),
+            at_least("save_total_limit", self.save_total_limit, 1),
+            seed("seed", self.seed),
+        )
 
     def weight_rule(self) -> WeightRule:
         return self.rule if self.rule is not None else resolve_method(self.method)
@@ -156,7 +181,7 @@ def build_trainer(model_name: str, dataset, cfg: SFTStageConfig, prior: PriorCon
         weight_rule=rule,
         ref_model=ref_model,
         vocab_chunk=prior.vocab_chunk,
-        callbacks=list(callbacks),
+        callbacks=[*callbacks, CheckpointMarker()],  # last: marks what every other callback let through
     )
 
 

@@ -26,6 +26,8 @@ from typing import Literal
 
 import torch
 
+from common.checks import fraction, one_of, positive, require
+
 Rule = Literal["uniform", "linear", "power", "threshold", "nucleus"]
 Signal = Literal["online", "prior"]
 RULES = ("uniform", "linear", "power", "threshold", "nucleus")
@@ -48,16 +50,13 @@ class WeightRule:
     """Mass cut-off of the `nucleus` rule: keep a token iff u_t >= tau (PriFT-mass: 0.5)."""
 
     def __post_init__(self):
-        if self.rule not in RULES:
-            raise ValueError(f"rule: expected one of {RULES}, got {self.rule!r}")
-        if self.signal not in SIGNALS:
-            raise ValueError(f"signal: expected one of {SIGNALS}, got {self.signal!r}")
-        if not 0.0 <= self.tau <= 1.0:
-            raise ValueError(f"tau: expected a value in [0, 1], got {self.tau}")
-        if not 0.0 <= self.threshold <= 1.0:
-            raise ValueError(f"threshold: expected a value in [0, 1], got {self.threshold}")
-        if self.alpha <= 0:
-            raise ValueError(f"alpha: expected a positive exponent, got {self.alpha}")
+        require(
+            one_of("rule", self.rule, RULES),
+            one_of("signal", self.signal, SIGNALS),
+            fraction("tau", self.tau),
+            fraction("threshold", self.threshold),
+            positive("alpha", self.alpha),
+        )
 
     @property
     def needs_prior(self) -> bool:

@@ -134,14 +134,46 @@ class RLStageConfig:
     """transformers integrations (the pipeline adds mlflow)."""
 
     def __post_init__(self):
-        if (self.per_device_batch_size * self.gradient_accumulation_steps) % self.num_generations:
-            raise ValueError(
-                f"per_device_batch_size x gradient_accumulation_steps = "
-                f"{self.per_device_batch_size * self.gradient_accumulation_steps} must be a multiple of "
-                f"num_generations = {self.num_generations} (whole groups per generation batch)"
-            )
-        if self.num_generations < 2:
-            raise ValueError("num_generations: GRPO needs at least 2 completions per prompt")
+        from common.checks import at_least, interval, items, positive, require, seed
+
+        server = self.server if isinstance(self.server, VLLMServerConfig) else VLLMServerConfig()
+        require(
+            "rewards: expected at least one reward" if self.rewards == [] else None,
+            *(interval(f"rewards[{i}].weight", r.weight) for i, r in enumerate(items(self.rewards)) if isinstance(r, RewardSpec)),
+            at_least("beta", self.beta, 0),
+            positive("epsilon", self.epsilon),
+            at_least("num_generations", self.num_generations, 2),  # GRPO's baseline is the group mean
+            at_least("max_completion_length", self.max_completion_length, 1),
+            positive("temperature", self.temperature),
+            positive("learning_rate", self.learning_rate),
+            interval("warmup_ratio", self.warmup_ratio, 0, 1, high_open=True),  # >= 1 would be a step count
+            at_least("per_device_batch_size", self.per_device_batch_size, 1),
+            at_least("gradient_accumulation_steps", self.gradient_accumulation_steps, 1),
+            at_least("max_steps", self.max_steps, 1),
+            at_least("logging_steps", self.logging_steps, 1),
+            at_least("save_steps", self.save_steps, 1),
+            at_least("save_total_limit", self.save_total_limit, 1),
+            interval("vllm_gpu_memory_utilization", self.vllm_gpu_memory_utilization, 0, 1, low_open=True),
+            at_least("max_model_len", self.max_model_len, 2),
+            seed("seed", self.seed),
+            interval("server.port", server.port, 1, 65535),
+            at_least("server.tensor_parallel_size", server.tensor_parallel_size, 1),
+            positive("server.startup_timeout_s", server.startup_timeout_s),
+            self._whole_groups(),
+        )
+
+    def _whole_groups(self) -> str | None:
+        """Each generation batch must hold whole groups of num_generations completions."""
+        from common.checks import is_number
+
+        sizes = (self.per_device_batch_size, self.gradient_accumulation_steps, self.num_generations)
+        if not all(is_number(n) and n >= 1 for n in sizes):
+            return None
+        batch = self.per_device_batch_size * self.gradient_accumulation_steps
+        if batch % self.num_generations == 0:
+            return None
+        return (f"per_device_batch_size x gradient_accumulation_steps = {batch} must be a multiple of "
+                f"num_generations = {self.num_generations} (whole groups per generation batch)")
 
 
 def choose_rollout(rollout: Rollout) -> str:
@@ -247,12 +279,14 @@ def _trainer(path: str, cfg: RLStageConfig, rollout: str, out_dir: Path, rows: l
     import datasets
     from trl import GRPOTrainer
 
+    from prift.checkpoints import CheckpointMarker
+
     if rollout == "vllm_colocate":
         prepare_colocated_vllm(engine_dtype(cfg))
     return GRPOTrainer(
         model=path, reward_funcs=[guarded(REWARDS[r.name]) for r in cfg.rewards],
         args=grpo_args(cfg, rollout, out_dir), train_dataset=datasets.Dataset.from_list(rows),
-        callbacks=list(callbacks),
+        callbacks=[*callbacks, CheckpointMarker()],
     )
 
 

@@ -13,6 +13,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 
+from common.checks import at_least, require, seed
 from evals.tasks import MATH_PROMPT, TASKS, Example, TaskError, TaskSpec, load_examples
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,9 @@ class GeneratorSpec:
     options: dict = field(default_factory=dict)
     """The generator's own settings, e.g. basic_arithmetic {min_terms: 2, max_terms: 2, max_digits: 1,
     operators: ["+"]} (reasoning-gym's dataset config; unknown keys are refused by it)."""
+
+    def __post_init__(self):
+        require(at_least("size", self.size, 1), seed("seed", self.seed))
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,8 @@ import logging
 import os
 from collections.abc import Callable
 
+from common.errors import InputError
+
 log = logging.getLogger(__name__)
 
 PROBE_TEXT = "Question: what is 12 + 30? Let's add the tens, then the ones. The answer is \\boxed{42}."
@@ -44,8 +46,9 @@ RELATIVE_TOLERANCE = 0.1
 ABSOLUTE_TOLERANCE = 0.05
 
 
-class WeightSyncError(RuntimeError):
-    """The rollout engine does not receive the trainer's weights on this host."""
+class WeightSyncError(InputError):
+    """The rollout engine does not receive the trainer's weights on this host: `rl.rollout:
+    vllm_colocate` is a setting this host cannot honour (the message names the alternative)."""
 
 
 def prepare_colocated_vllm(dtype: str = "float32") -> None:
@@ -165,6 +168,7 @@ def probe_trainer(trainer) -> str | None:
     return probe(trainer.model, trainer.processing_class, generation.sync_weights, engine_logprob_fn(generation.llm))
 
 
+@functools.lru_cache(maxsize=8)  # one answer per model and host in a process (validate, then run)
 def probe_in_subprocess(model_path: str, max_model_len: int | None = None, dtype: str = "float32",
                         timeout_s: float = 900.0) -> str | None:
     """`probe_model` in a fresh Python process, so that a failed engine leaves nothing behind in

@@ -200,61 +200,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _kill_group(proc) -> None:
-    import os
-    import signal
-
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
-@pytest.mark.slow
-def test_kill_9_during_sft_then_rerun_resumes(tiny_model, sft_file, tmp_path, monkeypatch):
-    """The driver dies mid-SFT; the same command again skips nothing finished, continues SFT from
-    its checkpoint, completes the manifest, and MLflow still has one parent run for it."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    storage = tmp_path / "store"
-    config = tiny_pipeline(tiny_model, sft_file, storage, methods=["prift_mass"], eval_models=["sft"])
-    config["sft"] |= {"max_steps": 60, "save_steps": 2}
-    config["pipeline"]["stages"] = {"rl": False}
-    path = write(tmp_path, config)
-    cmd = [sys.executable, "-m", "workflows.run", path]
-    first = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 300
-        while not list(storage.glob("tiny/prift_mass-*/sft/checkpoints/checkpoint-4/trainer_state.json")):
-            assert first.poll() is None and time.monotonic() < deadline, "SFT never reached step 4"
-            time.sleep(0.05)
-        os.kill(first.pid, signal.SIGKILL)
-        first.wait()
-    finally:
-        _kill_group(first)  # Ray's local processes started by the driver
-    run = next(p for p in (storage / "tiny").iterdir() if p.name.startswith("prift_mass-"))
-    assert not (run / "sft" / "final").exists()
-    prior_stamp = max(p.stat().st_mtime_ns for p in (storage / "tiny" / "prior").rglob("*") if p.is_file())
-
-    second = subprocess.run(cmd, capture_output=True, text=True, timeout=600, start_new_session=True)
-    assert second.returncode == 0, second.stderr[-3000:]
-    assert "resuming SFT from" in second.stderr and "checkpoint-" in second.stderr
-    assert "prior: scoring" in second.stderr  # the stage is asked for, and its cache makes it a no-op:
-    assert max(p.stat().st_mtime_ns for p in (storage / "tiny" / "prior").rglob("*") if p.is_file()) == prior_stamp
-    manifest = json.loads((run / "manifest.json").read_text())
-    assert {k: v["status"] for k, v in manifest["stages"].items()} == {"sft": "done", "eval_sft": "done"}
-    state = json.loads(max((run / "sft" / "checkpoints").glob("checkpoint-*/trainer_state.json"),
-                           key=lambda p: int(p.parent.name.split("-")[1])).read_text())
-    assert state["global_step"] == 60
-    _, runs = mlflow_runs(storage)
-    assert sum(1 for r in runs if r.data.tags.get("method") == "prift_mass") == 1
-
-
 @pytest.mark.slow
 def test_ray_job_submit_runs_the_pipeline_on_a_cluster(tiny_model, sft_file, tmp_path, monkeypatch):
     """`ray start --head` on loopback, `ray job submit` of the tiny pipeline, job succeeds, cluster stopped."""

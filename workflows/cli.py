@@ -2,7 +2,8 @@
 
     prift run CONFIG [--set a.b=c ...]        the whole pipeline (prior -> sft -> rl -> eval, every method
                                                and seed) as Ray tasks, resumable, tracked in MLflow
-    prift validate CONFIG [--set a.b=c ...]   check a config, report every bad field, compute nothing
+    prift validate CONFIG [--set a.b=c ...]   everything `run` checks before it computes (config, model,
+                                               data, tasks, RL prompts, GPUs), every problem at once
     prift prior CONFIG                         score the SFT data with the frozen reference (cached)
     prift sft CONFIG                           weighted SFT (runs the prior first if it is missing)
     prift rl CONFIG [--model M]                GRPO from M (default: OUTPUT_DIR/sft/final if it exists,
@@ -12,7 +13,9 @@
     prift report SWEEP [--storage DIR]         method x task tables, drift from the base, token view
                                                of a finished sweep -> SWEEP/report/ and MLflow
 
-Heavy libraries are imported only by the subcommand that needs them.
+Heavy libraries are imported only by the subcommand that needs them. A problem with what the user
+gave (an `InputError`: config, model, data, tasks, resources) is a message on stderr and exit code 2,
+never a traceback.
 """
 
 from __future__ import annotations
@@ -43,44 +46,43 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-mlflow", action="store_true", help="do not attach the report to the MLflow runs")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.command == "report":
-        from workflows.report import resolve_sweep, write_report
-
-        try:
-            sweep = resolve_sweep(args.sweep, args.storage)
-        except FileNotFoundError as e:
-            print(e, file=sys.stderr)
-            return 2
-        print(write_report(sweep, to_mlflow=not args.no_mlflow))
-        return 0
-
-    from workflows.config import ConfigError, load_config
+    from common.errors import InputError, RunsFailed
 
     try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as e:
-        print(e, file=sys.stderr)
-        return 2
-    if args.command == "validate":
-        print(f"{args.config}: ok")
-        return 0
-    from evals.tasks import TaskError
-    from prift.data import DataError
-    from rl.weight_sync import WeightSyncError
-    from workflows.pipeline import ResourceError, RunsFailed
-
-    try:  # bad input found before any compute: the message, not a traceback
-        _dispatch(args, cfg)
-    except (TaskError, DataError, ResourceError, WeightSyncError) as e:
+        return _command(args)
+    except InputError as e:  # bad input, found before any compute: the message, not a traceback
         print(e, file=sys.stderr)
         return 2
     except RunsFailed as e:  # each run's outcome is printed above; the finished ones are kept
         print(e, file=sys.stderr)
         return 1
+
+
+def _command(args) -> int:
+    if args.command == "report":
+        from workflows.report import resolve_sweep, write_report
+
+        print(write_report(resolve_sweep(args.sweep, args.storage), to_mlflow=not args.no_mlflow))
+        return 0
+    from workflows.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    if args.command == "validate":
+        from workflows.preflight import preflight
+        from workflows.ray_session import ray_session
+
+        with ray_session():
+            preflight(cfg)
+        print(f"{args.config}: ok")
+        return 0
+    _dispatch(args, cfg)
     return 0
 
 
 def _dispatch(args, cfg) -> None:
+    """One command; a single stage first checks its model as preflight would (no weights read)."""
+    from prift.models import check_model
+
     out = Path(cfg.output_dir)
     if args.command == "run":
         from workflows.pipeline import run_pipeline
@@ -89,21 +91,25 @@ def _dispatch(args, cfg) -> None:
     elif args.command == "prior":
         from prift.prior import run_prior
 
+        check_model(cfg.model)
         print(run_prior(cfg.model, cfg.data, cfg.prior, out / "prior"))
     elif args.command == "sft":
         from prift.sft import run_sft
 
+        check_model(cfg.model)
         print(run_sft(cfg.model, cfg.data, cfg.prior, cfg.sft, out / "sft", prior_dir=out / "prior"))
     elif args.command == "rl":
         from rl.grpo import run_rl
 
         sft_final = out / "sft" / "final"
         model = args.model or (str(sft_final) if sft_final.exists() else cfg.model)
+        check_model(model, "--model" if args.model else "model")
         print(run_rl(model, cfg.rl, out / "rl", eval_tasks=cfg.eval.tasks))
     elif args.command == "eval":
         from evals.stage import run_eval
 
         model = args.model or cfg.model
+        check_model(model, "--model" if args.model else "model", chat_template=False)
         name = args.name or ("base" if model == cfg.model else Path(model).name)
         summary = run_eval(model, cfg.eval, out / "eval" / name)
         print(json.dumps(summary["domains"], indent=2))

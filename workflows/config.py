@@ -1,13 +1,17 @@
 """Typed configs from YAML: every bad field reported at once, unknown keys are errors, `--set a.b=c`.
 
 `from_dict(Cls, mapping)` builds a (nested) dataclass, checking each value against the field's type
-annotation (str, int, float, bool, Literal, X | None, list[X], nested dataclasses). It raises one
-ConfigError listing every problem as `path: got VALUE, expected WHAT`, before anything is computed.
+annotation (str, int, float, bool, Literal, X | None, list[X], nested dataclasses), then runs each
+section's own range and name checks (its `__post_init__`, see common/checks.py) even when some of
+its fields had the wrong type, so no problem hides another. It raises one ConfigError listing every
+problem as `path: got VALUE, expected WHAT`, before anything is computed. A YAML syntax error, in
+the file or in a `--set` value, is a ConfigError too, with its line and column.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from typing import Literal
@@ -16,6 +20,8 @@ from pathlib import Path
 
 import yaml
 
+from common.checks import at_least, items, require, seed
+from common.errors import FieldErrors, InputError, listing
 from evals.stage import EvalStageConfig
 from prift.data import DataConfig
 from prift.prior import PriorConfig
@@ -23,10 +29,12 @@ from prift.sft import SFTStageConfig
 from rl.grpo import RLStageConfig
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
+    """Every problem of a config: types, unknown keys, names, ranges, YAML syntax."""
+
     def __init__(self, problems: list[str]):
         self.problems = problems
-        super().__init__("invalid config:\n  " + "\n  ".join(problems))
+        super().__init__(f"invalid config ({len(problems)} problem{'s' * (len(problems) > 1)}):\n" + listing(problems))
 
 
 @dataclass(frozen=True)
@@ -41,8 +49,18 @@ class Resources:
     """sft and rl only: data-parallel Ray Train workers, each with these cpus/gpus (workflows/distributed.py)."""
 
     def __post_init__(self):
-        if self.workers < 1:
-            raise ValueError(f"workers: got {self.workers}, expected at least 1")
+        whole = is_whole_gpus(self.gpus)
+        require(
+            at_least("cpus", self.cpus, 0),
+            at_least("gpus", self.gpus, 0),
+            None if whole else f"gpus: got {self.gpus!r}, expected a fraction of one GPU or a whole number (Ray's rule)",
+            at_least("workers", self.workers, 1),
+        )
+
+
+def is_whole_gpus(gpus) -> bool:
+    """Ray shares a GPU between tasks asking for fractions of it, but more than one must be whole."""
+    return not isinstance(gpus, (int, float)) or gpus <= 1 or float(gpus).is_integer()
 
 
 @dataclass(frozen=True)
@@ -54,9 +72,11 @@ class StageResources:
     """Per benchmark task (eval fans out one Ray task per model and benchmark)."""
 
     def __post_init__(self):
-        for stage in ("prior", "eval"):
-            if getattr(self, stage).workers != 1:
-                raise ValueError(f"{stage}.workers: only sft and rl train on several workers; got {getattr(self, stage).workers}")
+        require(*(
+            f"{stage}.workers: only sft and rl train on several workers; got {res.workers}"
+            for stage in ("prior", "eval")
+            if isinstance(res := getattr(self, stage), Resources) and res.workers != 1
+        ))
 
 
 @dataclass(frozen=True)
@@ -91,12 +111,27 @@ class PipelineConfig:
     """Ray cluster to join; None: RAY_ADDRESS if set (ray job submit sets it), else a local Ray."""
 
     def __post_init__(self):
-        from prift.weights import resolve_method
+        from prift.weights import METHODS
 
-        for m in self.methods:
-            resolve_method(m)
-        if not self.methods or not self.seeds:
-            raise ValueError("methods and seeds must each name at least one value")
+        methods, seeds = items(self.methods), items(self.seeds)
+        require(
+            *(f"methods[{i}]: unknown method {m!r}, expected one of {', '.join(METHODS)}"
+              for i, m in enumerate(methods) if isinstance(m, str) and m not in METHODS),
+            *(seed(f"seeds[{i}]", s) for i, s in enumerate(seeds)),
+            _nonempty_unique("methods", self.methods),
+            _nonempty_unique("seeds", self.seeds),
+        )
+
+
+def _nonempty_unique(name: str, values) -> str | None:
+    """A sweep axis must name something, and each value once: two runs of the same (method, seed)
+    would share one run folder and train into it at the same time."""
+    if not isinstance(values, list):
+        return None
+    if not values:
+        return f"{name}: expected at least one value"
+    repeated = sorted({repr(v) for v in values if values.count(v) > 1})
+    return f"{name}: {', '.join(repeated)} listed more than once" if repeated else None
 
 
 @dataclass(frozen=True)
@@ -130,25 +165,35 @@ def from_dict(cls, data, path: str = ""):
 
 
 def _build(cls, data, path, problems):
+    """The dataclass for `data`, or None with its problems appended. The section is built even when
+    some of its fields have the wrong type, so its own checks (`__post_init__`) still report the
+    other fields' range and name problems."""
     if not isinstance(data, dict):
         problems.append(f"{path or '<root>'}: got {data!r}, expected a mapping for {cls.__name__}")
         return None
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
+    fields = dataclasses.fields(cls)
+    names = {f.name for f in fields}
     before = len(problems)
     for key in data:
         if key not in names:
             problems.append(f"{_join(path, key)}: unknown key (expected one of: {', '.join(sorted(names))})")
-    kwargs = {}
-    for name in [f.name for f in dataclasses.fields(cls) if f.name in data]:
-        kwargs[name] = _check(hints[name], data[name], _join(path, name), problems)
-    if len(problems) > before:
+    required = [f.name for f in fields if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    problems += [f"{_join(path, name)}: missing (required)" for name in required if name not in data]
+    kwargs = {f.name: _check(hints[f.name], data[f.name], _join(path, f.name), problems) for f in fields if f.name in data}
+    if any(name not in data for name in required):
         return None
+    typed = len(problems) == before
     try:
-        return cls(**kwargs)
-    except (TypeError, ValueError) as e:  # a dataclass's own __post_init__ checks
-        problems.append(f"{path or '<root>'}: {e}")
+        value = cls(**kwargs)
+    except FieldErrors as e:
+        problems += [_join(path, p) for p in e.problems]
         return None
+    except (TypeError, ValueError, AttributeError) as e:
+        if typed:  # otherwise a consequence of a wrong type already named
+            problems.append(f"{path or '<root>'}: {e}")
+        return None
+    return value if len(problems) == before else None
 
 
 def _check(tp, value, path, problems):
@@ -171,34 +216,81 @@ def _check(tp, value, path, problems):
         return [_check(args[0], v, f"{path}[{i}]", problems) for i, v in enumerate(value)] if args else value
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str) and FLOAT.fullmatch(value.strip()):
+        return float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string
     if tp in (str, int, float, bool) and (type(value) is not tp):
         problems.append(f"{path}: got {value!r}, expected {tp.__name__}")
     return value
+
+
+FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
 
+def parse_yaml(text: str, where: str, offset: int = 0):
+    """`text` as YAML, or a ConfigError naming `where`, the line and the column (`offset` shifts the
+    column of a one-line `--set` value to its place in the whole KEY=VALUE argument)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        at = f"line {mark.line + 1}, column {mark.column + 1 + offset}" if mark else "somewhere"
+        what = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError([f"{where}: not valid YAML at {at}: {what}"]) from None
+
+
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """`a.b=c` assignments (values parsed as YAML: 3 -> int, true -> bool, [x, y] -> list)."""
+    """`a.b=c` assignments (values parsed as YAML: 3 -> int, true -> bool, [x, y] -> list); every
+    malformed one is reported."""
+    problems = []
     for item in overrides:
-        if "=" not in item:
-            raise ConfigError([f"--set {item}: expected KEY.PATH=VALUE"])
-        key, raw = item.split("=", 1)
-        node = data
-        *parents, last = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ConfigError([f"--set {key}: {p} is not a mapping"])
-        node[last] = yaml.safe_load(raw)
+        try:
+            _override(data, item)
+        except ConfigError as e:
+            problems += e.problems
+    if problems:
+        raise ConfigError(problems)
     return data
 
 
+def _override(data: dict, item: str) -> None:
+    if "=" not in item:
+        raise ConfigError([f"--set {item}: expected KEY.PATH=VALUE"])
+    key, raw = item.split("=", 1)
+    value = parse_yaml(raw, f"--set {item}", offset=len(key) + 1)
+    node = data
+    *parents, last = key.split(".")
+    for p in parents:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError([f"--set {key}: {p} is not a mapping"])
+    node[last] = value
+
+
 def load_config(path: str | Path, overrides: list[str] = (), cls=StagesConfig):
+    """The config at `path` with `overrides` applied; one ConfigError names every problem."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError([f"{path}: config file not found"])
-    data = yaml.safe_load(path.read_text()) or {}
-    return from_dict(cls, apply_overrides(data, list(overrides)))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError([f"{path}: not a text file ({e.reason} at byte {e.start})"]) from None
+    problems, data = [], {}
+    try:
+        data = parse_yaml(text, str(path)) or {}
+    except ConfigError as e:
+        problems += e.problems
+    if not isinstance(data, dict):
+        problems.append(f"{path}: expected a mapping of sections (model, data, sft, ...), got {type(data).__name__}")
+        data = {}
+    try:
+        apply_overrides(data, list(overrides))
+    except ConfigError as e:
+        problems += e.problems
+    if problems:
+        raise ConfigError(problems)
+    return from_dict(cls, data)

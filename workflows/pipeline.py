@@ -3,9 +3,9 @@
     prift run CONFIG [--set a.b=c]                     # a local Ray, or RAY_ADDRESS's cluster
     ray job submit --working-dir . -- python -m workflows.run CONFIG
 
-setup:   the config is validated (every bad field at once); the SFT data, every eval task and the RL
-         prompts (with the eval-overlap check) are loaded and checked, and GPUs asked for must
-         exist in the Ray cluster -- all before any model loads.
+setup:   workflows/preflight.py, the same checks as `prift validate`: the config (every bad field at
+         once), the model, the SFT data, every eval task, the RL prompts (with the eval-overlap
+         check) and the GPUs asked for -- all before any model weights load.
 stages:  each is a Ray task with the resources `pipeline.resources` declares, calling the same stage
          function as the single-stage commands:
            prior  once per sweep (shared by every method and seed; keyed by its inputs)
@@ -22,7 +22,6 @@ Prints a method x task table and the `mlflow ui` command at the end.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
@@ -31,7 +30,12 @@ from pathlib import Path
 
 import yaml
 
+from common.errors import RunsFailed
+from common.lease import DriverLease, check_driver, watch_driver
+from prift.checkpoints import DriverWatch
 from workflows.config import StagesConfig
+from workflows.preflight import preflight
+from workflows.ray_session import ray_session, start_ray
 from workflows.rundir import Manifest, config_hash, rl_signal, run_label, run_name
 from workflows.tracking import MetricsCallback, Tracker, tracking_uri
 
@@ -46,8 +50,11 @@ def _tracker(tracking: dict) -> Tracker:
 
 
 def _worker_logging() -> None:
-    """Ray workers start with Python's default (warnings only); show the stages' progress lines."""
+    """Ray workers start with Python's default (warnings only); show the stages' progress lines.
+    Every stage task calls this first, so it also starts the watch on the driver (common/lease.py):
+    a task whose driver is gone ends within a fraction of a second."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    watch_driver()
 
 
 def prior_task(cfg: StagesConfig, prior_dir: str) -> str:
@@ -61,16 +68,16 @@ def sft_task(cfg: StagesConfig, out_dir: str, prior_dir: str, tracking: dict) ->
     _worker_logging()
     from prift.sft import run_sft
 
-    callback = MetricsCallback(_tracker(tracking), tracking["run_id"])
-    return str(run_sft(cfg.model, cfg.data, cfg.prior, cfg.sft, out_dir, prior_dir=prior_dir, callbacks=[callback]))
+    callbacks = [DriverWatch(), MetricsCallback(_tracker(tracking), tracking["run_id"])]
+    return str(run_sft(cfg.model, cfg.data, cfg.prior, cfg.sft, out_dir, prior_dir=prior_dir, callbacks=callbacks))
 
 
 def rl_task(cfg: StagesConfig, model: str, out_dir: str, tracking: dict) -> str:
     _worker_logging()
     from rl.grpo import run_rl
 
-    callback = MetricsCallback(_tracker(tracking), tracking["run_id"])
-    return str(run_rl(model, cfg.rl, out_dir, eval_tasks=cfg.eval.tasks, callbacks=[callback]))
+    callbacks = [DriverWatch(), MetricsCallback(_tracker(tracking), tracking["run_id"])]
+    return str(run_rl(model, cfg.rl, out_dir, eval_tasks=cfg.eval.tasks, callbacks=callbacks))
 
 
 def eval_task(cfg: StagesConfig, model: str, task_index: int, out_dir: str, tracking: dict) -> dict:
@@ -79,6 +86,7 @@ def eval_task(cfg: StagesConfig, model: str, task_index: int, out_dir: str, trac
 
     spec = cfg.eval.tasks[task_index]
     metrics = run_eval(model, replace(cfg.eval, tasks=[spec]), out_dir, write_summary=False)[spec.name]
+    check_driver()
     tracker = _tracker(tracking)
     tracker.metrics(tracking["run_id"], {f"{spec.name}/{k}": v for k, v in metrics.items()})
     rows = [json.loads(line) for line in (Path(out_dir) / spec.name / "samples.jsonl").read_text().splitlines()[:200]]
@@ -87,38 +95,6 @@ def eval_task(cfg: StagesConfig, model: str, task_index: int, out_dir: str, trac
 
 
 # ---------------------------------------------------------------- the driver
-
-
-def preflight(cfg: StagesConfig) -> None:
-    """Everything that can be checked without a model, so bad input fails before any compute."""
-    from evals.stage import check_eval_inputs
-    from prift.data import load_rows, validate_rows
-
-    on = cfg.pipeline.stages
-    if on.sft or on.prior:
-        validate_rows(load_rows(cfg.data), cfg.data)
-    if on.eval:
-        check_eval_inputs(cfg.model, cfg.eval)  # rows, and prompt + max_new_tokens within the context
-    if on.rl:
-        from rl.prompts import build_rows, check_no_eval_overlap
-
-        check_no_eval_overlap(build_rows(cfg.rl.prompts), cfg.eval.tasks)
-
-
-class ResourceError(RuntimeError):
-    """The config asks for more than the Ray cluster has."""
-
-
-def check_resources(cfg: StagesConfig) -> None:
-    import ray
-
-    have = ray.cluster_resources().get("GPU", 0)
-    res = cfg.pipeline.resources
-    stages = {f.name: getattr(res, f.name) for f in dataclasses.fields(res)}
-    wanted = {k: r for k, r in stages.items() if r.gpus * r.workers > have}
-    if wanted:
-        asks = ", ".join(f"pipeline.resources.{k}: {r.workers} worker(s) x {r.gpus:g} GPU" for k, r in wanted.items())
-        raise ResourceError(f"the Ray cluster has {have:g} GPU(s); the config asks for more: {asks}")
 
 
 def _remote(fn, res):
@@ -312,21 +288,14 @@ class Pipeline:
 
 
 def run_pipeline(cfg: StagesConfig) -> dict:
-    import ray
-
-    preflight(cfg)
-    started = not ray.is_initialized()
-    if started:
-        # The dashboard costs ~5 s at start; Ray Train needs it (its controller is watched through the
-        # State API it serves, and warns every few seconds without it).
-        res = cfg.pipeline.resources
-        ray_train = max(res.sft.workers, res.rl.workers) > 1
-        ray.init(address=cfg.pipeline.ray_address, include_dashboard=ray_train, log_to_driver=True,
-                 runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
-    try:
-        check_resources(cfg)
-        pipeline = Pipeline(cfg)
-        results = pipeline.run()
+    """Preflight, then the sweep, holding its lock and heartbeat (common/lease.py) throughout."""
+    lease = DriverLease(Path(cfg.pipeline.storage) / cfg.pipeline.experiment)
+    with ray_session(lease.ticket()):
+        preflight(cfg)  # the same checks as `prift validate`, before any compute
+        with lease:
+            start_ray(cfg)
+            pipeline = Pipeline(cfg)
+            results = pipeline.run()
         print(comparison_table(results, [t.name for t in cfg.eval.tasks]))
         print("\n" + run_summary(results))
         print(f"\nMLflow: mlflow ui --backend-store-uri {pipeline.uri}   (experiment {cfg.pipeline.experiment!r})")
@@ -334,13 +303,6 @@ def run_pipeline(cfg: StagesConfig) -> dict:
         if failed:
             raise RunsFailed(f"{len(failed)} run(s) failed: {', '.join(failed)} (see the summary above)")
         return results
-    finally:
-        if started:
-            ray.shutdown()
-
-
-class RunsFailed(RuntimeError):
-    """Some runs of the sweep failed; the others finished and are recorded."""
 
 
 def failure_reason(e: BaseException) -> str:

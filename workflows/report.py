@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from common.errors import InputError
 from workflows.rundir import rl_signal, run_label
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ def resolve_sweep(target: str, storage: str = "runs") -> Path:
     for path in (Path(target), Path(storage) / target):
         if path.is_dir() and (any(path.glob("*/manifest.json"))):
             return path
-    raise FileNotFoundError(f"{target}: no sweep folder with run manifests here or under {storage}/")
+    raise InputError(f"{target}: no sweep folder with run manifests here or under {storage}/")
 
 
 def collect(sweep: Path) -> tuple[list[Run], dict | None]:

@@ -91,6 +91,11 @@ class Tracker:
         for i in range(0, len(batch), 1000):
             self.client.log_batch(run_id, metrics=batch[i : i + 1000])
 
+    def last_steps(self, run_id: str) -> dict[str, int]:
+        """The last step logged for each metric of a run ({} for a new run)."""
+        keys = self.client.get_run(run_id).data.metrics
+        return {k: max(m.step for m in self.client.get_metric_history(run_id, k)) for k in keys}
+
     def tags(self, run_id: str, tags: dict) -> None:
         for k, v in tags.items():
             self.client.set_tag(run_id, k, str(v))
@@ -110,11 +115,21 @@ class Tracker:
 
 
 class MetricsCallback(TrainerCallback):
-    """Trainer logs (loss, lr, PriFT weight statistics, GRPO rewards, ...) -> a stage's MLflow run, by step."""
+    """Trainer logs (loss, lr, PriFT weight statistics, GRPO rewards, ...) -> a stage's MLflow run, by step.
+
+    A resumed stage trains again the steps between its checkpoint and the interruption, which the
+    interrupted run had already logged; a metric is logged only for steps after the last one the
+    run holds, so each curve has every step once."""
 
     def __init__(self, tracker: Tracker, run_id: str):
         self.tracker, self.run_id = tracker, run_id
+        self.logged: dict[str, int] = {}
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.logged = self.tracker.last_steps(self.run_id)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and logs:
-            self.tracker.metrics(self.run_id, logs, step=state.global_step)
+            fresh = {k: v for k, v in logs.items() if state.global_step > self.logged.get(k, -1)}
+            self.tracker.metrics(self.run_id, fresh, step=state.global_step)
