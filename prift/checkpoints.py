@@ -70,7 +70,9 @@ class DriverWatch(TrainerCallback):
 
 def save_final(trainer, out_dir: Path, summary_name: str, summary: dict, keep_checkpoints: bool = True) -> Path:
     """Model + tokenizer + a JSON summary into <out_dir>/final, atomically; then, unless
-    `keep_checkpoints`, <out_dir>/checkpoints is deleted (final/ already marks the stage finished).
+    `keep_checkpoints`, <out_dir>/checkpoints is deleted (final/ already marks the stage finished)
+    except its completions/ folder: GRPO's tables of every sampled completion and its rewards are
+    research data, not a way to resume.
 
     Called on every rank of a data-parallel run: `save_model` is collective (it gathers sharded
     weights) and writes on rank 0 only; rank 0 alone renames, and no rank returns before final/ exists.
@@ -88,6 +90,11 @@ def save_final(trainer, out_dir: Path, summary_name: str, summary: dict, keep_ch
         check_driver()
         tmp.rename(final)
         if not keep_checkpoints:
-            shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
+            folder = out_dir / "checkpoints"
+            for path in folder.glob("*"):
+                if path.name != "completions":
+                    shutil.rmtree(path) if path.is_dir() else path.unlink()
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
     trainer.accelerator.wait_for_everyone()
     return final

@@ -65,7 +65,7 @@ def _embedded_folder(name: str) -> Path:
     log.info("converting %s/%s to a Hugging Face folder at %s (once)", src, gguf_file, target)
     tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=gguf_file)
     model = AutoModelForCausalLM.from_pretrained(src, gguf_file=gguf_file, dtype=torch.float32)
-    # save_pretrained refuses a GGUF-loaded model until the quantizer marks are removed (stack.md).
+    # save_pretrained refuses a GGUF-loaded model until the quantizer marks are removed.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config

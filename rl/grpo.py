@@ -119,7 +119,8 @@ class RLStageConfig:
     keep_checkpoints: bool = True
     """Keep the trainer checkpoints once final/ is saved. False deletes them then (each holds the
     weights and the optimizer state: ~12 bytes per parameter, 1.6 GB for SmolLM2-135M); the
-    finished stage no longer needs them, but cannot be continued for more steps."""
+    finished stage no longer needs them, but cannot be continued for more steps. The sampled
+    completions (checkpoints/completions/) stay either way."""
     vllm_gpu_memory_utilization: float = 0.3
     """Share of GPU memory the colocated vLLM may take (the trainer needs the rest)."""
     max_model_len: int | None = None

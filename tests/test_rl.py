@@ -168,3 +168,9 @@ def test_an_rl_run_without_reward_variance_says_so(tiny_model, tmp_path, caplog)
     signal = json.loads((final / "prift_rl.json").read_text())["learning_signal"]
     assert not signal["ok"] and signal["zero_variance_steps"] == 1.0 and "no reward variance" in signal["reason"]
     assert "RL had no learning signal" in caplog.text
+
+
+def test_sampled_completions_stay_when_checkpoints_go(tiny_model, tmp_path):
+    run_rl(tiny_model, tiny_rl(max_steps=2, logging_steps=1, save_steps=1, keep_checkpoints=False), tmp_path)
+    assert not list((tmp_path / "checkpoints").glob("checkpoint-*"))
+    assert len(list((tmp_path / "checkpoints" / "completions").glob("*.parquet"))) == 2

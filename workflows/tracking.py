@@ -1,6 +1,6 @@
 """MLflow tracking with explicit run ids, so any process (the driver, a Ray worker) can log to a run.
 
-Layout (design.md): one parent run per pipeline run (tags: method, model, seed, config hash, status),
+Layout: one parent run per pipeline run (tags: method, model, seed, config hash, status),
 one nested run per stage (params: the flattened stage config; metrics: training curves by step, eval
 metrics), the eval summary also on the parent, so MLflow's compare view of parents is the method
 table. Run ids live in the run directory's manifest: a resubmitted pipeline reattaches to them.
