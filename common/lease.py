@@ -65,7 +65,7 @@ class DriverLease:
     def ticket(self) -> dict[str, str]:
         """Env vars that tell a worker which lease to watch."""
         value = {"lock": str(self.lock_path.resolve()), "heartbeat": str(self.beat_path.resolve()),
-                 "token": self.token, "host": socket.gethostname()}
+                 "token": self.token, "host": socket.gethostname(), "pid": os.getpid()}
         return {ENV: json.dumps(value)}
 
     def __enter__(self) -> DriverLease:
@@ -132,6 +132,8 @@ class LeaseWatch:
         self._seen_at = time.monotonic()
 
     def lost(self) -> str | None:
+        if self.same_host and _exiting(self.ticket.get("pid")):
+            return f"the driver (pid {self.ticket['pid']}) is exiting"
         if self.same_host and _unlocked(self.ticket["lock"]):
             return f"the driver's lock {self.ticket['lock']} is free: the driver has exited"
         try:
@@ -145,6 +147,21 @@ class LeaseWatch:
         elif time.monotonic() - self._seen_at > HEARTBEAT_TIMEOUT_S:
             return f"no heartbeat from the driver for {HEARTBEAT_TIMEOUT_S:g} s"
         return None
+
+
+def _exiting(pid: int | None) -> bool:
+    """Whether process `pid` is dying or dead. A process killed with SIGKILL keeps its flock until the
+    kernel has torn it down (about 0.1 s for one holding torch), long enough for a worker to start a
+    checkpoint; the kernel flags it PF_EXITING (0x4 in /proc/PID/stat's flags) as soon as the signal
+    is acted on. Without /proc (not Linux) this says False and the lock and heartbeat decide."""
+    if pid is None or not Path("/proc/self/stat").exists():
+        return False
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return True  # no such process any more
+    state, flags = fields[0], int(fields[6])
+    return state in ("Z", "X") or bool(flags & 0x4)
 
 
 def _unlocked(path: str) -> bool:

@@ -127,6 +127,7 @@ def test_training_stops_before_the_next_checkpoint_once_the_driver_is_gone(tiny_
 
 
 def test_the_eval_loop_writes_nothing_once_the_driver_is_gone(tiny_model, tmp_path, monkeypatch):
+    from evals.generate import SamplingConfig
     from evals.stage import EvalStageConfig, run_eval
     from evals.tasks import TaskSpec
 
@@ -134,7 +135,7 @@ def test_the_eval_loop_writes_nothing_once_the_driver_is_gone(tiny_model, tmp_pa
     monkeypatch.setenv(ENV, driver.ticket()[ENV])
     with driver:
         pass  # the driver ended before this eval worker got to its task
-    cfg = EvalStageConfig(tasks=[TaskSpec("gsm8k", limit=1)], backend="hf")
+    cfg = EvalStageConfig(tasks=[TaskSpec("gsm8k", limit=1)], backend="hf", sampling=SamplingConfig(max_new_tokens=8))
     with pytest.raises(DriverLost):
         run_eval(tiny_model, cfg, tmp_path / "eval")
     assert not list((tmp_path / "eval").rglob("*.json*"))
@@ -257,8 +258,12 @@ def test_kill_9_during_sft_leaves_no_writer_and_the_rerun_resumes_with_each_step
     finally:
         _kill_group(first)
     run = next(p for p in (storage / "tiny").iterdir() if p.name.startswith("prift_mass-"))
-    assert {p.name for p in (run / "sft" / "checkpoints").glob("checkpoint-*")} == checkpoints  # none new
+    after = {p.name for p in (run / "sft" / "checkpoints").glob("checkpoint-*")}
     complete = {p.parent.name for p in (run / "sft" / "checkpoints").glob(f"*/{MARKER}")}
+    assert after <= checkpoints, after - checkpoints  # none new
+    step = lambda name: int(name.rsplit("-", 1)[1])  # noqa: E731
+    # a save under way at the kill may still rotate out an older checkpoint (save_total_limit)
+    assert all(step(gone) < max(map(step, complete)) for gone in checkpoints - after), (checkpoints, after)
     late = {p: p.stat().st_mtime - killed_at for p in storage.rglob("*") if p.is_file() and p.stat().st_mtime > killed_at}
     print(f"written after the kill: { {str(p.relative_to(storage)): round(t, 3) for p, t in late.items()} }")
     for path in late:  # only writes under way at the kill: MLflow's last log, or a save never marked complete
@@ -288,3 +293,20 @@ def test_kill_9_during_sft_leaves_no_writer_and_the_rerun_resumes_with_each_step
     assert sum(1 for r in runs if r.data.tags.get("method") == "prift_mass") == 1
     sft_run = next(r for r in runs if r.data.tags.get("stage") == "sft")
     assert sorted(m.step for m in client.get_metric_history(sft_run.info.run_id, "loss")) == list(range(1, 61))
+
+
+def test_a_killed_driver_counts_as_exiting_before_it_is_reaped():
+    from common.lease import _exiting
+
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert not _exiting(proc.pid)
+        os.kill(proc.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while not _exiting(proc.pid):  # a zombie until wait(): still a process, already exiting
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert proc.poll() is not None
+    finally:
+        proc.kill()
+        proc.wait()

@@ -169,6 +169,7 @@ def test_pipeline_table_shows_strict_then_flexible_where_a_task_has_both():
     from workflows.pipeline import comparison_table
 
     math, medical = {"avg_at_2": 0.25, "avg_at_2_flexible": 0.5}, {"avg_at_2": 0.75}
-    table = comparison_table({"base": {"gsm8k": math, "medqa": medical}, "runs": {}}, ["gsm8k", "medqa"])
+    base = {"status": "done", "models": {"base": {"gsm8k": math, "medqa": medical}}}
+    table = comparison_table({"base": base, "runs": {}}, ["gsm8k", "medqa"])
     assert "strict (primary) / flexible" in table.splitlines()[0]
     assert table.splitlines()[-1].split("|")[1:] == ["   25.0 / 50.0 ", "          75.0"]

@@ -100,7 +100,7 @@ def check_tasks(cfg: StagesConfig) -> None:
 
         try:
             problems += _collect(lambda: check_eval_inputs(cfg.model, cfg.eval))
-        except OSError:  # no loadable tokenizer: check_models names that problem
+        except (OSError, ValueError):  # no loadable tokenizer or config: check_models names that
             pass
     if cfg.eval.backend == "vllm":
         from evals.generate import vllm_available
