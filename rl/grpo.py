@@ -25,7 +25,9 @@ TRL logs rewards/<name>/mean and std, completions/mean_length, kl (beta > 0) and
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -253,7 +255,7 @@ def run_rl(model: str, cfg: RLStageConfig, out_dir: str | Path, eval_tasks=(), c
         if fallback:
             log.warning("rl.rollout auto: vllm_colocate does not work on this host (%s); using hf rollouts", fallback)
             rollout = "hf"
-    with vllm_server(path, cfg.server, enabled=rollout == "vllm_server" and cfg.server.start):
+    with _process_state_restored(), vllm_server(path, cfg.server, enabled=rollout == "vllm_server" and cfg.server.start):
         trainer = _trainer(path, cfg, rollout, out_dir, rows, callbacks)
         if rollout == "vllm_colocate":
             _check_weight_sync(trainer)
@@ -274,6 +276,31 @@ def run_rl(model: str, cfg: RLStageConfig, out_dir: str | Path, eval_tasks=(), c
     save_final(trainer, out_dir, "prift_rl.json", summary, keep_checkpoints=cfg.keep_checkpoints)
     log.info("RL finished: %s (%d steps)", final, result.global_step)
     return final
+
+
+DISTRIBUTED_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+@contextlib.contextmanager
+def _process_state_restored():
+    """TRL's colocated vLLM writes RANK, WORLD_SIZE, MASTER_ADDR/PORT into os.environ and vLLM opens
+    a process group. Left behind, they make the next stage in this process (a reused Ray worker, a
+    test session) or any process it starts believe it is one rank of a distributed job, whose
+    rendezvous port is taken: EADDRINUSE. Restore both when the stage ends, however it ends."""
+    import torch.distributed as dist
+
+    saved = {k: os.environ.get(k) for k in DISTRIBUTED_ENV}
+    had_group = dist.is_available() and dist.is_initialized()
+    try:
+        yield
+    finally:
+        if not had_group and dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _trainer(path: str, cfg: RLStageConfig, rollout: str, out_dir: Path, rows: list[dict], callbacks):
