@@ -283,19 +283,15 @@ DISTRIBUTED_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PO
 
 @contextlib.contextmanager
 def _process_state_restored():
-    """TRL's colocated vLLM writes RANK, WORLD_SIZE, MASTER_ADDR/PORT into os.environ and vLLM opens
-    a process group. Left behind, they make the next stage in this process (a reused Ray worker, a
-    test session) or any process it starts believe it is one rank of a distributed job, whose
-    rendezvous port is taken: EADDRINUSE. Restore both when the stage ends, however it ends."""
-    import torch.distributed as dist
-
+    """TRL's colocated vLLM writes RANK, WORLD_SIZE, MASTER_ADDR/PORT into os.environ. Left behind,
+    they make every process started from this one later (a Ray worker of the next stage, a
+    subprocess) believe it is one rank of a distributed job whose rendezvous port is taken
+    (EADDRINUSE). Restore them when the stage ends, however it ends. vLLM's own process group stays:
+    vLLM reuses it for the next engine in this process, and tearing it down breaks that engine."""
     saved = {k: os.environ.get(k) for k in DISTRIBUTED_ENV}
-    had_group = dist.is_available() and dist.is_initialized()
     try:
         yield
     finally:
-        if not had_group and dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)

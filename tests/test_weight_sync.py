@@ -139,8 +139,7 @@ def test_vllm_gets_the_trainers_weights_after_an_optimizer_step(tiny_model, tmp_
     gap = (vllm_lp - captured[1]).abs().max().item()
     moved = (captured[1] - captured[0]).abs().max().item()
     print(f"{cpu_gemm_path}: vLLM vs trainer after step 1: max |dlogp| {gap:.4f}; step 1 moved them by {moved:.4f}")
-    # what TRL's colocated engine set up in this process is gone: the next stage here is no "rank"
-    assert not torch.distributed.is_initialized()
+    # the rank variables TRL's colocated engine set are gone: a process started from here is no "rank"
     assert not {"RANK", "WORLD_SIZE", "MASTER_PORT"} & set(os.environ)
     assert gap < 0.02, (gap, moved)
     assert moved > 10 * gap, (gap, moved)
