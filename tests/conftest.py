@@ -88,3 +88,18 @@ def digits_reward(monkeypatch):
     import rl.rewards
 
     monkeypatch.setitem(rl.rewards.REWARDS, "digits", digits)
+
+
+@pytest.fixture
+def child_python_runs(tmp_path, monkeypatch):
+    """`child_python_runs(code)`: every Python process started from the test (a Ray worker, a probe
+    in a child process) runs `code` first, as a sitecustomize on PYTHONPATH. How a test forces a
+    path inside a process it cannot monkeypatch."""
+
+    def install(code: str) -> None:
+        folder = tmp_path / "sitecustomize"
+        folder.mkdir(exist_ok=True)
+        (folder / "sitecustomize.py").write_text(code)
+        monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(folder), os.getcwd()]))
+
+    return install

@@ -8,7 +8,6 @@ import json
 import shutil
 
 import pytest
-import yaml
 
 from test_pipeline import tiny_pipeline, write
 from workflows.cli import main

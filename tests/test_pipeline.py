@@ -88,17 +88,13 @@ def test_whole_pipeline_outputs_manifest_and_mlflow(tiny_model, sft_file, tmp_pa
 
 
 @pytest.mark.slow
-def test_a_failing_stage_is_recorded_everywhere_and_the_driver_exits_1(tiny_model, sft_file, tmp_path, capsys, monkeypatch):
-    """The RL stage raises inside its Ray worker (a sitecustomize the workers load replaces run_rl)."""
-    import os
-
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(
+def test_a_failing_stage_is_recorded_everywhere_and_the_driver_exits_1(tiny_model, sft_file, tmp_path, capsys, monkeypatch,
+                                                                         child_python_runs):
+    """The RL stage raises inside its Ray worker (code the workers run at start replaces run_rl)."""
+    child_python_runs(
         "try:\n    import rl.grpo\nexcept Exception:\n    pass\nelse:\n"
         "    def run_rl(*a, **k):\n        raise RuntimeError('injected failure')\n    rl.grpo.run_rl = run_rl\n"
     )
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(hook), os.getcwd()]))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     storage = tmp_path / "store"
     config = tiny_pipeline(tiny_model, sft_file, storage, methods=["sft"], eval_models=["base", "rl"])

@@ -78,18 +78,13 @@ def test_explicit_colocate_stops_before_training_when_sync_fails(tiny_model, tmp
     assert not (tmp_path / "checkpoints").exists() or not list((tmp_path / "checkpoints").glob("checkpoint-*"))
 
 
-def test_auto_falls_back_to_hf_and_says_why(tiny_model, tmp_path, monkeypatch, caplog):
+def test_auto_falls_back_to_hf_and_says_why(tiny_model, tmp_path, caplog, child_python_runs):
     """rollout: auto probes in a child process first; the child is forced onto the weight-replacing
-    path without the fix (a sitecustomize that runs before the probe)."""
-    import os
-
-    forced = tmp_path / "forced"
-    forced.mkdir()
-    (forced / "sitecustomize.py").write_text(
+    path without the fix (code it runs before the probe)."""
+    child_python_runs(
         "import vllm._custom_ops as ops\nimport rl.weight_sync\n"
         "ops._supports_onednn = True\nrl.weight_sync.keep_live_weights = lambda: None\n"
     )
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(forced), os.getcwd()]))
     with caplog.at_level(logging.WARNING, logger="rl.grpo"):
         final = run_rl(tiny_model, rl_config(rollout="auto"), tmp_path / "rl")
     summary = json.loads((final / "prift_rl.json").read_text())
