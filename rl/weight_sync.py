@@ -14,9 +14,9 @@ silently break that on CPU:
 * Any future change in vLLM or TRL with the same effect.
 
 `keep_live_weights()` fixes the first: on CPU every 2-D unquantized weight is used through
-`F.linear(x, layer.weight)`, so the engine always reads the parameter TRL writes into. On 2 cores
-this costs nothing measurable for the small models colocation is meant for
-(`python benchmarks/rollout_throughput.py` compares the two).
+`F.linear(x, layer.weight)`, so the engine always reads the parameter TRL writes into. Its speed
+against vLLM's packed kernels has not been measured (`benchmarks/rollout_throughput.py` measures
+colocated rollouts against hf ones).
 
 `probe(...)` catches the second: it scales every trainer parameter by 2 (exact in floating point,
 and undone exactly by halving), syncs, and checks that the engine's log-probabilities of a fixed
