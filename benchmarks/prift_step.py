@@ -20,6 +20,7 @@ Targets: cached step time and memory <= 1.03x plain SFT; prior pass >= 0.85x the
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import statistics
@@ -67,8 +68,9 @@ def batches_for(rows, batch: int, tokenizer, with_prior: bool):
     return out
 
 
-def make_trainer(variant: str, model: str, tmp: Path, dataset):
-    cfg = SFTStageConfig(method="sft" if variant == "plain_sft" else "prift_mass", max_steps=1000, save_steps=10**6)
+def make_trainer(variant: str, model: str, tmp: Path, dataset, optim: str = "adamw_torch"):
+    method = "sft" if variant == "plain_sft" else "prift_mass"
+    cfg = SFTStageConfig(method=method, optim=optim, max_steps=1000, save_steps=10**6)
     prior = PriorConfig(mode="online" if variant == "prift_online" else "cached")
     if variant == "plain_sft":
         from trl import SFTTrainer
@@ -121,7 +123,7 @@ def label_dataset(rows):
 
 def time_steps(args, tmp: Path, tokenizer, rows) -> dict[str, float]:
     dataset = label_dataset(rows)
-    steppers = {v: Stepper(make_trainer(v, args.model, tmp, dataset)) for v in VARIANTS}
+    steppers = {v: Stepper(make_trainer(v, args.model, tmp, dataset, args.optim)) for v in VARIANTS}
     batches = {v: batches_for(rows, args.batch, tokenizer, with_prior=v == "prift_cached") for v in VARIANTS}
     times = {v: [] for v in VARIANTS}
     for r in range(args.rounds):
@@ -168,7 +170,7 @@ def peak_memory_child(args, variant: str, tmp: Path) -> dict:
     """Run in a fresh process: a few steps of one variant, then its peak memory."""
     tokenizer = load_tokenizer(args.model)
     rows = json.loads(Path(args.rows_file).read_text())
-    stepper = Stepper(make_trainer(variant, args.model, tmp, label_dataset(rows)))
+    stepper = Stepper(make_trainer(variant, args.model, tmp, label_dataset(rows), args.optim))
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     for b in batches_for(rows, args.batch, tokenizer, with_prior=variant == "prift_cached")[:3]:
@@ -188,7 +190,7 @@ def peak_rss_mib() -> float:
 def peak_memory(args, rows_file: Path) -> dict[str, dict]:
     out = {}
     for v in VARIANTS:
-        cmd = [sys.executable, __file__, "--model", args.model, "--batch", str(args.batch),
+        cmd = [sys.executable, __file__, "--model", args.model, "--batch", str(args.batch), "--optim", args.optim,
                "--memory-of", v, "--rows-file", str(rows_file)]
         res = subprocess.run(cmd, capture_output=True, text=True, check=True)
         out[v] = json.loads(res.stdout.strip().splitlines()[-1])
@@ -202,6 +204,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--rounds", type=int, default=8, help="timed rounds (steps per variant), warm-up included")
     p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--optim", default="adamw_torch",
+                   help="optimizer of every variant; `sgd` keeps no state, so three 1.5B trainers fit one 80 GB GPU")
     p.add_argument("--memory-of", choices=VARIANTS, help=argparse.SUPPRESS)
     p.add_argument("--rows-file", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -213,13 +217,17 @@ def main() -> None:
             return
         device = default_device()
         print(f"model {args.model} on {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}), "
-              f"batch {args.batch} x {args.seq_len} tokens, {args.rounds - args.warmup} timed steps per variant")
+              f"batch {args.batch} x {args.seq_len} tokens, optimizer {args.optim}, "
+              f"{args.rounds - args.warmup} timed steps per variant")
         tokenizer = load_tokenizer(args.model)
         ref = load_causal_lm(args.model, device=device).eval()
         rows = scored_rows(args, tokenizer, ref)
         prior = time_prior_pass(args, ref, rows)
         del ref
         steps = time_steps(args, tmp, tokenizer, rows)
+        gc.collect()  # the three trainers are gone: hand their GPU memory back before the memory children start
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
         rows_file = tmp / "rows.json"
         rows_file.write_text(json.dumps(rows))
         mem = peak_memory(args, rows_file)
