@@ -10,8 +10,12 @@ from prift.sft import SFTStageConfig, build_trainer, training_dataset
 from prift.weights import METHODS, resolve_method
 
 
-def trainer_for(tiny_model, sft_file, tmp_path, method="prift_mass", prior=PriorConfig(), **cfg):
-    cfg = SFTStageConfig(method=method, **{"logging_steps": 1, "save_steps": 10_000, **cfg})
+# float32 everywhere, also on a GPU host (where `auto` means bf16): these are float64 equalities
+F32_PRIOR = PriorConfig(dtype="float32")
+
+
+def trainer_for(tiny_model, sft_file, tmp_path, method="prift_mass", prior=F32_PRIOR, **cfg):
+    cfg = SFTStageConfig(method=method, **{"logging_steps": 1, "save_steps": 10_000, "precision": "fp32", **cfg})
     data = DataConfig(path=sft_file, max_length=64)
     ds = training_dataset(tiny_model, data, prior, resolve_method(method), tmp_path / "prior")
     return build_trainer(tiny_model, ds, cfg, prior, tmp_path / method), ds
@@ -27,7 +31,7 @@ def float64_reference(model_path, batch, method) -> dict[str, torch.Tensor]:
     sum(M), the weight sum, the unweighted NLL sum(M ce) / sum(M) and the kept fraction."""
     from transformers import AutoModelForCausalLM
 
-    ref = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float64).eval()
+    ref = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float64).to(batch["input_ids"].device).eval()
     with torch.no_grad():
         logq = torch.log_softmax(ref(batch["input_ids"], attention_mask=batch["attention_mask"]).logits, -1)
     targets = batch["labels"][:, 1:]
