@@ -256,7 +256,7 @@ def check_resources(cfg: StagesConfig) -> None:
         if wanted:
             asks = ", ".join(f"pipeline.resources.{k}: {r.workers} worker(s) x {r.gpus:g} GPU" for k, r in wanted.items())
             problems.append(f"the Ray cluster has {have:g} GPU(s); the config asks for more: {asks}")
-        largest = max(node_gpus(cfg), default=0)
+        largest = max(node_gpus(cfg), default=0) if server and "rl" not in wanted else 0
         if server and "rl" not in wanted and res.rl.gpus + server > largest:
             problems.append(
                 f"the RL stage needs pipeline.resources.rl.gpus {res.rl.gpus:g} for the trainer + "
