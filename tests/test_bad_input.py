@@ -248,3 +248,105 @@ def test_the_installed_command_prints_a_message_not_a_traceback(config, tmp_path
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr and "sft.learning_rate: got -0.0001" in done.stderr
+
+
+# ---------------------------------------------------------------- storage under `ray job submit`
+
+# What Ray's job supervisor puts in the environment of a submitted entrypoint (ray 2.60,
+# dashboard/modules/job/job_supervisor.py: RAY_JOB_CONFIG_JSON_ENV_VAR, the job's runtime_env and metadata).
+SUBMITTED = {"runtime_env": {"working_dir": "gcs://_ray_pkg_0123456789abcdef.zip"},
+             "metadata": {"job_submission_id": "raysubmit_testjob", "job_name": "raysubmit_testjob"}}
+
+
+@COMMANDS
+def test_a_relative_storage_under_ray_job_submit_is_refused(command, config, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the job's copy of the working directory
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps(SUBMITTED))
+    config["pipeline"]["storage"] = "store"
+    err = refused(command, config, tmp_path, capsys)
+    assert "pipeline.storage: 'store' is a relative path" in err and "ray job submit" in err
+    assert "raysubmit_testjob" in err and "absolute path on a filesystem every node shares" in err
+
+
+def test_an_absolute_storage_under_ray_job_submit_is_accepted(config, tmp_path, capsys, monkeypatch):
+    """`validate` only: `run` would go on to join the job's Ray, which this environment only imitates."""
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps(SUBMITTED))
+    assert main(["validate", write(tmp_path, config)]) == 0, capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- preflight order and the network
+
+
+def forbid_downloads(monkeypatch) -> list:
+    """datasets.load_dataset (the hub loader of the SFT data and the tasks) records its calls and fails."""
+    import datasets
+
+    calls = []
+
+    def load_dataset(*args, **kwargs):
+        calls.append(args)
+        raise ConnectionError("Couldn't reach 'no-such-org/no-such-dataset' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    return calls
+
+
+@COMMANDS
+def test_missing_gpus_are_reported_without_trying_a_hub_download(command, config, tmp_path, capsys, monkeypatch):
+    calls = forbid_downloads(monkeypatch)
+    config["data"]["path"] = "no-such-org/no-such-dataset"
+    config["pipeline"]["resources"] = {"sft": {"gpus": 1, "workers": 64}}
+    err = refused(command, config, tmp_path, capsys)
+    assert "pipeline.resources.sft: 64 worker(s) x 1 GPU" in err
+    assert calls == [] and "no-such-dataset" not in err
+
+
+@COMMANDS
+def test_a_local_problem_is_reported_without_trying_a_hub_download(command, config, tmp_path, capsys, monkeypatch):
+    calls = forbid_downloads(monkeypatch)
+    config["data"]["path"] = "no-such-org/no-such-dataset"
+    config["rl"]["prompts"] = {"tasks": [{"name": "gsm8k"}], "generators": []}
+    assert "RL prompt(s) are evaluation prompts" in refused(command, config, tmp_path, capsys)
+    assert calls == []
+
+
+@COMMANDS
+def test_an_unreachable_hub_dataset_is_a_message_naming_it(command, config, tmp_path, capsys, monkeypatch):
+    calls = forbid_downloads(monkeypatch)
+    config["data"]["path"] = "no-such-org/no-such-dataset"
+    err = refused(command, config, tmp_path, capsys)
+    assert len(calls) == 1 and calls[0][0] == "no-such-org/no-such-dataset"  # the hub tier did run
+    assert "data.path: 'no-such-org/no-such-dataset'" in err and "ConnectionError" in err and "Traceback" not in err
+
+
+@COMMANDS
+def test_a_network_error_a_loader_lets_through_is_a_message_naming_what_was_fetched(command, config, tmp_path, capsys, monkeypatch):
+    """A loader that does not catch its own network failure (here the SFT data's hub reader, raising
+    the way a dropped connection does) still ends in a message, not a traceback."""
+    import prift.data
+
+    def unreachable(cfg):
+        raise ConnectionError("[Errno 101] Network is unreachable")
+
+    monkeypatch.setattr(prift.data, "_hub_rows", unreachable)
+    config["data"]["path"] = "no-such-org/no-such-dataset"
+    err = refused(command, config, tmp_path, capsys)
+    assert "could not fetch data.path 'no-such-org/no-such-dataset' from the Hugging Face hub" in err
+    assert "ConnectionError: [Errno 101] Network is unreachable" in err
+
+
+def test_hub_inputs_names_exactly_what_is_not_local(config, tmp_path, tiny_model):
+    from workflows.config import StagesConfig, from_dict
+    from workflows.preflight import check_models, check_rl, check_sft_data, check_tasks, hub_inputs
+
+    local = hub_inputs(from_dict(StagesConfig, config))
+    assert local == {check_models: [], check_sft_data: [], check_tasks: [], check_rl: []}
+    config["model"] = "org/model"
+    config["data"]["path"] = "org/sft-data"
+    config["eval"]["tasks"][1] = {"name": "mmlu_medical", "source": "org/mmlu"}
+    config["rl"]["prompts"] = {"tasks": [{"name": "gsm8k", "source": str(tmp_path / "local.jsonl")}]}
+    hub = hub_inputs(from_dict(StagesConfig, config))
+    assert hub[check_models] == ["model 'org/model'"]
+    assert hub[check_sft_data] == ["data.path 'org/sft-data'"]
+    assert hub[check_tasks] == ["model 'org/model'", "eval.tasks[1] 'org/mmlu'"]
+    assert hub[check_rl] == ["eval.tasks[1] 'org/mmlu'"]

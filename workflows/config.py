@@ -11,9 +11,11 @@ the file or in a `--set` value, is a ConfigError too, with its line and column.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import types
 import typing
+import urllib.parse
 from typing import Literal
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,7 +98,9 @@ class PipelineConfig:
     experiment: str = "prift"
     """MLflow experiment, and the folder under `storage` that holds this sweep's runs."""
     storage: str = "runs"
-    """Root of the run directories (a shared filesystem on a cluster)."""
+    """Root of the run directories (a shared filesystem on a cluster). Made absolute when the config
+    is read (relative to the current directory; `~` and `file://` understood), so every Ray worker
+    gets the same folder. Under `ray job submit` it must be absolute: see `storage_problem`."""
     methods: list[str] = field(default_factory=lambda: ["prift_mass"])
     """SFT methods to compare (sft, dft, prift_prob, prift_mass); one run each, per seed."""
     seeds: list[int] = field(default_factory=lambda: [0])
@@ -114,13 +118,55 @@ class PipelineConfig:
         from prift.weights import METHODS
 
         methods, seeds = items(self.methods), items(self.seeds)
+        storage = self._resolve_storage()
         require(
             *(f"methods[{i}]: unknown method {m!r}, expected one of {', '.join(METHODS)}"
               for i, m in enumerate(methods) if isinstance(m, str) and m not in METHODS),
             *(seed(f"seeds[{i}]", s) for i, s in enumerate(seeds)),
             _nonempty_unique("methods", self.methods),
             _nonempty_unique("seeds", self.seeds),
+            storage,
         )
+
+    def _resolve_storage(self) -> str | None:
+        """Make `storage` absolute in place (the problem with it, or None). Symlinks are kept: a
+        shared mount may be reached through a link whose target differs between nodes. Under `ray job
+        submit` a relative path is left as given, for preflight to refuse (`storage_problem`): the
+        current directory there is Ray's per-job copy of the code."""
+        from workflows.ray_session import ray_job_submission
+
+        storage = self.storage
+        if not isinstance(storage, str):
+            return None
+        if not storage.strip():
+            return "storage: expected a folder path, got an empty string"
+        scheme = URI_SCHEME.match(storage)
+        if scheme and scheme.group(1).lower() != "file":
+            return (f"storage: got {storage!r}, expected a filesystem path: the run folders, manifests and the "
+                    "driver lock are files every node opens (mount the bucket and give the mount's path)")
+        path = Path(urllib.parse.urlparse(storage).path if scheme else storage).expanduser()
+        if path.is_absolute() or ray_job_submission() is None:
+            object.__setattr__(self, "storage", os.path.abspath(path))
+        return None
+
+
+URI_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+def storage_problem(pipeline: PipelineConfig) -> str | None:
+    """Why `pipeline.storage` cannot hold this run's folders, or None. A relative path under `ray job
+    submit` is refused: it would resolve inside Ray's per-job copy of the working directory, which
+    is one node's local disk, a fresh folder for every submission (so a resubmitted pipeline would
+    not find its runs to resume) and deleted by Ray when its cache fills."""
+    from workflows.ray_session import ray_job_submission
+
+    job = ray_job_submission()
+    if job is None or Path(pipeline.storage).is_absolute():
+        return None
+    return (f"pipeline.storage: {pipeline.storage!r} is a relative path, and this driver runs under `ray job submit` "
+            f"(submission {job}) in Ray's per-job copy of the code ({os.getcwd()}): the runs would land in that "
+            "copy, on one node, and the next submission would not find them. Set pipeline.storage to an "
+            "absolute path on a filesystem every node shares, e.g. --set pipeline.storage=/mnt/shared/prift-runs")
 
 
 def _nonempty_unique(name: str, values) -> str | None:

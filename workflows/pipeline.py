@@ -33,6 +33,7 @@ import yaml
 from common.errors import RunsFailed
 from common.lease import DriverLease, check_driver, watch_driver
 from prift.checkpoints import DriverWatch
+from rl.vllm_server import server_placement
 from workflows.config import StagesConfig
 from workflows.preflight import preflight
 from workflows.ray_session import ray_session, start_ray
@@ -234,8 +235,8 @@ class Pipeline:
             task = _remote_on_workers(fn, res, f"{folder.name}-{stage}", self.root / "ray_train")
         else:
             task = _remote(fn, res)
-        with self.recorded(manifest, stage, run_id):
-            ray.get(task.remote(*args, self.tracking(run_id)))
+        with self.recorded(manifest, stage, run_id), server_placement(stage_cfg, res) as placement:
+            ray.get(task.options(**placement).remote(*args, self.tracking(run_id)))
         manifest.mark(stage, status="done", outputs={"final": str(final)})
         signal = rl_signal(folder) if stage == "rl" else None
         if signal and not signal["ok"]:

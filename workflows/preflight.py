@@ -1,34 +1,36 @@
-"""Preflight: everything about a config that can be checked before any compute, all of it at once.
+"""Preflight: everything about a config that can be checked before any compute, cheapest first.
 
 `prift run` calls `preflight` before the first stage and `prift validate` calls the very same
 function, so `validate` never says "ok" to a config that `run` would refuse. Checked, reading no
-model weights:
+model weights, in this order:
 
-    config     types, names and ranges of every field (workflows/config.py, before this runs)
-    model      the base model and the prior's reference: folder, config, weights present, tokenizer,
-               chat template where the stages format chat turns (prift.models.check_model)
-    data       every line and row of the SFT data
-    tasks      every evaluation task's rows, and the generation backends asked for
-    RL         the prompt set, its overlap with every evaluation task, the rollout backend, and
-               (last, only when all else passed) that colocated vLLM gets weight updates here
-    resources  the GPUs asked for against the Ray cluster's (this starts the run's Ray if needed)
+    config     types, names and ranges of every field (workflows/config.py, before this runs), and
+               `pipeline.storage` (not relative under `ray job submit`)
+    resources  the GPUs asked for against the Ray cluster's, the vLLM server's included (this starts
+               the run's Ray if needed)
+    local      what is on this machine: models (folder, config, weights present, tokenizer, chat
+               template where the stages format chat turns), every line and row of the SFT data,
+               every evaluation task's rows and generation backend, the RL prompts, their overlap with
+               every evaluation task, the rollout backend
+    hub        the same checks for whatever names a Hugging Face hub model or dataset: only when
+               everything above passed, so a config that would be refused anyway downloads nothing
+    weight sync  (only when all else passed) that colocated vLLM gets weight updates here
 
-Every check runs even when another failed; one PreflightError names every problem.
+Every check of the config, resources and local tiers runs even when another failed; one
+PreflightError names every problem. A network failure in the hub tier is a message naming what
+could not be fetched, never a traceback.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+from pathlib import Path
 
 from common.errors import InputError
-from workflows.config import StagesConfig
+from workflows.config import StagesConfig, storage_problem
 
 log = logging.getLogger(__name__)
-
-
-class ResourceError(InputError):
-    """The config asks for more than the Ray cluster has."""
 
 
 class PreflightError(InputError):
@@ -40,19 +42,101 @@ class PreflightError(InputError):
         super().__init__(f"{len(problems)} problem{'s' * (len(problems) > 1)} found before anything ran:\n" + "\n".join(lines))
 
 
+class ResourceError(PreflightError):
+    """The config asks for more than the Ray cluster has."""
+
+
 def preflight(cfg: StagesConfig) -> None:
-    """Run every check; raise one PreflightError naming all the problems found."""
-    problems = []
-    for check in (check_models, check_sft_data, check_tasks, check_rl, check_resources):
-        try:
-            check(cfg)
-        except InputError as e:
-            problems += e.problems if isinstance(e, PreflightError) else [str(e)]
+    """Run every check, cheapest first; raise one PreflightError naming all the problems found."""
+    hub = hub_inputs(cfg)
+    problems = _run(cfg, [check_storage, check_resources])
+    problems += _run(cfg, [check for check in CONTENT_CHECKS if not hub[check]])
+    if not problems:  # the network only for a config nothing cheaper refused
+        for check in (check for check in CONTENT_CHECKS if hub[check]):
+            problems += _online(cfg, check, hub[check])
     if not problems:  # last: it loads the model, which bad input must never get to
         problems += check_weight_sync(cfg)
     if problems:
         raise PreflightError(problems)
-    log.info("preflight: config, model, data, tasks, RL prompts and resources are fine")
+    log.info("preflight: config, resources, model, data, tasks and RL prompts are fine")
+
+
+def _run(cfg: StagesConfig, checks) -> list[str]:
+    problems = []
+    for check in checks:
+        try:
+            check(cfg)
+        except InputError as e:
+            problems += e.problems if isinstance(e, PreflightError) else [str(e)]
+    return problems
+
+
+def _online(cfg: StagesConfig, check, names: list[str]) -> list[str]:
+    """`check` on inputs fetched from the hub; a network failure the loaders let through becomes a
+    message naming what could not be fetched."""
+    try:
+        return _run(cfg, [check])
+    except _network_errors() as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        return [f"could not fetch {', '.join(names)} from the Hugging Face hub ({type(e).__name__}: {first[:300]}); "
+                "check the network (or HF_ENDPOINT, HF_TOKEN), or point these fields at local files or folders"]
+
+
+def _network_errors() -> tuple[type[BaseException], ...]:
+    """What a failed download raises: OSError covers ConnectionError, timeouts, and huggingface_hub's
+    HTTP errors; httpx's own errors (huggingface_hub's client) are not OSErrors."""
+    try:
+        import httpx
+    except ImportError:
+        return (OSError,)
+    return (OSError, httpx.HTTPError)
+
+
+def check_storage(cfg: StagesConfig) -> None:
+    problem = storage_problem(cfg.pipeline)
+    if problem:
+        raise InputError(problem)
+
+
+def hub_inputs(cfg: StagesConfig) -> dict:
+    """For each content check, the hub models and datasets it would fetch (`field 'name'`); [] means
+    it reads only local files and installed packages. Each rule says what the loader it guards does
+    with such a name (prift.models.check_model, prift.data.read_rows, evals.tasks.read_rows)."""
+    on = cfg.pipeline.stages
+    model = _hub_model("model", cfg.model)
+    reference = cfg.prior.reference
+    uses_reference = reference and reference != cfg.model and (on.prior or on.sft) and _uses_prior(cfg)
+    eval_sets = [_hub_task(f"eval.tasks[{i}]", t) for i, t in enumerate(cfg.eval.tasks)]
+    rl_sets = [_hub_task(f"rl.prompts.tasks[{i}]", t) for i, t in enumerate(cfg.rl.prompts.tasks)]
+    found = {
+        check_models: [model, _hub_model("prior.reference", reference) if uses_reference else None],
+        check_sft_data: [_hub_data(cfg.data.path)] if on.sft or on.prior else [],
+        check_tasks: [model, *eval_sets] if on.eval else [],  # the eval check reads the model's tokenizer
+        check_rl: [*rl_sets, *eval_sets] if on.rl else [],  # the overlap check reads every eval set
+    }
+    return {check: list(dict.fromkeys(n for n in names if n)) for check, names in found.items()}
+
+
+def _hub_model(field: str, name: str) -> str | None:
+    from prift.models import EMBEDDED, HUB_ID
+
+    hub = name not in EMBEDDED and not Path(name).expanduser().exists() and HUB_ID.fullmatch(name)
+    return f"{field} {name!r}" if hub else None
+
+
+def _hub_data(path: str) -> str | None:
+    local = (not path or path.startswith("reasoning_gym:") or Path(path).suffix in (".jsonl", ".json", ".parquet")
+             or Path(path).exists())
+    return None if local else f"data.path {path!r}"
+
+
+def _hub_task(field: str, spec) -> str | None:
+    from evals.tasks import TASKS
+
+    source = spec.source or TASKS[spec.name].default_source
+    local = (source.startswith(("package:", ".", "/")) or Path(source).exists()
+             or Path(source).suffix in (".jsonl", ".json", ".parquet", ".gz"))
+    return None if local else f"{field} {source!r}"
 
 
 def check_models(cfg: StagesConfig) -> None:
@@ -149,18 +233,37 @@ def check_weight_sync(cfg: StagesConfig) -> list[str]:
 
 def check_resources(cfg: StagesConfig) -> None:
     """GPUs asked for by the stages that run must exist in the Ray cluster: Ray would otherwise wait
-    for them forever. Starts the run's Ray (workflows/ray_session.py) only when GPUs are asked for."""
+    for them forever. The RL stage with a vLLM server started here asks for the trainer's GPUs and
+    the server's together, on one node (rl/vllm_server.py reserves them as one placement group).
+    Starts the run's Ray (workflows/ray_session.py) only when GPUs are asked for."""
+    from rl.vllm_server import reserves_server_gpus
+
     res, on = cfg.pipeline.resources, cfg.pipeline.stages
     stages = {f.name: getattr(res, f.name) for f in dataclasses.fields(res) if getattr(on, f.name)}
-    if not any(r.gpus > 0 for r in stages.values()):
-        return
-    from workflows.ray_session import cluster_gpus
+    server = cfg.rl.server.tensor_parallel_size if on.rl and reserves_server_gpus(cfg.rl) else 0
+    problems = []
+    if server and res.rl.gpus == 0:
+        problems.append("rl.rollout: vllm_server with pipeline.resources.rl.gpus 0: the trainer sends its weights to "
+                        "the server over NCCL, from a GPU; give the RL stage a GPU (pipeline.resources.rl.gpus: 1)")
+    if server and res.rl.workers > 1:
+        problems.append(f"rl.rollout: vllm_server with pipeline.resources.rl.workers {res.rl.workers}: the server's GPUs "
+                        "are reserved for one trainer; use workers: 1, or start the server yourself (rl.server.start: false)")
+    if any(r.gpus > 0 for r in stages.values()) or server:
+        from workflows.ray_session import cluster_gpus, node_gpus
 
-    have = cluster_gpus(cfg)
-    wanted = {k: r for k, r in stages.items() if r.gpus * r.workers > have}
-    if wanted:
-        asks = ", ".join(f"pipeline.resources.{k}: {r.workers} worker(s) x {r.gpus:g} GPU" for k, r in wanted.items())
-        raise ResourceError(f"the Ray cluster has {have:g} GPU(s); the config asks for more: {asks}")
+        have = cluster_gpus(cfg)
+        wanted = {k: r for k, r in stages.items() if r.gpus * r.workers > have}
+        if wanted:
+            asks = ", ".join(f"pipeline.resources.{k}: {r.workers} worker(s) x {r.gpus:g} GPU" for k, r in wanted.items())
+            problems.append(f"the Ray cluster has {have:g} GPU(s); the config asks for more: {asks}")
+        largest = max(node_gpus(cfg), default=0) if server and "rl" not in wanted else 0
+        if server and "rl" not in wanted and res.rl.gpus + server > largest:
+            problems.append(
+                f"the RL stage needs pipeline.resources.rl.gpus {res.rl.gpus:g} for the trainer + "
+                f"rl.server.tensor_parallel_size {server} for the vLLM server = {res.rl.gpus + server:g} GPU(s) "
+                f"on one node; the largest node of the Ray cluster has {largest:g}")
+    if problems:
+        raise ResourceError(problems)
 
 
 def _collect(check) -> list[str]:
@@ -183,3 +286,7 @@ def _as_input(check) -> None:
 def _raise(problems: list[str]) -> None:
     if problems:
         raise PreflightError(problems)
+
+
+CONTENT_CHECKS = (check_models, check_sft_data, check_tasks, check_rl)
+"""The checks that read models and data, in the order the local and the hub tiers run them."""

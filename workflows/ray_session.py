@@ -25,6 +25,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 REAPER_WAIT_S = 10
+JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # ray._private.runtime_env.constants
 _env: dict[str, str] = {}
 _reaper: subprocess.Popen | None = None
 
@@ -49,12 +50,36 @@ def start_ray(cfg) -> None:
         _reap(_children() - before - {_reaper.pid})
 
 
+def ray_job_submission() -> str | None:
+    """The submission id when this process is a driver started by `ray job submit`, else None.
+
+    Ray's job supervisor starts the entrypoint with RAY_JOB_CONFIG_JSON_ENV_VAR (the job's
+    runtime_env and metadata, which ray.init merges into the job) in its environment; nothing else
+    sets it. The entrypoint's working directory is then the job's copy of `--working-dir`."""
+    value = os.environ.get(JOB_CONFIG_ENV)
+    if value is None:
+        return None
+    try:
+        metadata = json.loads(value).get("metadata") or {}
+    except (ValueError, AttributeError):
+        metadata = {}
+    return str(metadata.get("job_submission_id") or "unknown id")
+
+
 def cluster_gpus(cfg) -> float:
     """GPUs in the run's Ray cluster (starting it if needed)."""
     import ray
 
     start_ray(cfg)
     return ray.cluster_resources().get("GPU", 0)
+
+
+def node_gpus(cfg) -> list[float]:
+    """GPUs of each live node of the run's Ray cluster (starting it if needed)."""
+    import ray
+
+    start_ray(cfg)
+    return [node["Resources"].get("GPU", 0) for node in ray.nodes() if node["Alive"]]
 
 
 @contextlib.contextmanager
