@@ -89,13 +89,16 @@ class Stepper:
     def __init__(self, trainer):
         self.trainer = trainer
         trainer.create_optimizer_and_scheduler(num_training_steps=1000)
-        trainer.model.train()
+        # What Trainer.train does before its loop: accelerate wraps forward in bf16 autocast when
+        # args.bf16. Without it a GPU step runs its matmuls in float32 (seen on an H100).
+        self.model = trainer.accelerator.prepare_model(trainer.model)
+        self.model.train()
 
     def step(self, batch) -> None:
         t = self.trainer
         batch = {k: v.to(t.model.device) for k, v in batch.items()}
         n = (batch["labels"][:, 1:] != -100).sum()
-        t.training_step(t.model, batch, num_items_in_batch=n)
+        t.training_step(self.model, batch, num_items_in_batch=n)
         t.optimizer.step()
         t.lr_scheduler.step()
         t.optimizer.zero_grad(set_to_none=True)
