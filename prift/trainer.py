@@ -90,12 +90,17 @@ def check_packed_attention(model, device) -> None:
     """Raise unless `model` keeps packed examples apart: two copies of one sequence, packed into a
     row with restarting position_ids, must get the same hidden states. Called as the training
     forward calls the backbone (attention_mask absent, use_cache=False: a KV cache turns
-    transformers' boundary detection off)."""
+    transformers' boundary detection off), in eval mode (dropout would tell the copies apart)."""
     n = 8
     ids = (torch.arange(n, device=device) * 7 + 3) % model.config.get_text_config().vocab_size
-    hidden = model.get_decoder()(
-        input_ids=ids.repeat(2)[None], position_ids=torch.arange(n, device=device).repeat(2)[None], use_cache=False
-    ).last_hidden_state[0].float()
+    training = model.training
+    model.eval()
+    try:
+        hidden = model.get_decoder()(
+            input_ids=ids.repeat(2)[None], position_ids=torch.arange(n, device=device).repeat(2)[None], use_cache=False
+        ).last_hidden_state[0].float()
+    finally:
+        model.train(training)
     err = (hidden[:n] - hidden[n:]).abs().max().item()
     tol = 1e-4 if model.dtype == torch.float32 and not torch.is_autocast_enabled(device.type) else 2e-2
     if not err <= tol * max(1.0, hidden.abs().max().item()):

@@ -168,7 +168,11 @@ def test_no_attention_across_packed_examples(tokenizer, examples, attn):
 
 def test_packing_check_catches_a_model_that_attends_across_examples(tokenizer, monkeypatch):
     model = tiny_llama(len(tokenizer), seed=0).float()
+    for layer in model.model.layers:  # in training, dropout alone would tell two packed copies apart
+        layer.self_attn.attention_dropout = 0.5
+    model.train()
     check_packed_attention(model, torch.device("cpu"))  # transformers' boundary detection: passes
+    assert model.training
     monkeypatch.setattr(transformers.masking_utils, "find_packed_sequence_indices", lambda position_ids: None)
     with pytest.raises(RuntimeError, match="attend"):
         check_packed_attention(model, torch.device("cpu"))
