@@ -69,6 +69,10 @@ class SFTStageConfig:
     """`auto` (bf16 autocast on a GPU that has it, float32 otherwise), `bf16` or `fp32`."""
     gradient_checkpointing: bool = False
     """Trade compute for activation memory."""
+    packing: bool = False
+    """Padding-free batches: the examples of a micro-batch are concatenated into one row, position
+    ids restarting per example, so no compute is spent on padding and no token attends across
+    examples. The loss (every method, cached or online prior) is the same quantity as padded."""
     logging_steps: int = 10
     """Optimizer steps between logged metrics."""
     save_steps: int = 500
@@ -171,13 +175,13 @@ def build_trainer(model_name: str, dataset, cfg: SFTStageConfig, prior: PriorCon
     ref_model = None
     if rule.needs_prior and prior.mode == "online":
         ref_model = load_causal_lm(prior.reference or model_name, dtype=torch_dtype(prior.dtype, device), device=device)
-    log.info("SFT: method=%s rule=%s prior=%s bf16=%s", cfg.method, rule, prior.mode, args.bf16)
+    log.info("SFT: method=%s rule=%s prior=%s bf16=%s packing=%s", cfg.method, rule, prior.mode, args.bf16, cfg.packing)
     return PriftTrainer(
         model=model,
         args=args,
         train_dataset=dataset,
         processing_class=tokenizer,
-        data_collator=PriftCollator(tokenizer.pad_token_id),
+        data_collator=PriftCollator(tokenizer.pad_token_id, packing=cfg.packing),
         weight_rule=rule,
         ref_model=ref_model,
         vocab_chunk=prior.vocab_chunk,

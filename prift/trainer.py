@@ -7,6 +7,8 @@ the [B, L, V] logits. The weight of each token comes from
   - the policy itself, detached (online rules: DFT and friends).
 The loss is `prift.loss.weighted_nll`, normalised by TRL's `num_items_in_batch` (response tokens of the
 whole accumulated batch, gathered over ranks), so micro-batching and data parallelism do not change it.
+With `PriftCollator(packing=True)` a micro-batch is one padding-free row (`packed_batch`): the
+same tokens, labels and signals, so the same loss and gradients, without the compute spent on padding.
 
 Logged beside the weighted `loss` at every logging step, over the same window (`WindowSums`):
   nll_unweighted        the mean response-token NLL, every w_t = 1, averaged as the loss is (per
@@ -18,6 +20,7 @@ Logged beside the weighted `loss` at every logging step, over the same window (`
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, field
 
@@ -36,11 +39,15 @@ SIGNAL_COLUMNS = ("prior_logprob", "prior_mass")
 
 @dataclass
 class PriftCollator:
-    """Right-pads input_ids/labels/attention_mask and the per-token signal columns (when present)."""
+    """Right-pads input_ids/labels/attention_mask and the per-token signal columns (when present),
+    or, with `packing`, concatenates the examples into one padding-free row (`packed_batch`)."""
 
     pad_token_id: int
+    packing: bool = False
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        if self.packing:
+            return packed_batch(examples)
         ids = [e["input_ids"] for e in examples]
         batch = {
             "input_ids": pad(ids, self.pad_token_id),
@@ -51,6 +58,56 @@ class PriftCollator:
             if col in examples[0]:
                 batch[col] = pad([e[col] for e in examples], 0.0, dtype=torch.float32)
         return batch
+
+
+def packed_batch(examples: list[dict]) -> dict[str, torch.Tensor]:
+    """The examples end to end in one [1, total tokens] row, with no padding and no attention_mask.
+
+    position_ids restart at 0 on each example. With attention_mask absent (and no KV cache),
+    transformers reads those restarts as example boundaries and masks attention block-diagonally
+    (sdpa, eager, flex) or runs varlen kernels (flash attention); `check_packed_attention` verifies
+    it for the model at hand. The label of each example's first token is IGNORE: otherwise the
+    previous example's last position would be trained to predict it. (Padded, that token sits at
+    position 0, which predicts nothing, so both layouts train on the same tokens and count the same N.)
+    The signal columns are concatenated with their tokens.
+    """
+    starts = torch.tensor([0] + [len(e["input_ids"]) for e in examples]).cumsum(0)[:-1]
+    labels = torch.tensor([t for e in examples for t in e["labels"]])
+    labels[starts] = IGNORE
+    batch = {
+        "input_ids": torch.tensor([t for e in examples for t in e["input_ids"]])[None],
+        "position_ids": torch.cat([torch.arange(len(e["input_ids"])) for e in examples])[None],
+        "labels": labels[None],
+    }
+    for col in SIGNAL_COLUMNS:
+        if col in examples[0]:
+            batch[col] = torch.tensor([v for e in examples for v in e[col]], dtype=torch.float32)[None]
+    return batch
+
+
+@torch.no_grad()
+def check_packed_attention(model, device) -> None:
+    """Raise unless `model` keeps packed examples apart: two copies of one sequence, packed into a
+    row with restarting position_ids, must get the same hidden states. Called as the training
+    forward calls the backbone (attention_mask absent, use_cache=False: a KV cache turns
+    transformers' boundary detection off), in eval mode (dropout would tell the copies apart)."""
+    n = 8
+    ids = (torch.arange(n, device=device) * 7 + 3) % model.config.get_text_config().vocab_size
+    training = model.training
+    model.eval()
+    try:
+        hidden = model.get_decoder()(
+            input_ids=ids.repeat(2)[None], position_ids=torch.arange(n, device=device).repeat(2)[None], use_cache=False
+        ).last_hidden_state[0].float()
+    finally:
+        model.train(training)
+    err = (hidden[:n] - hidden[n:]).abs().max().item()
+    tol = 1e-4 if model.dtype == torch.float32 and not torch.is_autocast_enabled(device.type) else 2e-2
+    if not err <= tol * max(1.0, hidden.abs().max().item()):
+        raise RuntimeError(
+            f"{type(model).__name__} ({model.config._attn_implementation} attention) lets packed examples attend "
+            f"to each other (max |diff| {err:.3g} between two packed copies of one sequence); set sft.packing: false"
+        )
 
 
 def labels_from_mask(input_ids: list[int], response_mask: list[int]) -> list[int]:
@@ -67,6 +124,20 @@ def with_labels(dataset):
     # A module-level function, not a lambda: datasets fingerprints the mapped function with dill, which
     # disassembles lambdas by redirecting stdout, and under Ray Train's print patch that text leaks out.
     return dataset.map(_row_labels, remove_columns=["response_mask"], desc="labels")
+
+
+class PackedScorer:
+    """`model` as `reference_signals` uses it, its backbone called with a packed row's position_ids
+    and no KV cache, so that each example of the row is scored on its own."""
+
+    def __init__(self, model, position_ids: torch.Tensor):
+        self._model, self._position_ids = model, position_ids
+
+    def get_decoder(self):
+        return functools.partial(self._model.get_decoder(), position_ids=self._position_ids, use_cache=False)
+
+    def __getattr__(self, name):  # the output head, the config: the model's own
+        return getattr(self._model, name)
 
 
 @dataclass
@@ -98,6 +169,7 @@ class PriftTrainer(SFTTrainer):
         self.ref_model = ref_model
         self.vocab_chunk = vocab_chunk
         self._ref_checked = False
+        self._packing_checked: set[int] = set()  # ids of the models whose packed attention was checked
         self._window: WindowSums | None = None
         if ref_model is not None:
             self.ref_model = ref_model.to(self.accelerator.device).eval().requires_grad_(False)
@@ -109,6 +181,8 @@ class PriftTrainer(SFTTrainer):
         prior_lp, prior_u = (inputs.pop(c, None) for c in SIGNAL_COLUMNS)
         rule = self.weight_rule
         response = inputs["labels"] != IGNORE
+        if "position_ids" in inputs:
+            self._check_packing(self.accelerator.unwrap_model(model), inputs["input_ids"].device)
         if self.ref_model is not None and rule.needs_prior:
             prior_lp, prior_u = self._signals(self.ref_model, inputs, response)
         online_u = None
@@ -136,14 +210,21 @@ class PriftTrainer(SFTTrainer):
         self._record(mode, outputs, stats, stats.nll * scale)
         return loss * scale
 
+    def _check_packing(self, model, device) -> None:
+        if id(model) not in self._packing_checked:
+            check_packed_attention(model, device)
+            self._packing_checked.add(id(model))
+
     @torch.no_grad()
     def _signals(self, model, inputs, response):
-        if not self._ref_checked:
-            check_head_matches_forward(model, inputs["input_ids"], inputs["attention_mask"])
+        ids, attention_mask = inputs["input_ids"], inputs.get("attention_mask")
+        if not self._ref_checked:  # a head check: attention across packed examples does not matter to it
+            check_head_matches_forward(model, ids, torch.ones_like(ids) if attention_mask is None else attention_mask)
             self._ref_checked = True
-        return reference_signals(
-            model, inputs["input_ids"], inputs["attention_mask"], response, vocab_chunk=self.vocab_chunk
-        )
+        if "position_ids" in inputs:
+            self._check_packing(model, ids.device)
+            model = PackedScorer(model, inputs["position_ids"])
+        return reference_signals(model, ids, attention_mask, response, vocab_chunk=self.vocab_chunk)
 
     def _record(self, mode: str, outputs, stats: LossStats, nll_share: float) -> None:
         metrics = self._metrics[mode]
