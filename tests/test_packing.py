@@ -91,7 +91,8 @@ def loss_and_grads(trainer, batches) -> tuple[float, list[torch.Tensor]]:
     """Accumulate the micro-batches as the training loop does, N from transformers' own count."""
     model = trainer.model
     model.zero_grad(set_to_none=True)
-    n = trainer._get_num_items_in_batch(batches, torch.device("cpu"))
+    batches = [{k: v.to(model.device) for k, v in b.items()} for b in batches]  # the trainer put it on a GPU if any
+    n = trainer._get_num_items_in_batch(batches, model.device)
     total = 0.0
     for batch in batches:
         loss = trainer.compute_loss(model, dict(batch), num_items_in_batch=n)
