@@ -1,6 +1,9 @@
 """The whole pipeline on a tiny model: embedded Ray, a sqlite MLflow store, resume, bad configs."""
 
+import hashlib
 import json
+import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
@@ -20,6 +23,18 @@ def tiny_pipeline(tiny_model, sft_file, storage, **pipeline) -> dict:
                  "backend": "hf", "sampling": {"n": 2, "temperature": 1.0, "max_new_tokens": 8}},
         "pipeline": {"experiment": "tiny", "storage": str(storage), "methods": ["sft", "prift_mass"], "seeds": [0], **pipeline},
     }
+
+
+def sft_digest(path) -> str:
+    """The SFT data's content hash, computed here: DataConfig's settings (path left out), then each row."""
+    from dataclasses import asdict
+
+    from prift.data import DataConfig
+
+    h = hashlib.sha256(json.dumps(asdict(DataConfig(path=path, max_length=64)) | {"path": None}, sort_keys=True).encode())
+    for line in Path(path).read_text().splitlines():
+        h.update(json.dumps(json.loads(line), sort_keys=True).encode())
+    return h.hexdigest()[:16]
 
 
 def write(tmp_path, config) -> str:
@@ -43,7 +58,9 @@ def test_whole_pipeline_outputs_manifest_and_mlflow(tiny_model, sft_file, tmp_pa
     path = write(tmp_path, tiny_pipeline(tiny_model, sft_file, storage))
     assert main(["run", path]) == 0
     printed = capsys.readouterr().out
-    assert "Avg@n (%) per task" in printed and "mlflow ui --backend-store-uri sqlite:///" in printed
+    assert "Avg@n (%) per task" in printed
+    assert f"mlflow ui --backend-store-uri sqlite:///{(storage / 'mlflow.db').resolve()}\n" in printed
+    assert "/runs?workflowType=machine_learning" in printed
 
     root = storage / "tiny"
     assert (root / "prior").is_dir() and (root / "base" / "eval" / "base" / "summary.json").exists()
@@ -58,24 +75,39 @@ def test_whole_pipeline_outputs_manifest_and_mlflow(tiny_model, sft_file, tmp_pa
             assert set(json.loads((run / "eval" / model / "summary.json").read_text())["tasks"]) == {"gsm8k", "mmlu_medical"}
 
     client, all_runs = mlflow_runs(storage)
+    assert client.get_experiment_by_name("tiny").tags["mlflow.experimentKind"] == "custom_model_development"
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True).stdout.strip()
+    assert {r.data.tags["mlflow.source.git.commit"] for r in all_runs} == {commit}  # every run, parents and stages
     parents = [r for r in all_runs if "mlflow.parentRunId" not in r.data.tags]
-    assert sorted(r.data.tags["method"] for r in parents) == ["base", "prift_mass", "sft"]
+    assert sorted(r.info.run_name for r in parents) == ["base", "prift_mass · seed 0", "sft · seed 0"]
+    base = next(r for r in parents if r.data.tags["method"] == "base")
+    assert "eval/base/gsm8k/avg_at_2" in base.data.metrics
     for parent in parents:
         if parent.data.tags["method"] == "base":
             continue
         children = [r for r in all_runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
         assert sorted(r.data.tags["stage"] for r in children) == ["eval_rl", "eval_sft", "rl", "sft"]
         assert parent.data.tags["status"] == "finished"
-        assert "eval/rl/gsm8k/avg_at_2" in parent.data.metrics and "eval/base/gsm8k/avg_at_2" in parent.data.metrics
+        assert "eval/rl/gsm8k/avg_at_2" in parent.data.metrics
+        assert not [k for k in parent.data.metrics if k.startswith("eval/base/")]  # the base's scores are not the method's
         assert "eval/rl/gsm8k/avg_at_2_flexible" in parent.data.metrics  # math: strict and flexible
         assert "eval/rl/mmlu_medical/avg_at_2_flexible" not in parent.data.metrics
+        inputs = {r.data.tags["stage"]: {(i.dataset.name, {t.key: t.value for t in i.tags}["mlflow.data.context"])
+                                         for i in client.get_run(r.info.run_id).inputs.dataset_inputs} for r in children}
+        assert inputs == {"sft": {("sft.jsonl", "training")}, "rl": {("rl_prompts", "training")},
+                          **{s: {("gsm8k", "evaluation"), ("mmlu_medical", "evaluation")} for s in ("eval_sft", "eval_rl")}}
+        sft_data = next(i.dataset for r in children if r.data.tags["stage"] == "sft"
+                        for i in client.get_run(r.info.run_id).inputs.dataset_inputs)
+        assert sft_data.digest == sft_digest(sft_file)
         sft_run = next(r for r in children if r.data.tags["stage"] == "sft")
         for curve in ("loss", "nll_unweighted", "weight/kept_frac"):  # curves by step, for every method
             assert len(client.get_metric_history(sft_run.info.run_id, curve)) == 4, curve
         # math_answer on a random tiny model is 0 for every completion: nothing to learn from
         rl_run = next(r for r in children if r.data.tags["stage"] == "rl")
         for run in (rl_run, parent):
-            assert "no reward variance" in run.data.tags["alert.rl_no_learning_signal"]
+            assert run.data.tags["alert.rl_no_learning_signal"] == "true"
+            assert "no reward variance" in run.data.tags["alert.rl_no_learning_signal.reason"]
+            assert run.data.metrics["alert/rl_no_learning_signal"] == 1.0
     assert printed.count("(rl: no learning signal)") == 2
 
     # resubmitting the same config does nothing again and creates no new MLflow runs
@@ -151,6 +183,9 @@ def check_report(root, runs, storage):
     client, all_runs = mlflow_runs(storage)
     for parent in [r for r in all_runs if r.data.tags.get("method") in ("sft", "prift_mass") and "mlflow.parentRunId" not in r.data.tags]:
         assert "report/report.md" in [a.path for a in client.list_artifacts(parent.info.run_id, "report")]
+        kl = {(d["stage"], s): v for d in drift if d["method"] == parent.data.tags["method"] for s, v in d["kl"].items()}
+        assert {k: v for k, v in parent.data.metrics.items() if k.startswith("drift/")} == {
+            f"drift/kl_{s}/{stage}": v for (stage, s), v in kl.items()}
 
 
 def test_bad_pipeline_configs_fail_fast_listing_every_problem(tiny_model, sft_file, tmp_path, capsys):
@@ -201,9 +236,7 @@ def test_ray_job_submit_runs_the_pipeline_on_a_cluster(tiny_model, sft_file, tmp
     """`ray start --head` on loopback, `ray job submit` of the tiny pipeline, job succeeds, cluster stopped."""
     import os
     import secrets
-    import subprocess
     import sys
-    from pathlib import Path
 
     repo = Path(__file__).resolve().parents[1]
     storage = tmp_path / "store"

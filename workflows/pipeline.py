@@ -16,7 +16,10 @@ stages:  each is a Ray task with the resources `pipeline.resources` declares, ca
            eval   one task per (model, benchmark): base once per sweep, sft and rl per run
 resume:  the run directory's manifest says what is done (workflows/rundir.py); MLflow runs are
          reattached through the ids it stores (workflows/tracking.py).
-Prints a method x task table and the `mlflow ui` command at the end.
+MLflow:  a parent run `<method> · seed <n>` per run and `base` for the base model's scores; the SFT
+         data, RL prompts and eval sets as dataset inputs of the stage runs that use them (and of
+         the parent); RL alerts as parent tags and metrics.
+Prints a method x task table and how to open MLflow on the runs at the end.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from workflows.config import StagesConfig
 from workflows.preflight import preflight
 from workflows.ray_session import ray_session, start_ray
 from workflows.rundir import Manifest, config_hash, rl_signal, run_label, run_name
-from workflows.tracking import MetricsCallback, Tracker, tracking_uri
+from workflows.tracking import MetricsCallback, Tracker, dataset_input, rows_digest, source_tags, tracking_uri, ui_hint
 
 log = logging.getLogger(__name__)
 
@@ -118,14 +121,50 @@ def _remote_on_workers(fn, res, name: str, storage: Path):
     return ray.remote(num_cpus=0, max_retries=0)(coordinate)
 
 
+def dataset_inputs(cfg: StagesConfig) -> dict:
+    """The sweep's MLflow dataset inputs, read as the stages read them, with content digests:
+    {"sft": the SFT data, "rl": the RL prompts (training), "eval": {task: its evaluated examples}
+    (evaluation)}, each only where its stage runs. The SFT digest is the data key of the prior's
+    cache (`fingerprint_rows`), the others `rows_digest` of the rows."""
+    on, out = cfg.pipeline.stages, {"eval": {}}
+    if on.sft:
+        from prift.data import fingerprint_rows, load_rows
+
+        rows = load_rows(cfg.data)
+        path = cfg.data.path
+        if Path(path).exists():
+            source_type, source = "local", {"uri": Path(path).resolve().as_uri()}
+        elif path.startswith("reasoning_gym:"):
+            source_type, source = "code", {"generator": path}
+        else:
+            source_type, source = "hugging_face", {"path": path, "split": cfg.data.split}
+        out["sft"] = dataset_input(Path(path).name if source_type == "local" else path, fingerprint_rows(rows, cfg.data),
+                                   source_type, source, len(rows), "training")
+    if on.rl:
+        from rl.prompts import build_rows
+
+        rows = build_rows(cfg.rl.prompts)
+        out["rl"] = dataset_input("rl_prompts", rows_digest(rows), "code", asdict(cfg.rl.prompts), len(rows), "training")
+    if on.eval:
+        from evals.tasks import TASKS, load_examples
+
+        for spec in cfg.eval.tasks:
+            examples = [asdict(e) for e in load_examples(spec)]
+            source = asdict(spec) | {"source": spec.source or TASKS[spec.name].default_source}
+            out["eval"][spec.name] = dataset_input(spec.name, rows_digest(examples), "code", source, len(examples), "evaluation")
+    return out
+
+
 class Pipeline:
     def __init__(self, cfg: StagesConfig):
         self.cfg = cfg
         self.root = Path(cfg.pipeline.storage) / cfg.pipeline.experiment
         self.root.mkdir(parents=True, exist_ok=True)
         self.uri = tracking_uri(Path(cfg.pipeline.storage))
-        self.tracker = Tracker(self.uri, cfg.pipeline.experiment, Path(cfg.pipeline.storage) / "mlartifacts")
+        self.tracker = Tracker(self.uri, cfg.pipeline.experiment, Path(cfg.pipeline.storage) / "mlartifacts",
+                               source=source_tags(Path(__file__)))
         self.res = cfg.pipeline.resources
+        self.datasets: dict = {"eval": {}}
 
     def tracking(self, run_id: str) -> dict:
         return {"uri": self.uri, "experiment": self.cfg.pipeline.experiment, "run_id": run_id}
@@ -135,6 +174,7 @@ class Pipeline:
 
         cfg = self.cfg
         on = cfg.pipeline.stages
+        self.datasets = dataset_inputs(cfg)  # once, before the runs' threads start
         prior_dir = self.root / "prior"
         if on.prior and any(m.startswith("prift") for m in cfg.pipeline.methods):
             log.info("prior: scoring the SFT data once for the whole sweep")
@@ -142,20 +182,22 @@ class Pipeline:
         base = self.eval_base() if on.eval and "base" in cfg.pipeline.eval_models else {}
         runs = [(m, s) for m in cfg.pipeline.methods for s in cfg.pipeline.seeds]
         with ThreadPoolExecutor(len(runs)) as pool:  # Ray decides how many run at once (resources)
-            results = list(pool.map(lambda ms: self.run_one(*ms, prior_dir, base.get("models", {}).get("base", {})), runs))
+            results = list(pool.map(lambda ms: self.run_one(*ms, prior_dir), runs))
         return {"base": base, "runs": dict(zip([f"{m}/s{s}" for m, s in runs], results))}
 
     def eval_base(self) -> dict:
-        """The base model is scored once per sweep, in <experiment>/base/."""
+        """The base model is scored once per sweep, in <experiment>/base/; its scores are on the
+        `base` parent run only (eval/base/...), never on a method's parent."""
         folder = self.root / "base"
         folder.mkdir(exist_ok=True)
         manifest = Manifest(folder)
         parent = self.tracker.run(manifest.data.get("mlflow_run_id"), "base", {"method": "base", "model": self.cfg.model})
         manifest.data["mlflow_run_id"] = parent
         manifest.save()
+        self.tracker.inputs(parent, list(self.datasets["eval"].values()))
         return self.outcome(manifest, parent, lambda: {"base": self.stage_eval(manifest, parent, "base", self.cfg.model, folder, self.cfg)})
 
-    def run_one(self, method: str, seed: int, prior_dir: Path, base: dict) -> dict:
+    def run_one(self, method: str, seed: int, prior_dir: Path) -> dict:
         cfg = replace(self.cfg, sft=replace(self.cfg.sft, method=method, seed=seed), rl=replace(self.cfg.rl, seed=seed))
         digest = config_hash({k: v for k, v in asdict(cfg).items() if k not in ("pipeline", "output_dir")})
         name = run_name(method, cfg.model, seed, digest)
@@ -163,15 +205,15 @@ class Pipeline:
         folder.mkdir(exist_ok=True)
         (folder / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
         manifest = Manifest(folder)
-        tags = {"method": method, "model": cfg.model, "seed": seed, "config_hash": digest, "status": "running"}
-        parent = self.tracker.run(manifest.data.get("mlflow_run_id"), name, tags)
+        tags = {"method": method, "model": cfg.model, "seed": seed, "config_hash": digest, "run_dir": name, "status": "running"}
+        parent = self.tracker.run(manifest.data.get("mlflow_run_id"), f"{method} · seed {seed}", tags)
         manifest.data.update(run_name=name, config_hash=digest, mlflow_run_id=parent)
         manifest.save()
         self.tracker.params(parent, {k: v for k, v in asdict(cfg).items() if k != "pipeline"})
+        used = [self.datasets[s] for s in ("sft", "rl") if s in self.datasets]
+        self.tracker.inputs(parent, used + list(self.datasets["eval"].values()))
         result = self.outcome(manifest, parent, lambda: self.stages(cfg, manifest, parent, folder, prior_dir))
         if result["status"] == "done":
-            if base:
-                self.tracker.metrics(parent, {f"eval/base/{t}/{k}": v for t, m in base.items() for k, v in m.items()})
             self.tracker.artifact(parent, folder / "config.yaml")
             self.tracker.artifact(parent, manifest.path)
         result["rl_signal"] = rl_signal(folder)
@@ -229,6 +271,7 @@ class Pipeline:
         if manifest.is_done(stage, digest, (final / "config.json").exists()):
             return
         run_id = self.stage_run(manifest, stage, parent, stage_cfg)
+        self.tracker.inputs(run_id, [self.datasets[stage]] if stage in self.datasets else [])
         manifest.mark(stage, status="running", hash=digest, error=None)
         res = getattr(self.res, stage)
         if res.workers > 1:
@@ -239,10 +282,10 @@ class Pipeline:
             ray.get(task.options(**placement).remote(*args, self.tracking(run_id)))
         manifest.mark(stage, status="done", outputs={"final": str(final)})
         signal = rl_signal(folder) if stage == "rl" else None
-        if signal and not signal["ok"]:
-            alert = {"alert.rl_no_learning_signal": signal["reason"][:500], "rl_signal": "none"}
-            self.tracker.tags(run_id, alert)
-            self.tracker.tags(parent, alert)
+        if signal:
+            for run in (run_id, parent):
+                self.tracker.tags(run, alert_tags(signal))
+                self.tracker.metrics(run, {ALERT_METRIC: float(not signal["ok"])})
         self.tracker.finish(run_id)
 
     @contextlib.contextmanager
@@ -274,6 +317,7 @@ class Pipeline:
         names = [t.name for t in cfg.eval.tasks]
         if not manifest.is_done(stage, digest, (out / "summary.json").exists()):
             run_id = self.stage_run(manifest, stage, parent, cfg.eval)
+            self.tracker.inputs(run_id, [self.datasets["eval"][n] for n in names if n in self.datasets["eval"]])
             manifest.mark(stage, status="running", hash=digest)
             task = _remote(eval_task, self.res.eval)
             with self.recorded(manifest, stage, run_id):
@@ -299,11 +343,23 @@ def run_pipeline(cfg: StagesConfig) -> dict:
             results = pipeline.run()
         print(comparison_table(results, [t.name for t in cfg.eval.tasks]))
         print("\n" + run_summary(results))
-        print(f"\nMLflow: mlflow ui --backend-store-uri {pipeline.uri}   (experiment {cfg.pipeline.experiment!r})")
+        print("\n" + ui_hint(pipeline.uri, pipeline.tracker.experiment_id))
         failed = [name for name, r in [("base", results["base"]), *results["runs"].items()] if r.get("status") == "failed"]
         if failed:
             raise RunsFailed(f"{len(failed)} run(s) failed: {', '.join(failed)} (see the summary above)")
         return results
+
+
+ALERT_TAG = "alert.rl_no_learning_signal"
+ALERT_METRIC = "alert/rl_no_learning_signal"
+"""1 on an RL run and its parent when the run had nothing to learn from (rl/learning_signal.py), else 0."""
+
+
+def alert_tags(signal: dict) -> dict:
+    """The learning-signal alert as tags: `true`/`false`, and the reason when true."""
+    if signal["ok"]:
+        return {ALERT_TAG: "false", "rl_signal": "ok"}
+    return {ALERT_TAG: "true", f"{ALERT_TAG}.reason": signal["reason"][:500], "rl_signal": "none"}
 
 
 def failure_reason(e: BaseException) -> str:

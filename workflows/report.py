@@ -14,7 +14,9 @@ Reads the run directory (the source of truth for what finished) and writes <swee
                   model closer to its pretrained distribution
   tokens.html     workflows/token_view.py: training tokens coloured by their PriFT weight
   weights.png     the weight histogram of each method
-Every file also goes to MLflow as artifacts (report/) of each parent run of the sweep.
+Every file also goes to MLflow as artifacts (report/) of each parent run of the sweep, and each
+parent gets its checkpoints' drift as metrics `drift/kl_<text set>/<stage>` (e.g.
+`drift/kl_general/rl`), so the compare view of the parents shows it.
 """
 
 from __future__ import annotations
@@ -350,17 +352,25 @@ def write_report(sweep: Path, *, kl_texts: int = 8, kl_max_tokens: int = 96, tok
     report = out / "report.md"
     write_atomic(report, "\n".join(parts) + "\n")
     if to_mlflow:
-        log_to_mlflow(sweep, runs, out)
+        log_to_mlflow(sweep, runs, out, kl)
     log.info("report written to %s", report)
     return report
 
 
-def log_to_mlflow(sweep: Path, runs: list[Run], folder: Path) -> None:
-    """The report folder as `report/` artifacts of each parent run of the sweep."""
+def drift_metrics(records: list[dict], method: str, seed: int) -> dict[str, float]:
+    """One run's drift records (`drift`) as MLflow metrics: {"drift/kl_<text set>/<stage>": KL}."""
+    return {f"drift/kl_{name}/{r['stage']}": kl for r in records if (r["method"], r["seed"]) == (method, seed)
+            for name, kl in r["kl"].items()}
+
+
+def log_to_mlflow(sweep: Path, runs: list[Run], folder: Path, kl: list[dict]) -> None:
+    """The report folder as `report/` artifacts of each parent run of the sweep, and each run's
+    drift as metrics of its parent."""
     from workflows.tracking import Tracker, tracking_uri
 
     storage = sweep.parent
     tracker = Tracker(tracking_uri(storage), sweep.name, storage / "mlartifacts")
     for run in runs:
         if run.mlflow_run_id:
+            tracker.metrics(run.mlflow_run_id, drift_metrics(kl, run.method, run.seed))
             tracker.artifact(run.mlflow_run_id, folder, "report")

@@ -1,28 +1,111 @@
 """MLflow tracking with explicit run ids, so any process (the driver, a Ray worker) can log to a run.
 
-Layout: one parent run per pipeline run (tags: method, model, seed, config hash, status),
-one nested run per stage (params: the flattened stage config; metrics: training curves by step, eval
-metrics), the eval summary also on the parent, so MLflow's compare view of parents is the method
-table. Run ids live in the run directory's manifest: a resubmitted pipeline reattaches to them.
+Layout: one parent run per pipeline run (named `<method> · seed <n>`; tags: method, model, seed,
+config hash, status), one nested run per stage (params: the flattened stage config; metrics:
+training curves by step, eval metrics), the eval summary also on the parent, so MLflow's compare
+view of parents is the method table. Run ids live in the run directory's manifest: a resubmitted
+pipeline reattaches to them. Every run the driver creates carries the source tags of the code that
+created it (`source_tags`); datasets are logged as MLflow dataset inputs with content digests
+(`dataset_input`).
 
 Tracking URI: `MLFLOW_TRACKING_URI` if set (a team server), else `sqlite:///<storage>/mlflow.db` with
-artifacts under `<storage>/mlartifacts`; `mlflow ui --backend-store-uri <that uri>` shows the runs.
+artifacts under `<storage>/mlartifacts`; `ui_hint` says how to look at them.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import os
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 from transformers import TrainerCallback
 
 log = logging.getLogger(__name__)
 
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+"""The experiment tag MLflow's UI reads for an experiment's kind (its value for classic model
+training, as the UI's own kind selector writes it). MLflow 3.17.2's UI decides the landing page
+from its "GenAI / Model training" switch instead (`workflowType` in the URL, else the browser's
+saved choice, GenAI by default), so `ui_hint` prints a URL that selects model training."""
+
 
 def tracking_uri(storage: Path) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(storage / 'mlflow.db').resolve()}"
+
+
+def ui_hint(uri: str, experiment_id: str) -> str:
+    """How to open the experiment on its runs list: the `mlflow ui` command for a sqlite store (the
+    mlflow next to this Python, relative to the current folder when it is inside it, e.g.
+    `.venv/bin/mlflow` from the repository root), then the URL."""
+    page = f"#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    if not uri.startswith("sqlite:///"):
+        return f"MLflow: open {uri.rstrip('/')}/{page}"
+    db = Path(uri.removeprefix("sqlite:///")).resolve()
+    mlflow = Path(sys.executable).parent / "mlflow"
+    with_cwd = Path.cwd().resolve()
+    shown = mlflow.relative_to(with_cwd) if mlflow.is_relative_to(with_cwd) else mlflow
+    return (f"MLflow: {shown} ui --backend-store-uri sqlite:///{db}\n"
+            f"        then open http://127.0.0.1:5000/{page}")
+
+
+def _git(folder: Path, *args: str) -> str | None:
+    """A git command's output in `folder`, or None when git is missing or says no (not a repository)."""
+    try:
+        done = subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def source_tags(entry: Path) -> dict[str, str]:
+    """MLflow's source tags for runs created by the code in `entry` (a file): its path, LOCAL, and
+    the commit, branch, remote URL and dirty flag of the git repository holding it, each only where
+    git can tell (no git, or no repository: no git tags)."""
+    entry = entry.resolve()
+    tags = {"mlflow.source.name": str(entry), "mlflow.source.type": "LOCAL"}
+    commit = _git(entry.parent, "rev-parse", "HEAD")
+    if not commit:
+        return tags
+    tags["mlflow.source.git.commit"] = commit
+    branch = _git(entry.parent, "rev-parse", "--abbrev-ref", "HEAD")
+    if branch and branch != "HEAD":  # HEAD: detached
+        tags["mlflow.source.git.branch"] = branch
+    remote = _git(entry.parent, "config", "--get", "remote.origin.url")
+    if remote:
+        tags["mlflow.source.git.repoURL"] = remote
+    status = _git(entry.parent, "status", "--porcelain", "--untracked-files=no")
+    if status is not None:
+        tags["mlflow.source.git.dirty"] = str(bool(status)).lower()
+    return tags
+
+
+def rows_digest(rows: list[dict]) -> str:
+    """Content hash of rows (each as sorted-key JSON, in order), as `prift.data.fingerprint_rows`
+    hashes the SFT rows: the same rows give the same digest in every run."""
+    h = hashlib.sha256()
+    for row in rows:
+        h.update(json.dumps(row, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+DIGEST_CHARS = 16
+"""MLflow stores a dataset digest in at most 36 characters: the first 16 hex digits of a sha256."""
+
+
+def dataset_input(name: str, digest: str, source_type: str, source: dict, num_rows: int, context: str):
+    """An MLflow dataset input (name, content digest, where it came from, its row count) used in
+    `context` (training, evaluation): what the runs list's Dataset column shows."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    dataset = Dataset(name=name, digest=digest[:DIGEST_CHARS], source_type=source_type,
+                      source=json.dumps(source, sort_keys=True, default=str), profile=json.dumps({"num_rows": num_rows}))
+    return DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)])
 
 
 def flatten(value, prefix: str = "") -> dict[str, str]:
@@ -41,30 +124,39 @@ def flatten(value, prefix: str = "") -> dict[str, str]:
 
 
 class Tracker:
-    """A thin MLflow client bound to one experiment."""
+    """A thin MLflow client bound to one experiment (created, or tagged, with `EXPERIMENT_KIND`).
+    Runs it creates carry `source` (MLflow's source and git tags, see `source_tags`)."""
 
-    def __init__(self, uri: str, experiment: str, artifact_root: Path | None = None):
+    def __init__(self, uri: str, experiment: str, artifact_root: Path | None = None, source: dict | None = None):
         import mlflow
 
         self.uri = uri
+        self.source = source or {}
+        self._inputs_lock = threading.Lock()
         self.client = mlflow.MlflowClient(tracking_uri=uri)
         found = self.client.get_experiment_by_name(experiment)
         if found is None:
             location = artifact_root.resolve().as_uri() if artifact_root and uri.startswith("sqlite") else None
-            self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+            self.experiment_id = self.client.create_experiment(experiment, artifact_location=location, tags=EXPERIMENT_KIND)
         else:
             self.experiment_id = found.experiment_id
+            for key, value in EXPERIMENT_KIND.items():
+                if key not in found.tags:  # an experiment made before, or by another tool: a kind set in the UI is kept
+                    self.client.set_experiment_tag(self.experiment_id, key, value)
 
     def run(self, run_id: str | None, name: str, tags: dict, parent: str | None = None) -> str:
-        """Reattach to `run_id` if it exists, else create a run (nested under `parent`)."""
+        """Reattach to `run_id` if it exists (renamed to `name`, given the source tags it lacks),
+        else create a run (nested under `parent`)."""
         if run_id:
             try:
-                self.client.get_run(run_id)
-                self.client.update_run(run_id, status="RUNNING")
-                return run_id
+                existing = self.client.get_run(run_id).data.tags
             except Exception:
                 log.warning("MLflow run %s not found in %s; starting a new one", run_id, self.uri)
-        tags = {"mlflow.runName": name, **{k: str(v) for k, v in tags.items()}}
+            else:
+                self.client.update_run(run_id, status="RUNNING", name=name)
+                self.tags(run_id, {k: v for k, v in self.source.items() if k not in existing})
+                return run_id
+        tags = {"mlflow.runName": name, **self.source, **{k: str(v) for k, v in tags.items()}}
         if parent:
             tags["mlflow.parentRunId"] = parent
         return self.client.create_run(self.experiment_id, tags=tags, run_name=name).info.run_id
@@ -99,6 +191,14 @@ class Tracker:
     def tags(self, run_id: str, tags: dict) -> None:
         for k, v in tags.items():
             self.client.set_tag(run_id, k, str(v))
+
+    def inputs(self, run_id: str, datasets: list) -> None:
+        """Dataset inputs (`dataset_input`); logging the same one to a run again adds nothing. One
+        at a time: MLflow's SQL store checks that a dataset is new, then inserts it, so the
+        pipeline's threads logging the same dataset to their runs at once would collide."""
+        if datasets:
+            with self._inputs_lock:
+                self.client.log_inputs(run_id, datasets=datasets)
 
     def artifact(self, run_id: str, path: Path, folder: str | None = None) -> None:
         if path.is_dir():
