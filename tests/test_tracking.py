@@ -196,3 +196,15 @@ def test_the_pipelines_threads_can_log_one_new_dataset_to_their_runs_at_once(uri
         list(pool.map(lambda run: tracker.inputs(run, [data]), runs))
     for run in runs:
         assert [i.dataset.digest for i in tracker.client.get_run(run).inputs.dataset_inputs] == ["0123456789abcdef"]
+
+
+def test_artifacts_land_beside_the_database_not_in_the_working_folder(uri, tmp_path, monkeypatch):
+    import mlflow
+
+    monkeypatch.chdir(tmp_path)
+    tracker = Tracker(uri, "artifacts")
+    run = tracker.run(None, "r", {})
+    mlflow.MlflowClient(uri).log_text(run, "hello", "note.txt")
+    db_folder = Path(uri.removeprefix("sqlite:///")).parent
+    assert (db_folder / "mlartifacts").is_dir()
+    assert not (tmp_path / "mlruns").exists()

@@ -135,6 +135,9 @@ class Tracker:
         self._inputs_lock = threading.Lock()
         self.client = mlflow.MlflowClient(tracking_uri=uri)
         found = self.client.get_experiment_by_name(experiment)
+        if artifact_root is None and uri.startswith("sqlite:///"):
+            # beside the database, never MLflow's default ./mlruns in whatever folder the process runs in
+            artifact_root = Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts"
         if found is None:
             location = artifact_root.resolve().as_uri() if artifact_root and uri.startswith("sqlite") else None
             self.experiment_id = self.client.create_experiment(experiment, artifact_location=location, tags=EXPERIMENT_KIND)
