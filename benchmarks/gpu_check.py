@@ -37,6 +37,8 @@ from pathlib import Path
 
 import torch
 
+from common.synthetic_tokenizer import chatml_tokenizer
+
 REPO = Path(__file__).resolve().parents[1]
 SHAPES = {
     # Qwen2.5-1.5B's config.json, minus the weights
@@ -51,10 +53,6 @@ SHAPES = {
                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
                  tie_word_embeddings=True),
 }
-CHATML = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
 log = logging.getLogger("gpu_check")
 
 
@@ -65,19 +63,8 @@ def worked_sum(i: int, terms: int) -> tuple[str, str]:
 
 
 def make_tokenizer(folder: Path) -> None:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    corpus = [" ".join(worked_sum(i, 40)) for i in range(200)] + ["user assistant system"]
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    bpe.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=2000, special_tokens=specials,
-                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>")
-    tok.chat_template = CHATML
-    tok.save_pretrained(folder)
+    corpus = [" ".join(worked_sum(i, 40)) for i in range(200)]
+    chatml_tokenizer(corpus, vocab_size=2000).save_pretrained(folder)
 
 
 def make_model(folder: Path, shape: str, device: torch.device) -> int:
@@ -125,7 +112,7 @@ def end_to_end(model: Path, work: Path, args) -> list[str]:
     data = work / "data.jsonl"
     write_data(data, rows=args.sft_steps * args.sft_batch, terms=(8, args.sft_terms))
     lines = []
-    for method in ("prift_prob", "prift_mass"):
+    for method in args.sft_methods:
         losses = {}
         for mode in ("cached", "online"):
             out = work / f"{method}_{mode}"
@@ -152,6 +139,7 @@ def main() -> None:
     args.shape, args.sft_shape = ("tiny", "tiny") if tiny else ("qwen2.5-1.5b", "qwen2.5-small")
     args.seq_len, args.batch, args.rounds = (128, 2, 4) if tiny else (2048, 2, 8)
     args.sft_steps, args.sft_batch, args.sft_len, args.sft_terms = (3, 2, 256, 12) if tiny else (6, 8, 2048, 200)
+    args.sft_methods = ("prift_mass",) if tiny else ("prift_prob", "prift_mass")
     args.precision = "auto" if tiny else "bf16"  # auto: fp32 on CPU, where bf16 autocast is not the point
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
