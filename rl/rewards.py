@@ -109,8 +109,9 @@ def guarded(fn: Callable) -> Callable:
     def wrapper(prompts, completions, **kwargs):
         try:
             return [None if x is None else float(x) for x in fn(prompts=prompts, completions=completions, **kwargs)]
-        except Exception:
-            pass
+        except Exception as e:
+            log.info("reward %s raised on its batch (%s: %s): scoring its %d samples one by one",
+                     fn.__name__, type(e).__name__, e, len(completions))
         scores = []
         for i in range(len(completions)):
             one = {k: v[i : i + 1] if isinstance(v, list) else v for k, v in kwargs.items()}

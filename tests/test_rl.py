@@ -75,12 +75,13 @@ def test_a_failing_reward_scores_zero_for_its_samples_and_the_run_goes_on(tiny_m
 
     monkeypatch.setitem(rl.rewards.REWARDS, "flaky", flaky)
     history = History()
-    with caplog.at_level(logging.WARNING, logger="rl.rewards"):
+    with caplog.at_level(logging.INFO, logger="rl.rewards"):
         run_rl(tiny_model, tiny_rl(rewards=[RewardSpec("flaky")], max_steps=2, logging_steps=1), tmp_path, callbacks=[history])
     assert history.steps == [1, 2]
     means = [log["rewards/flaky/mean"] for log in history.logs if "reward" in log]
     assert len(means) == 2 and all(0 < m < 1 for m in means), means  # odd prompts scored 0, even 1
     assert "reward flaky raised on sample" in caplog.text and "(scored 0): ZeroDivisionError" in caplog.text
+    assert "reward flaky raised on its batch (ZeroDivisionError" in caplog.text  # never swallowed silently
 
 
 def test_guarded_keeps_other_samples_and_none():
