@@ -28,6 +28,7 @@ from evals.stage import EvalStageConfig
 from prift.data import DataConfig
 from prift.prior import PriorConfig
 from prift.sft import SFTStageConfig
+from prift.weights import WeightRule, resolve_method
 from rl.grpo import RLStageConfig
 
 
@@ -200,6 +201,29 @@ class StagesConfig:
     """Benchmarks, sampling and generation backend for `prift eval`."""
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     """Sweep, stages, resources, storage and tracking for `prift run` (the other commands ignore it)."""
+
+    def __post_init__(self):
+        rule = getattr(self.sft, "rule", None)  # a section that failed its own checks is None here
+        methods = getattr(self.pipeline, "methods", None)
+        if rule is not None and isinstance(methods, list) and len(methods) > 1:
+            raise FieldErrors([
+                f"sft.rule: a custom rule trains every run alike, so it cannot be swept under {len(methods)} method "
+                f"names ({', '.join(map(str, methods))}): keep one name in pipeline.methods (the runs' label) or "
+                "drop sft.rule (a rule worth sweeping belongs in prift/weights.py's METHODS)"
+            ])
+
+    def rules(self) -> dict[str, WeightRule]:
+        """The weight rule each method of the sweep trains: `sft.rule` if set, else the method's own.
+        The one place that answers "which runs need the prior?"."""
+        return {m: self.sft.rule or resolve_method(m) for m in self.pipeline.methods}
+
+    def for_run(self, method: str, seed: int) -> StagesConfig:
+        """The config one run of the sweep trains and records in its config.yaml: `sft.method` and the
+        seeds are the run's (under `prift run`, `pipeline.methods` decides; `sft.method` is what
+        `prift sft` trains)."""
+        return dataclasses.replace(
+            self, sft=dataclasses.replace(self.sft, method=method, seed=seed), rl=dataclasses.replace(self.rl, seed=seed)
+        )
 
 
 def from_dict(cls, data, path: str = ""):

@@ -176,7 +176,7 @@ class Pipeline:
         on = cfg.pipeline.stages
         self.datasets = dataset_inputs(cfg)  # once, before the runs' threads start
         prior_dir = self.root / "prior"
-        if on.prior and any(m.startswith("prift") for m in cfg.pipeline.methods):
+        if on.prior and any(rule.needs_prior for rule in cfg.rules().values()):
             log.info("prior: scoring the SFT data once for the whole sweep")
             ray.get(_remote(prior_task, self.res.prior).remote(cfg, str(prior_dir)))
         base = self.eval_base() if on.eval and "base" in cfg.pipeline.eval_models else {}
@@ -198,7 +198,7 @@ class Pipeline:
         return self.outcome(manifest, parent, lambda: {"base": self.stage_eval(manifest, parent, "base", self.cfg.model, folder, self.cfg)})
 
     def run_one(self, method: str, seed: int, prior_dir: Path) -> dict:
-        cfg = replace(self.cfg, sft=replace(self.cfg.sft, method=method, seed=seed), rl=replace(self.cfg.rl, seed=seed))
+        cfg = self.cfg.for_run(method, seed)
         digest = config_hash({k: v for k, v in asdict(cfg).items() if k not in ("pipeline", "output_dir")})
         name = run_name(method, cfg.model, seed, digest)
         folder = self.root / name

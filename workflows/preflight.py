@@ -157,9 +157,7 @@ def check_models(cfg: StagesConfig) -> None:
 
 
 def _uses_prior(cfg: StagesConfig) -> bool:
-    from prift.weights import resolve_method
-
-    return any(resolve_method(m).needs_prior for m in cfg.pipeline.methods)
+    return any(rule.needs_prior for rule in cfg.rules().values())
 
 
 def check_sft_data(cfg: StagesConfig) -> None:
