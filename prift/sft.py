@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from common.checks import at_least, interval, one_of, positive, require, seed
+from common.errors import InputError
 from prift.checkpoints import CheckpointMarker, latest_complete_checkpoint, save_final
 from prift.data import DataConfig
 from prift.models import default_device, load_causal_lm, load_tokenizer
@@ -131,7 +132,47 @@ def training_dataset(model_name: str, data: DataConfig, prior: PriorConfig, rule
     return with_labels(table)
 
 
-def sft_args(cfg: SFTStageConfig, out_dir: Path):
+SHARDINGS = ("ddp", "fsdp")
+
+
+def sharding_args(sharding: str) -> dict:
+    """TrainingArguments fields for `sharding` (a Ray Train stage's `resources.sharding`).
+
+    ddp: nothing (accelerate makes every rank a full DDP replica). fsdp: transformers' FSDP2
+    integration, which hands accelerate's `fully_shard` each decoder layer (the model's
+    `_no_split_modules`), the embeddings with the final norm and LM head, then the root;
+    parameters, gradients and AdamW state are sharded 1/N per rank. FULL_STATE_DICT: `save_model`
+    gathers the full weights to rank 0, so checkpoints and final/ stay from_pretrained folders.
+    """
+    if sharding not in SHARDINGS:
+        raise ValueError(f"sharding: got {sharding!r}, expected one of {', '.join(SHARDINGS)}")
+    if sharding == "ddp":
+        return {}
+    config = {"version": 2, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP", "state_dict_type": "FULL_STATE_DICT"}
+    return {"fsdp": True, "fsdp_config": config}
+
+
+def check_sharding(trainer, sharding: str) -> None:
+    """Refuse to train full replicas when shards were asked for: accelerate drops its FSDP plugin
+    without a word where it does not shard (CPU process groups)."""
+    if sharding == "fsdp" and not trainer.is_fsdp_enabled:
+        raise InputError(
+            f"sharding: fsdp was asked for, but accelerate did not enable FSDP on this {trainer.accelerator.device.type} "
+            f"worker (distributed type {trainer.accelerator.distributed_type}); FSDP needs GPU workers"
+        )
+
+
+def sharding_summary(trainer, sharding: str) -> dict:
+    """How the weights were held: parameters on this rank (a DTensor's local shard under FSDP) and in
+    the model. Under FSDP each rank holds about 1/N of them; under DDP all of them."""
+    held = total = 0
+    for p in trainer.model.parameters():
+        total += p.numel()
+        held += p.to_local().numel() if hasattr(p, "to_local") else p.numel()
+    return {"type": sharding, "parameters": total, "parameters_on_rank": held}
+
+
+def sft_args(cfg: SFTStageConfig, out_dir: Path, sharding: str = "ddp"):
     """TRL SFTConfig for our already tokenized, masked and truncated data."""
     from trl import SFTConfig
 
@@ -162,15 +203,17 @@ def sft_args(cfg: SFTStageConfig, out_dir: Path):
         dataset_kwargs={"skip_prepare_dataset": True},
         max_length=None,
         use_cpu=device.type == "cpu",
+        **sharding_args(sharding),
     )
 
 
-def build_trainer(model_name: str, dataset, cfg: SFTStageConfig, prior: PriorConfig, out_dir: Path, callbacks=()):
+def build_trainer(model_name: str, dataset, cfg: SFTStageConfig, prior: PriorConfig, out_dir: Path, callbacks=(),
+                  sharding: str = "ddp"):
     """The PriftTrainer for `dataset`, writing checkpoints under out_dir/checkpoints."""
     rule = cfg.weight_rule()
     device = default_device()
     tokenizer = load_tokenizer(model_name)
-    args = sft_args(cfg, out_dir)
+    args = sft_args(cfg, out_dir, sharding)
     model = load_causal_lm(model_name, dtype=torch.float32, device=device)
     ref_model = None
     if rule.needs_prior and prior.mode == "online":
@@ -197,8 +240,10 @@ def run_sft(
     out_dir: str | Path,
     prior_dir: str | Path | None = None,
     callbacks=(),
+    sharding: str = "ddp",
 ) -> Path:
-    """Train and return <out_dir>/final; a finished stage (final/ exists) is a logged no-op."""
+    """Train and return <out_dir>/final; a finished stage (final/ exists) is a logged no-op.
+    `sharding` (ddp or fsdp, see `sharding_args`) matters on several Ray Train workers."""
     out_dir = Path(out_dir)
     final = out_dir / "final"
     if (final / "config.json").exists():
@@ -206,14 +251,15 @@ def run_sft(
         return final
     rule = cfg.weight_rule()
     dataset = training_dataset(model_name, data, prior, rule, Path(prior_dir or out_dir.parent / "prior"))
-    trainer = build_trainer(model_name, dataset, cfg, prior, out_dir, callbacks)
+    trainer = build_trainer(model_name, dataset, cfg, prior, out_dir, callbacks, sharding)
+    check_sharding(trainer, sharding)
     resume = latest_complete_checkpoint(out_dir / "checkpoints")
     if resume:
         log.info("resuming SFT from %s", resume)
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
 
     summary = {"method": cfg.method, "rule": asdict(rule), "train": result.metrics, "steps": result.global_step,
-               "world_size": trainer.args.world_size}
+               "world_size": trainer.args.world_size, "sharding": sharding_summary(trainer, sharding)}
     save_final(trainer, out_dir, "prift_sft.json", summary, keep_checkpoints=cfg.keep_checkpoints)
     log.info("SFT finished: %s (%d steps, train loss %.4f)", final, result.global_step, result.training_loss)
     return final

@@ -206,9 +206,11 @@ def engine_dtype(cfg: RLStageConfig) -> str:
     return "bfloat16" if use_bf16(cfg) else "float32"
 
 
-def grpo_args(cfg: RLStageConfig, rollout: str, out_dir: Path):
+def grpo_args(cfg: RLStageConfig, rollout: str, out_dir: Path, sharding: str = "ddp"):
     import torch
     from trl import GRPOConfig
+
+    from prift.sft import sharding_args
 
     on_gpu = torch.cuda.is_available()
     bf16 = use_bf16(cfg)
@@ -229,13 +231,16 @@ def grpo_args(cfg: RLStageConfig, rollout: str, out_dir: Path):
         reward_weights=[r.weight for r in cfg.rewards], logging_steps=cfg.logging_steps,
         save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit, seed=cfg.seed,
         bf16=bf16, use_cpu=not on_gpu, gradient_checkpointing=cfg.gradient_checkpointing,
-        report_to=cfg.report_to, log_completions=True, num_completions_to_print=2, **vllm,
+        report_to=cfg.report_to, log_completions=True, num_completions_to_print=2, **vllm, **sharding_args(sharding),
     )
 
 
-def run_rl(model: str, cfg: RLStageConfig, out_dir: str | Path, eval_tasks=(), callbacks=()) -> Path:
-    """Train with GRPO from `model`; return <out_dir>/final. A finished stage is a logged no-op."""
+def run_rl(model: str, cfg: RLStageConfig, out_dir: str | Path, eval_tasks=(), callbacks=(),
+           sharding: str = "ddp") -> Path:
+    """Train with GRPO from `model`; return <out_dir>/final. A finished stage is a logged no-op.
+    `sharding`: ddp or fsdp on several Ray Train workers (prift.sft.sharding_args)."""
     from prift.checkpoints import latest_complete_checkpoint, save_final
+    from prift.sft import check_sharding, sharding_summary
     from prift.models import resolve_model_path
     from rl.vllm_server import vllm_server
 
@@ -257,7 +262,8 @@ def run_rl(model: str, cfg: RLStageConfig, out_dir: str | Path, eval_tasks=(), c
             log.warning("rl.rollout auto: vllm_colocate does not work on this host (%s); using hf rollouts", fallback)
             rollout = "hf"
     with _process_state_restored(), vllm_server(path, cfg.server, enabled=rollout == "vllm_server" and cfg.server.start):
-        trainer = _trainer(path, cfg, rollout, out_dir, rows, callbacks)
+        trainer = _trainer(path, cfg, rollout, out_dir, rows, callbacks, sharding)
+        check_sharding(trainer, sharding)
         if rollout == "vllm_colocate":
             _check_weight_sync(trainer)
         resume = latest_complete_checkpoint(out_dir / "checkpoints")
@@ -273,7 +279,7 @@ def run_rl(model: str, cfg: RLStageConfig, out_dir: str | Path, eval_tasks=(), c
                     "prompts the model sometimes solves.", signal["reason"])
     summary = {"from": model, "rollout": rollout, "rollout_fallback": fallback, "learning_signal": signal,
                "config": asdict(cfg), "train": result.metrics, "steps": result.global_step,
-               "world_size": trainer.args.world_size}
+               "world_size": trainer.args.world_size, "sharding": sharding_summary(trainer, sharding)}
     save_final(trainer, out_dir, "prift_rl.json", summary, keep_checkpoints=cfg.keep_checkpoints)
     log.info("RL finished: %s (%d steps)", final, result.global_step)
     return final
@@ -300,7 +306,7 @@ def _process_state_restored():
                 os.environ[key] = value
 
 
-def _trainer(path: str, cfg: RLStageConfig, rollout: str, out_dir: Path, rows: list[dict], callbacks):
+def _trainer(path: str, cfg: RLStageConfig, rollout: str, out_dir: Path, rows: list[dict], callbacks, sharding: str):
     import datasets
     from trl import GRPOTrainer
 
@@ -310,7 +316,7 @@ def _trainer(path: str, cfg: RLStageConfig, rollout: str, out_dir: Path, rows: l
         prepare_colocated_vllm(engine_dtype(cfg))
     return GRPOTrainer(
         model=path, reward_funcs=[guarded(REWARDS[r.name]) for r in cfg.rewards],
-        args=grpo_args(cfg, rollout, out_dir), train_dataset=datasets.Dataset.from_list(rows),
+        args=grpo_args(cfg, rollout, out_dir, sharding), train_dataset=datasets.Dataset.from_list(rows),
         callbacks=[*callbacks, CheckpointMarker()],
     )
 

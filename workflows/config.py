@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from common.checks import at_least, items, require, seed
+from common.checks import at_least, is_number, items, require, seed
 from common.errors import FieldErrors, InputError, listing
 from evals.stage import EvalStageConfig
 from prift.data import DataConfig
@@ -50,14 +50,25 @@ class Resources:
     """GPUs (fractions share one); a config asking for GPUs on a cluster without any fails up front."""
     workers: int = 1
     """sft and rl only: data-parallel Ray Train workers, each with these cpus/gpus (workflows/distributed.py)."""
+    sharding: Literal["ddp", "fsdp"] = "ddp"
+    """sft and rl only, with workers >= 2 and GPUs: `ddp` keeps a full replica of the weights, gradients
+    and AdamW state on every worker; `fsdp` shards them over the workers (FSDP2 through transformers'
+    integration, prift.sft.sharding_args), about 1/workers of them per GPU. README "Sharded training"."""
 
     def __post_init__(self):
         whole = is_whole_gpus(self.gpus)
+        fsdp = self.sharding == "fsdp"
         require(
             at_least("cpus", self.cpus, 0),
             at_least("gpus", self.gpus, 0),
             None if whole else f"gpus: got {self.gpus!r}, expected a fraction of one GPU or a whole number (Ray's rule)",
             at_least("workers", self.workers, 1),
+            # transformers refuses FSDP outside a distributed run, and accelerate turns FSDP on for
+            # GPU process groups only: on CPU workers it would silently train full DDP replicas
+            f"sharding: fsdp (sft and rl only) shards over several workers; got workers {self.workers!r}, expected at least 2"
+            if fsdp and isinstance(self.workers, int) and self.workers < 2 else None,
+            f"sharding: fsdp (sft and rl only) needs GPU workers (accelerate shards on GPUs only); got gpus {self.gpus!r}"
+            if fsdp and is_number(self.gpus) and self.gpus <= 0 else None,
         )
 
 
@@ -75,11 +86,13 @@ class StageResources:
     """Per benchmark task (eval fans out one Ray task per model and benchmark)."""
 
     def __post_init__(self):
-        require(*(
-            f"{stage}.workers: only sft and rl train on several workers; got {res.workers}"
-            for stage in ("prior", "eval")
-            if isinstance(res := getattr(self, stage), Resources) and res.workers != 1
-        ))
+        others = [(stage, res) for stage in ("prior", "eval") if isinstance(res := getattr(self, stage), Resources)]
+        require(
+            *(f"{stage}.workers: only sft and rl train on several workers; got {res.workers}"
+              for stage, res in others if res.workers != 1),
+            *(f"{stage}.sharding: only sft and rl train sharded; got {res.sharding!r}, expected ddp"
+              for stage, res in others if res.sharding != "ddp"),
+        )
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,11 @@ the HF trainer inside runs as DDP with no code of its own:
     worker must see: one node, or a shared filesystem on a cluster (`pipeline.storage`).
 
 Resuming works as for one worker: every rank resumes from the newest complete checkpoint.
+
+With `sharding: fsdp` (the stage's resources; the stage task passes it to run_sft / run_rl) the same
+workers shard the weights, gradients and AdamW state with FSDP2 instead of replicating them
+(prift.sft.sharding_args); the batch, the loss normalisation and the saved folders are as above
+(tests/test_sharding.py).
 """
 
 from __future__ import annotations

@@ -73,7 +73,8 @@ def sft_task(cfg: StagesConfig, out_dir: str, prior_dir: str, tracking: dict) ->
     from prift.sft import run_sft
 
     callbacks = [DriverWatch(), MetricsCallback(_tracker(tracking), tracking["run_id"])]
-    return str(run_sft(cfg.model, cfg.data, cfg.prior, cfg.sft, out_dir, prior_dir=prior_dir, callbacks=callbacks))
+    return str(run_sft(cfg.model, cfg.data, cfg.prior, cfg.sft, out_dir, prior_dir=prior_dir, callbacks=callbacks,
+                       sharding=cfg.pipeline.resources.sft.sharding))
 
 
 def rl_task(cfg: StagesConfig, model: str, out_dir: str, tracking: dict) -> str:
@@ -81,7 +82,8 @@ def rl_task(cfg: StagesConfig, model: str, out_dir: str, tracking: dict) -> str:
     from rl.grpo import run_rl
 
     callbacks = [DriverWatch(), MetricsCallback(_tracker(tracking), tracking["run_id"])]
-    return str(run_rl(model, cfg.rl, out_dir, eval_tasks=cfg.eval.tasks, callbacks=callbacks))
+    return str(run_rl(model, cfg.rl, out_dir, eval_tasks=cfg.eval.tasks, callbacks=callbacks,
+                      sharding=cfg.pipeline.resources.rl.sharding))
 
 
 def eval_task(cfg: StagesConfig, model: str, task_index: int, out_dir: str, tracking: dict) -> dict:
