@@ -336,16 +336,16 @@ def test_a_network_error_a_loader_lets_through_is_a_message_naming_what_was_fetc
 
 
 def test_hub_inputs_names_exactly_what_is_not_local(config, tmp_path, tiny_model):
-    from workflows.config import StagesConfig, from_dict
+    from workflows.config import RunConfig, from_dict
     from workflows.preflight import check_models, check_rl, check_sft_data, check_tasks, hub_inputs
 
-    local = hub_inputs(from_dict(StagesConfig, config))
+    local = hub_inputs(from_dict(RunConfig, config))
     assert local == {check_models: [], check_sft_data: [], check_tasks: [], check_rl: []}
     config["model"] = "org/model"
     config["data"]["path"] = "org/sft-data"
     config["eval"]["tasks"][1] = {"name": "mmlu_medical", "source": "org/mmlu"}
     config["rl"]["prompts"] = {"tasks": [{"name": "gsm8k", "source": str(tmp_path / "local.jsonl")}]}
-    hub = hub_inputs(from_dict(StagesConfig, config))
+    hub = hub_inputs(from_dict(RunConfig, config))
     assert hub[check_models] == ["model 'org/model'"]
     assert hub[check_sft_data] == ["data.path 'org/sft-data'"]
     assert hub[check_tasks] == ["model 'org/model'", "eval.tasks[1] 'org/mmlu'"]

@@ -2,11 +2,11 @@
 
 import pytest
 
-from workflows.config import ConfigError, StagesConfig, from_dict
+from workflows.config import ConfigError, RunConfig, from_dict
 
 
-def config(**sections) -> StagesConfig:
-    return from_dict(StagesConfig, sections)
+def config(**sections) -> RunConfig:
+    return from_dict(RunConfig, sections)
 
 
 def test_a_custom_rule_swept_under_several_method_names_is_refused_naming_both_fields():
@@ -28,3 +28,20 @@ def test_a_run_records_its_method_and_seed_and_leaves_the_sweep_config_alone():
     run = sweep.for_run("prift_prob", 7)
     assert (run.sft.method, run.sft.seed, run.rl.seed) == ("prift_prob", 7, 7)
     assert (sweep.sft.method, sweep.sft.seed) == ("dft", 1)
+
+
+def test_explain_documents_every_field_of_every_section_with_its_value(capsys):
+    from workflows.cli import main
+    from workflows.explain import explain
+
+    overrides = ["sft.rule={rule: power}", "pipeline.methods=[prift_mass]", "eval.tasks=[{name: gsm8k}]"]
+    cfg = config(sft={"rule": {"rule": "power"}}, pipeline={"methods": ["prift_mass"]}, eval={"tasks": [{"name": "gsm8k"}]})
+    rows = explain(cfg)
+    assert [path for path, _, doc in rows if not doc] == []  # a new field without a docstring fails here
+    paths = [path for path, _, _ in rows]
+    assert {"sft.learning_rate", "sft.rule.alpha", "rl.rewards[0].name", "pipeline.resources.sft.sharding"} <= set(paths)
+
+    assert main(["validate", "workflows/configs/demo.yaml", "--explain", *[a for o in overrides for a in ("--set", o)]]) == 0
+    out = capsys.readouterr().out
+    assert "\nsft.learning_rate: 5e-05\n    Peak learning rate.\n" in out  # demo.yaml's value, its docstring under it
+    assert "\nsft.rule.alpha: 10.0\n" in out

@@ -109,14 +109,14 @@ def row_bytes(rows) -> list[bytes]:
 def test_datasets_are_logged_as_inputs_with_content_digests(uri, tmp_path, sft_file):
     from evals.tasks import TaskSpec, load_examples
     from prift.data import DataConfig
-    from workflows.config import StagesConfig, from_dict
+    from workflows.config import RunConfig, from_dict
     from workflows.pipeline import dataset_inputs
 
     config = {"model": "unused", "data": {"path": sft_file, "max_length": 64},
               "rl": {"prompts": {"generators": [{"size": 8}]}},
               "eval": {"tasks": [{"name": "gsm8k", "limit": 3}, {"name": "mmlu_medical", "limit": 2}]},
               "pipeline": {"storage": str(tmp_path)}}
-    datasets = dataset_inputs(from_dict(StagesConfig, config))
+    datasets = dataset_inputs(from_dict(RunConfig, config))
     tracker = Tracker(uri, "datasets")
     run = tracker.run(None, "sft", {})
     tracker.inputs(run, [datasets["sft"], datasets["rl"], *datasets["eval"].values()])
@@ -138,10 +138,10 @@ def test_datasets_are_logged_as_inputs_with_content_digests(uri, tmp_path, sft_f
         assert json.loads(logged[task].dataset.profile) == {"num_rows": n}
 
     # the same content gives the same digest in another sweep; other content another one
-    again = dataset_inputs(from_dict(StagesConfig, config | {"pipeline": {"storage": str(tmp_path / "other")}}))
+    again = dataset_inputs(from_dict(RunConfig, config | {"pipeline": {"storage": str(tmp_path / "other")}}))
     assert again["rl"].dataset.digest == datasets["rl"].dataset.digest
     config["rl"]["prompts"]["generators"][0]["seed"] = 1
-    assert dataset_inputs(from_dict(StagesConfig, config))["rl"].dataset.digest != datasets["rl"].dataset.digest
+    assert dataset_inputs(from_dict(RunConfig, config))["rl"].dataset.digest != datasets["rl"].dataset.digest
 
 
 def test_drift_goes_on_each_parent_as_metrics(uri, folder, monkeypatch):

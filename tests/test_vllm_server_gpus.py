@@ -10,7 +10,7 @@ import pytest
 
 from rl.grpo import RLStageConfig, VLLMServerConfig
 from rl.vllm_server import _gpus_after_the_trainers, server_placement, vllm_server
-from workflows.config import Resources, StagesConfig, from_dict
+from workflows.config import Resources, RunConfig, from_dict
 
 # Writes the CUDA_VISIBLE_DEVICES it was started with, then answers /health like the real server.
 FAKE_SERVER = """
@@ -69,13 +69,13 @@ def test_the_server_runs_on_the_gpu_ray_reserved_and_no_other_task_gets_it(two_g
 def test_no_placement_for_other_stages_or_rollouts(two_gpus):
     res = Resources(cpus=1, gpus=1)
     for stage_cfg in (RLStageConfig(rollout="hf"), RLStageConfig(rollout="vllm_server", server=VLLMServerConfig(start=False)),
-                      StagesConfig().sft):
+                      RunConfig().sft):
         with server_placement(stage_cfg, res) as placement:
             assert placement == {}
 
 
 def pipeline_config(rl_gpus: float, tensor_parallel: int = 1):
-    return from_dict(StagesConfig, {
+    return from_dict(RunConfig, {
         "rl": {"rollout": "vllm_server", "server": {"tensor_parallel_size": tensor_parallel}},
         "pipeline": {"stages": {"prior": False, "sft": False, "eval": False},
                      "resources": {"rl": {"cpus": 1, "gpus": rl_gpus}}},

@@ -4,6 +4,7 @@
                                                and seed) as Ray tasks, resumable, tracked in MLflow
     prift validate CONFIG [--set a.b=c ...]   everything `run` checks before it computes (config, model,
                                                data, tasks, RL prompts, GPUs), every problem at once
+    prift validate CONFIG --explain            every field of the parsed config: its value and what it means
     prift prior CONFIG                         score the SFT data with the frozen reference (cached)
     prift sft CONFIG                           weighted SFT (runs the prior first if it is missing)
     prift rl CONFIG [--model M]                GRPO from M (default: OUTPUT_DIR/sft/final if it exists,
@@ -40,6 +41,10 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--model", help="model folder or hub name (defaults: see above)")
         if name == "eval":
             p.add_argument("--name", help="results folder under eval/; default: 'base' or the model folder's name")
+        if name == "validate":
+            p.add_argument("--explain", action="store_true",
+                           help="print every field of the parsed config with its value and documentation, "
+                                "instead of the checks that load models and data")
     p = sub.add_parser("report")
     p.add_argument("sweep", help="a sweep folder (<storage>/<experiment>) or an experiment name")
     p.add_argument("--storage", default="runs", help="where to look for an experiment name (default: runs)")
@@ -67,6 +72,11 @@ def _command(args) -> int:
     from workflows.config import load_config
 
     cfg = load_config(args.config, args.overrides)
+    if args.command == "validate" and args.explain:
+        from workflows.explain import render
+
+        print(render(cfg))
+        return 0
     if args.command == "validate":
         from workflows.preflight import preflight
         from workflows.ray_session import ray_session

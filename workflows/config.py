@@ -79,9 +79,14 @@ def is_whole_gpus(gpus) -> bool:
 
 @dataclass(frozen=True)
 class StageResources:
+    """What each stage's Ray task (or each of its workers) asks for."""
+
     prior: Resources = field(default_factory=Resources)
+    """The prior stage: one task per sweep, scoring the SFT data with the frozen reference."""
     sft: Resources = field(default_factory=Resources)
+    """Per SFT worker (`workers` of them train data-parallel, `sharding` says how)."""
     rl: Resources = field(default_factory=Resources)
+    """Per GRPO worker (a `vllm_server` rollout's GPUs come on top, reserved with them)."""
     eval: Resources = field(default_factory=Resources)
     """Per benchmark task (eval fans out one Ray task per model and benchmark)."""
 
@@ -100,9 +105,13 @@ class StageSwitches:
     """Which stages run (a stage that is off is neither run nor required by the later ones)."""
 
     prior: bool = True
+    """Score the SFT data with the reference once per sweep (skipped when no method needs it)."""
     sft: bool = True
+    """Fine-tune each method and seed (off: RL starts from the base model)."""
     rl: bool = True
+    """GRPO from each SFT model."""
     eval: bool = True
+    """Score the models of `eval_models` on `eval.tasks`."""
 
 
 @dataclass(frozen=True)
@@ -195,8 +204,9 @@ def _nonempty_unique(name: str, values) -> str | None:
 
 
 @dataclass(frozen=True)
-class StagesConfig:
-    """What the stages run: a base model, its SFT data, the prior, the trainer and the evaluation."""
+class RunConfig:
+    """The whole run's config, one YAML file: the base model, its SFT data, the prior, each stage's
+    settings (their dataclasses live in their stages' modules) and the pipeline's sweep."""
 
     model: str = "smollm2-135m-instruct"
     """Base model to fine-tune (local folder, hub name, or `smollm2-135m-instruct`, shipped by a package)."""
@@ -230,7 +240,7 @@ class StagesConfig:
         The one place that answers "which runs need the prior?"."""
         return {m: self.sft.rule or resolve_method(m) for m in self.pipeline.methods}
 
-    def for_run(self, method: str, seed: int) -> StagesConfig:
+    def for_run(self, method: str, seed: int) -> RunConfig:
         """The config one run of the sweep trains and records in its config.yaml: `sft.method` and the
         seeds are the run's (under `prift run`, `pipeline.methods` decides; `sft.method` is what
         `prift sft` trains)."""
@@ -353,7 +363,7 @@ def _override(data: dict, item: str) -> None:
     node[last] = value
 
 
-def load_config(path: str | Path, overrides: list[str] = (), cls=StagesConfig):
+def load_config(path: str | Path, overrides: list[str] = (), cls=RunConfig):
     """The config at `path` with `overrides` applied; one ConfigError names every problem."""
     path = Path(path)
     if not path.is_file():

@@ -37,7 +37,7 @@ from common.errors import RunsFailed
 from common.lease import DriverLease, check_driver, watch_driver
 from prift.checkpoints import DriverWatch
 from rl.vllm_server import server_placement
-from workflows.config import StagesConfig
+from workflows.config import RunConfig
 from workflows.preflight import preflight
 from workflows.ray_session import ray_session, start_ray
 from workflows.rundir import Manifest, config_hash, rl_signal, run_label, run_name
@@ -61,14 +61,14 @@ def _worker_logging() -> None:
     watch_driver()
 
 
-def prior_task(cfg: StagesConfig, prior_dir: str) -> str:
+def prior_task(cfg: RunConfig, prior_dir: str) -> str:
     _worker_logging()
     from prift.prior import run_prior
 
     return str(run_prior(cfg.model, cfg.data, cfg.prior, Path(prior_dir)))
 
 
-def sft_task(cfg: StagesConfig, out_dir: str, prior_dir: str, tracking: dict) -> str:
+def sft_task(cfg: RunConfig, out_dir: str, prior_dir: str, tracking: dict) -> str:
     _worker_logging()
     from prift.sft import run_sft
 
@@ -77,7 +77,7 @@ def sft_task(cfg: StagesConfig, out_dir: str, prior_dir: str, tracking: dict) ->
                        sharding=cfg.pipeline.resources.sft.sharding))
 
 
-def rl_task(cfg: StagesConfig, model: str, out_dir: str, tracking: dict) -> str:
+def rl_task(cfg: RunConfig, model: str, out_dir: str, tracking: dict) -> str:
     _worker_logging()
     from rl.grpo import run_rl
 
@@ -86,7 +86,7 @@ def rl_task(cfg: StagesConfig, model: str, out_dir: str, tracking: dict) -> str:
                       sharding=cfg.pipeline.resources.rl.sharding))
 
 
-def eval_task(cfg: StagesConfig, model: str, task_index: int, out_dir: str, tracking: dict) -> dict:
+def eval_task(cfg: RunConfig, model: str, task_index: int, out_dir: str, tracking: dict) -> dict:
     _worker_logging()
     from evals.stage import run_eval
 
@@ -123,7 +123,7 @@ def _remote_on_workers(fn, res, name: str, storage: Path):
     return ray.remote(num_cpus=0, max_retries=0)(coordinate)
 
 
-def dataset_inputs(cfg: StagesConfig) -> dict:
+def dataset_inputs(cfg: RunConfig) -> dict:
     """The sweep's MLflow dataset inputs, read as the stages read them, with content digests:
     {"sft": the SFT data, "rl": the RL prompts (training), "eval": {task: its evaluated examples}
     (evaluation)}, each only where its stage runs. The SFT digest is the data key of the prior's
@@ -158,7 +158,7 @@ def dataset_inputs(cfg: StagesConfig) -> dict:
 
 
 class Pipeline:
-    def __init__(self, cfg: StagesConfig):
+    def __init__(self, cfg: RunConfig):
         self.cfg = cfg
         self.root = Path(cfg.pipeline.storage) / cfg.pipeline.experiment
         self.root.mkdir(parents=True, exist_ok=True)
@@ -334,7 +334,7 @@ class Pipeline:
         return summary["tasks"]
 
 
-def run_pipeline(cfg: StagesConfig) -> dict:
+def run_pipeline(cfg: RunConfig) -> dict:
     """Preflight, then the sweep, holding its lock and heartbeat (common/lease.py) throughout."""
     lease = DriverLease(Path(cfg.pipeline.storage) / cfg.pipeline.experiment)
     with ray_session(lease.ticket()):

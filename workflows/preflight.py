@@ -28,7 +28,7 @@ import logging
 from pathlib import Path
 
 from common.errors import InputError
-from workflows.config import StagesConfig, storage_problem
+from workflows.config import RunConfig, storage_problem
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ class ResourceError(PreflightError):
     """The config asks for more than the Ray cluster has."""
 
 
-def preflight(cfg: StagesConfig) -> None:
+def preflight(cfg: RunConfig) -> None:
     """Run every check, cheapest first; raise one PreflightError naming all the problems found."""
     hub = hub_inputs(cfg)
     problems = _run(cfg, [check_storage, check_resources])
@@ -61,7 +61,7 @@ def preflight(cfg: StagesConfig) -> None:
     log.info("preflight: config, resources, model, data, tasks and RL prompts are fine")
 
 
-def _run(cfg: StagesConfig, checks) -> list[str]:
+def _run(cfg: RunConfig, checks) -> list[str]:
     problems = []
     for check in checks:
         try:
@@ -71,7 +71,7 @@ def _run(cfg: StagesConfig, checks) -> list[str]:
     return problems
 
 
-def _online(cfg: StagesConfig, check, names: list[str]) -> list[str]:
+def _online(cfg: RunConfig, check, names: list[str]) -> list[str]:
     """`check` on inputs fetched from the hub; a network failure the loaders let through becomes a
     message naming what could not be fetched."""
     try:
@@ -92,13 +92,13 @@ def _network_errors() -> tuple[type[BaseException], ...]:
     return (OSError, httpx.HTTPError)
 
 
-def check_storage(cfg: StagesConfig) -> None:
+def check_storage(cfg: RunConfig) -> None:
     problem = storage_problem(cfg.pipeline)
     if problem:
         raise InputError(problem)
 
 
-def hub_inputs(cfg: StagesConfig) -> dict:
+def hub_inputs(cfg: RunConfig) -> dict:
     """For each content check, the hub models and datasets it would fetch (`field 'name'`); [] means
     it reads only local files and installed packages. Each rule says what the loader it guards does
     with such a name (prift.models.check_model, prift.data.read_rows, evals.tasks.read_rows)."""
@@ -139,7 +139,7 @@ def _hub_task(field: str, spec) -> str | None:
     return None if local else f"{field} {source!r}"
 
 
-def check_models(cfg: StagesConfig) -> None:
+def check_models(cfg: RunConfig) -> None:
     """The base model, and the prior's reference when a PriFT method will read it."""
     from prift.models import check_model
     from prift.prior import check_same_vocab
@@ -156,11 +156,11 @@ def check_models(cfg: StagesConfig) -> None:
     _raise(problems)
 
 
-def _uses_prior(cfg: StagesConfig) -> bool:
+def _uses_prior(cfg: RunConfig) -> bool:
     return any(rule.needs_prior for rule in cfg.rules().values())
 
 
-def check_sft_data(cfg: StagesConfig) -> None:
+def check_sft_data(cfg: RunConfig) -> None:
     from prift.data import check_data
 
     on = cfg.pipeline.stages
@@ -168,7 +168,7 @@ def check_sft_data(cfg: StagesConfig) -> None:
         check_data(cfg.data)
 
 
-def check_tasks(cfg: StagesConfig) -> None:
+def check_tasks(cfg: RunConfig) -> None:
     """Every task's rows when the eval stage runs, and its generation backend."""
     from evals.tasks import load_examples
 
@@ -192,7 +192,7 @@ def check_tasks(cfg: StagesConfig) -> None:
     _raise(problems)
 
 
-def check_rl(cfg: StagesConfig) -> None:
+def check_rl(cfg: RunConfig) -> None:
     """The RL prompts, none of them an evaluation prompt, and a rollout backend that exists here."""
     if not cfg.pipeline.stages.rl:
         return
@@ -204,7 +204,7 @@ def check_rl(cfg: StagesConfig) -> None:
     _raise(problems)
 
 
-def check_weight_sync(cfg: StagesConfig) -> list[str]:
+def check_weight_sync(cfg: RunConfig) -> list[str]:
     """Colocated vLLM must receive the trainer's weights on this host (rl/weight_sync.py), probed on
     the base model in a child process, so a host where it cannot is found before SFT. With
     `rollout: auto` that is not a problem: the RL stage falls back to hf, as logged here."""
@@ -229,7 +229,7 @@ def check_weight_sync(cfg: StagesConfig) -> list[str]:
             "Use rl.rollout: hf (slower, always works) or auto (falls back to hf by itself)."]
 
 
-def check_resources(cfg: StagesConfig) -> None:
+def check_resources(cfg: RunConfig) -> None:
     """GPUs asked for by the stages that run must exist in the Ray cluster: Ray would otherwise wait
     for them forever. The RL stage with a vLLM server started here asks for the trainer's GPUs and
     the server's together, on one node (rl/vllm_server.py reserves them as one placement group).
