@@ -30,6 +30,7 @@ import time
 import uuid
 from pathlib import Path
 
+from common import atomic
 from common.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -91,9 +92,7 @@ class DriverLease:
             self._beat(n)
 
     def _beat(self, n: int) -> None:
-        tmp = self.beat_path.with_name(f"{self.beat_path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"token": self.token, "beat": n}))
-        os.replace(tmp, self.beat_path)
+        atomic.write_text(self.beat_path, json.dumps({"token": self.token, "beat": n}))
 
 
 def _lock(path: Path, wait_s: float) -> int:

@@ -27,12 +27,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from common import atomic
 from common.checks import at_least, items, require
 from common.lease import check_driver
 from evals.generate import Completion, SamplingConfig, chat_ids, context_length
@@ -124,11 +124,6 @@ def task_key(model_fingerprint: str, spec: TaskSpec, examples: list[Example], cf
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
 
 def domain_means(per_task: dict[str, dict]) -> dict[str, dict]:
     """Per domain, the mean of each metric that all of its tasks report."""
@@ -144,7 +139,7 @@ def summarize(model: str, out_dir: Path, task_names: list[str]) -> dict:
     """Every finished task's metrics and the per-domain means -> out_dir/summary.json."""
     per_task = {name: json.loads((out_dir / name / "metrics.json").read_text())["metrics"] for name in task_names}
     summary = {"model": model, "tasks": per_task, "domains": domain_means(per_task)}
-    write_atomic(out_dir / "summary.json", json.dumps(summary, indent=2))
+    atomic.write_text(out_dir / "summary.json", json.dumps(summary, indent=2))
     return summary
 
 
@@ -243,11 +238,11 @@ def _run_task(generator, sandbox, spec: TaskSpec, examples: list[Example], promp
         for i, (c, s) in enumerate(zip(outs, row))
     ]
     check_driver()  # a pipeline worker whose driver is gone writes nothing
-    write_atomic(folder / "samples.jsonl", "\n".join(lines) + "\n")
+    atomic.write_text(folder / "samples.jsonl", "\n".join(lines) + "\n")
     record = {
         "key": key, "task": spec.name, "domain": task.domain, "backend": generator.backend,
         "metrics": metrics, "spec": asdict(spec), "sampling": asdict(cfg.sampling),
         "timing_s": {"generate": t1 - t0, "score": t2 - t1}, "tokens_per_s": tokens / max(t1 - t0, 1e-9),
     }
-    write_atomic(folder / "metrics.json", json.dumps(record, indent=2))  # last: marks the task done
+    atomic.write_text(folder / "metrics.json", json.dumps(record, indent=2))  # last: marks the task done
     log.info("eval %s: %s", spec.name, {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)})

@@ -16,12 +16,12 @@ before the marker, so a checkpoint written while the driver died is never marked
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 from transformers import TrainerCallback
 
+from common import atomic
 from common.lease import check_driver
 
 MARKER = "COMPLETE"
@@ -34,12 +34,7 @@ def latest_complete_checkpoint(folder: Path) -> Path | None:
 
 def mark_complete(checkpoint: Path, step: int) -> None:
     """Write the marker last and atomically: it exists only once every byte before it is on disk."""
-    tmp = checkpoint / f"{MARKER}.tmp"
-    with open(tmp, "w") as f:
-        f.write(json.dumps({"step": step}))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, checkpoint / MARKER)
+    atomic.write_text(checkpoint / MARKER, json.dumps({"step": step}), durable=True)
 
 
 class CheckpointMarker(TrainerCallback):
@@ -77,10 +72,9 @@ def save_final(trainer, out_dir: Path, summary_name: str, summary: dict, keep_ch
     Called on every rank of a data-parallel run: `save_model` is collective (it gathers sharded
     weights) and writes on rank 0 only; rank 0 alone renames, and no rank returns before final/ exists.
     """
-    final, tmp = out_dir / "final", out_dir / "final.tmp"
+    final = out_dir / "final"
     main = trainer.is_world_process_zero()
-    if main:
-        shutil.rmtree(tmp, ignore_errors=True)
+    tmp = atomic.fresh_tmp_dir(final) if main else final.with_name("final.tmp")
     trainer.accelerator.wait_for_everyone()
     check_driver()
     trainer.save_model(str(tmp))

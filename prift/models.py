@@ -19,11 +19,11 @@ import json
 import logging
 import os
 import re
-import shutil
 from pathlib import Path
 
 import torch
 
+from common import atomic
 from common.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -69,11 +69,9 @@ def _embedded_folder(name: str) -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    tmp = target.with_name(target.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    tmp.rename(target)  # atomic: a half-converted folder is never taken as the model
+    with atomic.building_dir(target) as tmp:  # a half-converted folder is never taken as the model
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
     return target
 
 

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import yaml
 
+from common import atomic
 from common.errors import RunsFailed
 from common.lease import DriverLease, check_driver, watch_driver
 from prift.checkpoints import DriverWatch
@@ -205,7 +206,7 @@ class Pipeline:
         name = run_name(method, cfg.model, seed, digest)
         folder = self.root / name
         folder.mkdir(exist_ok=True)
-        (folder / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
+        atomic.write_text(folder / "config.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))
         manifest = Manifest(folder)
         tags = {"method": method, "model": cfg.model, "seed": seed, "config_hash": digest, "run_dir": name, "status": "running"}
         parent = self.tracker.run(manifest.data.get("mlflow_run_id"), f"{method} · seed {seed}", tags)

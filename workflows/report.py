@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from common import atomic
 from common.errors import InputError
 from workflows.rundir import rl_signal, run_label
 
@@ -309,7 +310,6 @@ def comparison_plot(rows: dict[str, dict[str, dict]], path: Path) -> None:
 def write_report(sweep: Path, *, kl_texts: int = 8, kl_max_tokens: int = 96, token_examples: int = 4,
                  to_mlflow: bool = True) -> Path:
     """Build <sweep>/report/ (see the module docstring); returns its report.md."""
-    from evals.stage import write_atomic
     from workflows.token_view import token_view, weight_histograms
 
     runs, base = collect(sweep)
@@ -350,7 +350,7 @@ def write_report(sweep: Path, *, kl_texts: int = 8, kl_max_tokens: int = 96, tok
                   "reference's top alternatives.", "", "![weights](weights.png)"]
     (out / "drift.json").write_text(json.dumps(kl, indent=2))
     report = out / "report.md"
-    write_atomic(report, "\n".join(parts) + "\n")
+    atomic.write_text(report, "\n".join(parts) + "\n")
     if to_mlflow:
         log_to_mlflow(sweep, runs, out, kl)
     log.info("report written to %s", report)

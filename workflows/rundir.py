@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from dataclasses import asdict
 from pathlib import Path
+
+from common import atomic
 
 
 def config_hash(value) -> str:
@@ -39,9 +40,7 @@ class Manifest:
         self.data = json.loads(self.path.read_text()) if self.path.exists() else {"stages": {}}
 
     def save(self) -> None:
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps(self.data, indent=2, default=str))
-        os.replace(tmp, self.path)
+        atomic.write_text(self.path, json.dumps(self.data, indent=2, default=str))
 
     def stage(self, name: str) -> dict:
         return self.data["stages"].setdefault(name, {})

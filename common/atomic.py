@@ -1,0 +1,43 @@
+"""Atomic writes: a reader sees the old content or the new, never a half-written file or folder.
+
+Both write beside the target (same filesystem, so the final rename is atomic on POSIX) and rename
+last. A `.tmp` left by a killed process is never read as the real thing and is replaced next time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from pathlib import Path
+
+
+def write_text(path: str | Path, text: str, *, durable: bool = False) -> None:
+    """Replace `path`'s content with `text` atomically. `durable`: fsync before the rename, for a
+    marker that promises the bytes written before it are on disk (checkpoint completion).
+    The temporary name carries the pid, so two processes writing the same file never share it."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def fresh_tmp_dir(target: str | Path) -> Path:
+    """`<target>.tmp`, emptied of what a killed run left there (the caller creates and fills it, then
+    renames it to `target`)."""
+    target = Path(target)
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    return tmp
+
+
+@contextlib.contextmanager
+def building_dir(target: str | Path):
+    """Yield a fresh `<target>.tmp` path to fill; on success it becomes `target` in one rename."""
+    tmp = fresh_tmp_dir(target)
+    yield tmp
+    tmp.rename(target)
