@@ -120,11 +120,31 @@ def extract_label(text: str, labels: tuple[str, ...]) -> tuple[str | None, str]:
     return None, ("ambiguous: " + ", ".join(sorted(found))) if found else "no answer found"
 
 
-def score_label(completion: str, gold: str, labels: tuple[str, ...]) -> Score:
+LABELS = ("yes", "no", "maybe")
+"""The label scorer's answers (PubMedQA's): what its task accepts as gold and what a completion may state."""
+
+
+def score_label(completion: str, gold: str, labels: tuple[str, ...] = LABELS) -> Score:
     pred, why = extract_label(completion, labels)
     if pred is None:
         return Score(False, None, why)
     return Score(pred == gold.lower(), pred, "" if pred == gold.lower() else "wrong answer")
+
+
+def score_answer(scorer: str, completion: str, gold: str, letters: str = "") -> Score:
+    """One completion under a task's answer scorer: the eval stage (per sample) and the RL rewards
+    (per rollout) both go through here. Code is scored in batches in the sandbox (`score_code`).
+
+    >>> score_answer("label", "So the answer is: maybe.", "maybe").correct
+    True
+    """
+    if scorer == "math":
+        return score_math(completion, gold)
+    if scorer == "choice":
+        return score_choice(completion, gold, letters)
+    if scorer == "label":
+        return score_label(completion, gold)
+    raise ValueError(f"scorer {scorer!r} has no per-answer scoring (math, choice or label; code runs in the sandbox)")
 
 
 # ---------------------------------------------------------------- code

@@ -38,7 +38,7 @@ from common.lease import check_driver
 from evals.generate import Completion, SamplingConfig, chat_ids, context_length
 from evals.metrics import task_metrics
 from evals.sandbox import Sandbox, SandboxConfig
-from evals.scoring import Score, score_choice, score_code, score_label, score_math
+from evals.scoring import Score, score_code, score_math
 from evals.tasks import TASKS, Example, Task, TaskError, TaskSpec, load_examples
 from prift.models import fingerprint_model, load_tokenizer
 
@@ -86,11 +86,7 @@ def score_task(task: Task, examples: list[Example], completions: list[list[str]]
         scores = score_code([c for c, _ in flat], [m for _, m in flat], sandbox)
         n = len(completions[0])
         return [scores[i * n : (i + 1) * n] for i in range(len(examples))]
-    if task.scorer == "math":
-        return [[score_math(c, ex.gold) for c in cs] for ex, cs in zip(examples, completions)]
-    if task.scorer == "choice":
-        return [[score_choice(c, ex.gold, ex.meta["letters"]) for c in cs] for ex, cs in zip(examples, completions)]
-    return [[score_label(c, ex.gold, ("yes", "no", "maybe")) for c in cs] for ex, cs in zip(examples, completions)]
+    return [[task.score(c, ex) for c in cs] for ex, cs in zip(examples, completions)]
 
 
 def flexible_scores(task: Task, examples: list[Example], outputs: list[list[Completion]]) -> list[list[Score]] | None:

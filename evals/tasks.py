@@ -29,6 +29,7 @@ from typing import Callable, Literal
 
 from common.checks import at_least, require, seed
 from common.errors import InputError, listing
+from evals.scoring import LABELS, Score, score_answer
 
 MATH_PROMPT = "{problem}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
 CHOICE_PROMPT = "{question}\n\n{options}\n\nAnswer with the letter of the correct option."
@@ -97,6 +98,10 @@ class Task:
     """Row filter (e.g. one data_source of a file that holds several benchmarks)."""
     stop: tuple[str, ...] = ()
     """Stop sequences for generation (chat models end with EOS; base models may need more)."""
+
+    def score(self, completion: str, example: Example) -> Score:
+        """One completion of an answer task (math, choice, label); code tasks run in the sandbox."""
+        return score_answer(self.scorer, completion, example.gold, example.meta.get("letters", ""))
 
 
 # ---------------------------------------------------------------- reading rows
@@ -292,7 +297,7 @@ def _pubmedqa(row: dict, i: int) -> Example:
     if isinstance(context, dict):  # hub: {"contexts": [...], ...}
         context = "\n".join(context["contexts"])
     gold = str(_field(row, "answer", "final_decision")).strip().lower()
-    if gold not in ("yes", "no", "maybe"):
+    if gold not in LABELS:
         raise ValueError(f"answer {gold!r} is not yes / no / maybe")
     return Example(str(row.get("pubid", i)), PUBMEDQA_PROMPT.format(context=context, question=row["question"]), gold)
 

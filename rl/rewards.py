@@ -19,7 +19,7 @@ import logging
 from typing import Callable
 
 from evals.sandbox import Sandbox, SandboxConfig
-from evals.scoring import code_solution, last_boxed, score_choice, score_label, score_math
+from evals.scoring import code_solution, last_boxed, score_answer
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def math_answer(prompts, completions, answer, scorer=None, **_) -> list[float | 
     """1 if the stated final answer equals `answer`: the strict scorer of the eval's primary metric
     (`evals.scoring.score_math`), so a completion is never rewarded for a number it only mentions."""
     return [
-        score_math(completion_text(c), a).value if kind in (None, "math") else None
+        score_answer("math", completion_text(c), a).value if kind in (None, "math") else None
         for c, a, kind in zip(completions, answer, _kinds(scorer, len(completions)))
     ]
 
@@ -48,7 +48,7 @@ def math_answer(prompts, completions, answer, scorer=None, **_) -> list[float | 
 def choice_answer(prompts, completions, answer, letters, scorer=None, **_) -> list[float | None]:
     """1 if the chosen option letter is `answer` (naming two options scores 0)."""
     return [
-        score_choice(completion_text(c), a, ls).value if kind in (None, "choice") else None
+        score_answer("choice", completion_text(c), a, ls).value if kind in (None, "choice") else None
         for c, a, ls, kind in zip(completions, answer, letters, _kinds(scorer, len(completions)))
     ]
 
@@ -56,7 +56,7 @@ def choice_answer(prompts, completions, answer, letters, scorer=None, **_) -> li
 def label_answer(prompts, completions, answer, scorer=None, **_) -> list[float | None]:
     """1 if the yes / no / maybe label is `answer`."""
     return [
-        score_label(completion_text(c), a, ("yes", "no", "maybe")).value if kind in (None, "label") else None
+        score_answer("label", completion_text(c), a).value if kind in (None, "label") else None
         for c, a, kind in zip(completions, answer, _kinds(scorer, len(completions)))
     ]
 
