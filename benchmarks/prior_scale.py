@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 WORDS = "the so we add then take away times plus minus gives is answer step next first left total each".split()
+LENGTH_CYCLE = 2500
 CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
@@ -36,9 +37,15 @@ CHATML = (
 
 
 def synthetic_rows(n: int, seed: int = 0) -> list[dict]:
-    """Prompt 8-24 words; response words lognormal (median 20, capped at 300): a long-tailed mix."""
+    """Prompt 8-24 words; response words lognormal (median 20, capped at 300): a long-tailed mix.
+
+    The lengths are drawn for `LENGTH_CYCLE` rows and repeated, so every prefix of a multiple of it has
+    the same length mix and the same longest row: the scoring batch's peak (its padded length times
+    batch_tokens) is then the same at every row count, and the memory figures show the row count alone.
+    """
     rng = np.random.default_rng(seed)
-    lengths = np.minimum(rng.lognormal(np.log(20), 0.8, n).astype(int) + 3, 300)
+    lengths = np.minimum(rng.lognormal(np.log(20), 0.8, LENGTH_CYCLE).astype(int) + 3, 300)
+    lengths = np.resize(lengths, n)
     rows = []
     for i in range(n):
         def text(k):
@@ -93,8 +100,10 @@ def current_rss_mib() -> float:
     raise RuntimeError("no VmRSS in /proc/self/status (Linux only)")
 
 
-def measure_stage(model: str, data_file: str, out: str, workers: int, max_length: int) -> dict:
+def measure_stage(model: str, data_file: str, out: str, workers: int, max_length: int, threads: int) -> dict:
     """Child process: run the prior stage once; its time split by timers around tokenizing and scoring."""
+    import torch
+
     import prift.prior as prior
     from prift.data import DataConfig
     from prift.prior import PriorConfig, run_prior
@@ -110,8 +119,9 @@ def measure_stage(model: str, data_file: str, out: str, workers: int, max_length
                 spent[name] += time.perf_counter() - t0
         return wrapper
 
-    prior.tokenize_batch = timed("tokenize", prior.tokenize_batch)  # in-process shards only (workers=1)
+    prior.tokenize_batch = timed("tokenize", prior.tokenize_batch)
     prior.score_rows = timed("score", prior.score_rows)
+    torch.set_num_threads(threads)
     baseline = current_rss_mib()
     t0 = time.perf_counter()
     folder = run_prior(model, DataConfig(path=data_file, max_length=max_length), PriorConfig(workers=workers), out)
@@ -154,10 +164,12 @@ def main() -> None:
     parser.add_argument("--sizes", default="2500,5000,10000,20000", help="row counts of the stage runs")
     parser.add_argument("--workers", type=int, default=1, help="prior.workers of the stage runs")
     parser.add_argument("--max-length", type=int, default=1024)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads of a stage run (1: cores shared with other jobs make OpenMP spin)")
     parser.add_argument("--measure", nargs=3, metavar=("MODEL", "DATA", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
-        print(json.dumps(measure_stage(*args.measure, args.workers, args.max_length)))
+        print(json.dumps(measure_stage(*args.measure, args.workers, args.max_length, args.threads)))
         return
 
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -169,7 +181,7 @@ def main() -> None:
         for n in sizes:
             data = write_jsonl(rows[:n], tmp / f"rows-{n}.jsonl")  # its own file: the stage reads no more than n rows
             cmd = [sys.executable, __file__, "--measure", model, str(data), str(tmp / f"prior-{n}"),
-                   "--workers", str(args.workers), "--max-length", str(args.max_length)]
+                   "--workers", str(args.workers), "--max-length", str(args.max_length), "--threads", str(args.threads)]
             result = subprocess.run(cmd, capture_output=True, text=True)
             if result.returncode:
                 sys.exit(f"stage run on {n} rows failed:\n{result.stderr[-3000:]}")
@@ -183,9 +195,11 @@ def main() -> None:
           f"batched is {tok['per_row_s'] / tok['batched_s']:.2f}x")
     largest = stage[max(sizes)]
     print(f"\nprior stage, tiny random reference, {largest['rows']} rows ({largest['response_tokens']} response tokens), "
-          f"workers={args.workers}:")
-    print(f"  tokenizing {largest['rows'] / largest['tokenize_s']:8.0f} rows/s   scoring "
-          f"{largest['rows'] / largest['score_s']:6.0f} rows/s   whole stage {largest['rows'] / largest['wall_s']:6.0f} rows/s")
+          f"workers={args.workers}, {args.threads} torch thread(s) each:")
+    if args.workers == 1:  # the timers see only shards scored in the stage's own process
+        print(f"  tokenizing {largest['rows'] / largest['tokenize_s']:8.0f} rows/s   scoring "
+              f"{largest['rows'] / largest['score_s']:6.0f} rows/s", end="   ")
+    print(f"  whole stage {largest['rows'] / largest['wall_s']:6.0f} rows/s (loading and checking the data included)")
     print("\n  rows   data MiB   RSS after imports   peak RSS (VmHWM)   x smallest")
     first = stage[sizes[0]]["peak_rss_mib"]
     for n in sizes:
