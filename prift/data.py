@@ -222,13 +222,31 @@ def tokenize_rows(conversations, tokenizer, max_length: int) -> list[dict]:
     Each kept row: input_ids (list[int]), response_mask (1 on response tokens incl. EOS), index
     (position in the input), num_truncated (response tokens cut by max_length).
     """
-    if tokenizer.eos_token_id is None:
-        raise ValueError("the tokenizer has no eos_token_id: cannot end responses with EOS")
+    out, dropped, truncated = tokenize_batch(conversations, tokenizer, max_length)
+    log_tokenized(len(conversations), len(out), dropped, truncated, max_length)
+    if not out:
+        raise DataError(f"no row has a response token left within max_length={max_length}")
+    return out
+
+
+def tokenize_batch(conversations, tokenizer, max_length: int, first_index: int = 0) -> tuple[list[dict], int, int]:
+    """(kept rows as in `tokenize_rows`, rows dropped, responses truncated) for one batch of
+    conversations, whose first one has index `first_index`; nothing is logged or raised on an empty result.
+
+    Prompts are rendered one by one by the chat template (Jinja), then all prompts and all responses
+    are encoded in two batched calls of the fast tokenizer: the ids equal per-row encoding.
+    """
+    check_chat_tokenizer(tokenizer)
+    if not conversations:
+        return [], 0, 0
+    prompts = tokenizer.apply_chat_template(
+        [messages for messages, _ in conversations], add_generation_prompt=True, tokenize=True, return_dict=True
+    )["input_ids"]
+    responses = tokenizer([response for _, response in conversations], add_special_tokens=False)["input_ids"]
     out, dropped, truncated = [], 0, 0
-    for i, (prompt_messages, response) in enumerate(conversations):
-        prompt_ids = _chat_ids(tokenizer, prompt_messages)
-        response_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        ids = (prompt_ids + response_ids)[:max_length]
+    for i, (prompt_ids, response_ids) in enumerate(zip(prompts, responses)):
+        response_ids = list(response_ids) + [tokenizer.eos_token_id]
+        ids = (list(prompt_ids) + response_ids)[:max_length]
         n_response = len(ids) - len(prompt_ids)
         if n_response <= 0:
             dropped += 1
@@ -238,26 +256,26 @@ def tokenize_rows(conversations, tokenizer, max_length: int) -> list[dict]:
             {
                 "input_ids": ids,
                 "response_mask": [0] * len(prompt_ids) + [1] * n_response,
-                "index": i,
+                "index": first_index + i,
                 "num_truncated": len(response_ids) - n_response,
             }
         )
+    return out, dropped, truncated
+
+
+def log_tokenized(rows: int, kept: int, dropped: int, truncated: int, max_length: int) -> None:
     log.info(
         "tokenized %d rows: kept %d, dropped %d (prompt fills max_length=%d), %d responses truncated",
-        len(conversations), len(out), dropped, max_length, truncated,
+        rows, kept, dropped, max_length, truncated,
     )
-    if not out:
-        raise DataError(f"no row has a response token left within max_length={max_length}")
-    return out
 
 
-def _chat_ids(tokenizer, messages: list[dict]) -> list[int]:
+def check_chat_tokenizer(tokenizer) -> None:
+    """A tokenizer that can format SFT rows: it has an EOS token and a chat template."""
+    if tokenizer.eos_token_id is None:
+        raise ValueError("the tokenizer has no eos_token_id: cannot end responses with EOS")
     if tokenizer.chat_template is None:
         raise ValueError("the tokenizer has no chat template; set one (e.g. ChatML) before formatting")
-    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-    if isinstance(ids, dict) or hasattr(ids, "keys"):  # some versions return a BatchEncoding
-        ids = ids["input_ids"]
-    return list(ids)
 
 
 def fingerprint_rows(rows: list[dict], cfg: DataConfig) -> str:

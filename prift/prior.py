@@ -2,18 +2,20 @@
 
 PriFT's weight depends only on (reference, data), so instead of running a second full model on every
 training batch (the official code), this stage runs it once, with no gradient, over the tokenized
-data sorted by length, and stores per response token
+data and stores per response token
 
     prior_logprob = log q(y_t)     prior_mass = u_t   (see prift.signals)
 
 next to the token ids. Training then reads them from the batch: one pass serves every epoch, both
-PriFT variants, every rule of the family and every seed of a sweep.
+PriFT variants, every rule of the family and every seed of a sweep. The scoring itself is
+prift.reference; this module decides what is scored, where it goes, and when it is done.
 
-The reference's logits are never materialised for the whole batch: the stage takes the last hidden
-states, keeps the positions that predict a response token, and applies the output head to `row_chunk`
-of them at a time; `prift.signals` then reduces each block over vocabulary chunks in float32. The first
-batch is checked against the model's own full forward, so a model whose head differs from
-`lm_head(h)` (soft-capping, logit scaling) fails loudly instead of scoring silently wrong.
+The input rows are cut into shards of `shard_rows` consecutive rows, fixed by the row count alone.
+Each shard is tokenized, scored (length-sorted batches within the shard) and written as one Arrow
+file as soon as it is done, so memory holds one shard's tokens and signals whatever the row count.
+A shard file appears only when complete (tmp then rename): after a kill, a rerun scores only the
+shards that have no file. Shards go to `workers` processes, one per GPU; what a shard holds depends
+only on its rows, so the result is the same for any number of workers.
 
     prift prior CONFIG        # see workflows/configs/demo.yaml
 """
@@ -23,17 +25,28 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
+import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import pyarrow as pa
 import torch
-from tqdm.auto import tqdm
 
 from common.checks import at_least, require
-from prift.data import DataConfig, fingerprint_rows, load_rows, tokenize_rows, validate_rows
+from prift.data import (
+    DataConfig,
+    DataError,
+    check_chat_tokenizer,
+    fingerprint_rows,
+    load_rows,
+    log_tokenized,
+    tokenize_batch,
+    tokenize_rows,
+    validate_rows,
+)
 from prift.models import (
     default_device,
     default_dtype,
@@ -43,11 +56,23 @@ from prift.models import (
     load_tokenizer,
     resolve_model_path,
 )
-from prift.signals import DEFAULT_ROW_CHUNK, DEFAULT_VOCAB_CHUNK, token_signals
+from prift.reference import score_rows
+from prift.signals import DEFAULT_ROW_CHUNK, DEFAULT_VOCAB_CHUNK
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1  # bump when what is stored, or how it is computed, changes
+CACHE_FORMAT = 2  # bump when what is stored, or how it is computed, changes (2: Arrow shards)
+
+SCHEMA = pa.schema(
+    [
+        ("input_ids", pa.list_(pa.int32())),
+        ("response_mask", pa.list_(pa.int8())),
+        ("prior_logprob", pa.list_(pa.float32())),
+        ("prior_mass", pa.list_(pa.float32())),
+        ("index", pa.int64()),
+    ]
+)
+STATS_KEY = b"prift_shard_stats"  # schema metadata of each shard: its counts, written with it
 
 
 @dataclass(frozen=True)
@@ -60,19 +85,26 @@ class PriorConfig:
     """`cached`: score the data once in the prior stage; `online`: run the resident reference on
     every training batch (the official implementation; kept as a baseline and for equivalence tests)."""
     batch_tokens: int = 16384
-    """Padded tokens per scoring batch (batches are formed from length-sorted rows)."""
+    """Padded tokens per scoring batch (batches are formed from length-sorted rows of one shard)."""
     row_chunk: int = DEFAULT_ROW_CHUNK
     """Positions sent through the output head at once: bounds the [rows, vocab] logits block."""
     vocab_chunk: int = DEFAULT_VOCAB_CHUNK
     """Vocabulary slice reduced at once in float32."""
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     """Reference dtype: `auto` is bf16 on a GPU that has it, float32 otherwise."""
+    workers: int = 0
+    """Scoring processes, worker i on GPU i (modulo the visible GPUs); 0: one per visible GPU, or 1
+    without a GPU. The stored result does not depend on it."""
+    shard_rows: int = 4096
+    """Input rows per shard: what is held in memory, written at once, and redone after a kill."""
 
     def __post_init__(self):
         require(
             at_least("batch_tokens", self.batch_tokens, 1),
             at_least("row_chunk", self.row_chunk, 1),
             at_least("vocab_chunk", self.vocab_chunk, 1),
+            at_least("workers", self.workers, 0),
+            at_least("shard_rows", self.shard_rows, 1),
         )
 
 
@@ -80,109 +112,7 @@ def torch_dtype(name: str, device: torch.device) -> torch.dtype:
     return default_dtype(device) if name == "auto" else getattr(torch, name)
 
 
-# ----------------------------------------------------------------------------------- scoring
-
-
-def hidden_to_logits(model, hidden: torch.Tensor) -> torch.Tensor:
-    """The model's output head applied to hidden states (with Gemma-style final soft-capping)."""
-    logits = model.get_output_embeddings()(hidden)
-    cap = getattr(model.config, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    return logits
-
-
-@torch.no_grad()
-def reference_signals(
-    model,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    response_mask: torch.Tensor,
-    *,
-    row_chunk: int = DEFAULT_ROW_CHUNK,
-    vocab_chunk: int = DEFAULT_VOCAB_CHUNK,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(log q, u) aligned to tokens, [B, L] float32: entry j scores token j given tokens < j.
-
-    Entries that are not response tokens (prompt, padding, position 0) are 0.
-    """
-    hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-    predicts = response_mask[:, 1:].bool()  # position j-1 predicts token j
-    h = hidden[:, :-1][predicts]
-    targets = input_ids[:, 1:][predicts]
-    lp = torch.empty(targets.shape, dtype=torch.float32, device=input_ids.device)
-    u = torch.empty_like(lp)
-    for r0 in range(0, targets.numel(), row_chunk):
-        logits = hidden_to_logits(model, h[r0 : r0 + row_chunk])
-        lp[r0 : r0 + row_chunk], u[r0 : r0 + row_chunk] = token_signals(
-            logits, targets[r0 : r0 + row_chunk], vocab_chunk=vocab_chunk, row_chunk=row_chunk
-        )
-    out_lp = torch.zeros(input_ids.shape, dtype=torch.float32, device=input_ids.device)
-    out_u = torch.zeros_like(out_lp)
-    out_lp[:, 1:][predicts] = lp
-    out_u[:, 1:][predicts] = u
-    return out_lp, out_u
-
-
-@torch.no_grad()
-def check_head_matches_forward(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
-    """Raise if `hidden_to_logits(decoder(x))` disagrees with the model's own forward on one row."""
-    ids, mask = input_ids[:1], attention_mask[:1]
-    full = model(input_ids=ids, attention_mask=mask).logits.float()
-    ours = hidden_to_logits(model, model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state)
-    tol = 1e-3 if full.dtype == torch.float32 and model.dtype == torch.float32 else 5e-2
-    err = (full - ours.float()).abs().max().item()
-    if not err <= tol * max(1.0, full.abs().max().item()):
-        raise RuntimeError(
-            f"{type(model).__name__}: output head disagrees with the full forward (max |diff| {err:.3g}); "
-            "the prior scorer does not know this model's logit transform"
-        )
-
-
-def length_batches(lengths: list[int], batch_tokens: int) -> list[list[int]]:
-    """Indices grouped into batches of similar length whose padded size stays within batch_tokens."""
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    batches, current = [], []
-    for i in order:
-        if current and lengths[i] * (len(current) + 1) > batch_tokens:
-            batches.append(current)
-            current = []
-        current.append(i)
-    if current:
-        batches.append(current)
-    return batches
-
-
-def pad(seqs: list[list], value, device=None, dtype=torch.long) -> torch.Tensor:
-    width = max(len(s) for s in seqs)
-    return torch.tensor([list(s) + [value] * (width - len(s)) for s in seqs], dtype=dtype, device=device)
-
-
-def score_rows(model, rows: list[dict], cfg: PriorConfig) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per row, (prior_logprob, prior_mass) float32 arrays as long as its input_ids."""
-    device = next(model.parameters()).device
-    results: list = [None] * len(rows)
-    batches = length_batches([len(r["input_ids"]) for r in rows], cfg.batch_tokens)
-    checked = False
-    for batch in tqdm(batches, desc="prior", unit="batch"):
-        seqs = [rows[i]["input_ids"] for i in batch]
-        ids = pad(seqs, 0, device)
-        attn = pad([[1] * len(s) for s in seqs], 0, device)
-        resp = pad([rows[i]["response_mask"] for i in batch], 0, device)
-        if not checked:
-            check_head_matches_forward(model, ids, attn)
-            checked = True
-        lp, u = reference_signals(model, ids, attn, resp, row_chunk=cfg.row_chunk, vocab_chunk=cfg.vocab_chunk)
-        if not (torch.isfinite(lp[resp.bool()]).all() and torch.isfinite(u).all()):
-            raise FloatingPointError(f"non-finite reference signal in rows {[rows[i]['index'] for i in batch]}")
-        lp, u = lp.cpu(), u.cpu()
-        for k, i in enumerate(batch):
-            n = len(seqs[k])
-            results[i] = (lp[k, :n].numpy().copy(), u[k, :n].numpy().copy())  # float32: 4 bytes a value
-    return results
-
-
-# ----------------------------------------------------------------------------------- the stage
+# ----------------------------------------------------------------------------------- inputs
 
 
 def check_same_vocab(policy: str, reference: str) -> None:
@@ -201,16 +131,24 @@ def check_same_vocab(policy: str, reference: str) -> None:
             raise ValueError(f"prior.reference: {reference!r} uses a different tokenizer than the policy {policy!r}")
 
 
-def prepare_rows(model_name: str, data: DataConfig):
-    """Load, validate and tokenize the SFT data with the policy's tokenizer: (rows, tokenizer, data key)."""
+def prepare_conversations(model_name: str, data: DataConfig):
+    """Load and validate the SFT data, load the policy's tokenizer: (conversations, tokenizer, data key)."""
     raw = load_rows(data)
     conversations = validate_rows(raw, data)  # malformed rows fail here, before any model loads
     tokenizer = load_tokenizer(model_name)
-    return tokenize_rows(conversations, tokenizer, data.max_length), tokenizer, fingerprint_rows(raw, data)
+    check_chat_tokenizer(tokenizer)
+    return conversations, tokenizer, fingerprint_rows(raw, data)
+
+
+def prepare_rows(model_name: str, data: DataConfig):
+    """The SFT data tokenized with the policy's tokenizer, in memory: (rows, tokenizer, data key)."""
+    conversations, tokenizer, data_key = prepare_conversations(model_name, data)
+    return tokenize_rows(conversations, tokenizer, data.max_length), tokenizer, data_key
 
 
 def cache_key(reference: str, tokenizer, data_key: str, data: DataConfig, dtype) -> str:
-    """What decides the stored numbers; batch and chunk sizes only reorder float32 sums, so they are not in it."""
+    """What decides the stored numbers. Batch, chunk and shard sizes and the worker count only
+    regroup the same rows (reordering float32 sums at most), so they are not in it."""
     parts = {
         "format": CACHE_FORMAT,
         "reference": fingerprint_model(reference),
@@ -222,66 +160,207 @@ def cache_key(reference: str, tokenizer, data_key: str, data: DataConfig, dtype)
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
+# ----------------------------------------------------------------------------------- shards
+
+
+def shard_ranges(rows: int, shard_rows: int) -> list[tuple[int, int]]:
+    """[start, end) of each shard: consecutive input rows, fixed by the row count and shard size."""
+    return [(s, min(s + shard_rows, rows)) for s in range(0, rows, shard_rows)]
+
+
+def shard_path(folder: Path, start: int, end: int) -> Path:
+    return folder / f"shard-{start:010d}-{end:010d}.arrow"
+
+
+def _list_array(seqs: list, dtype) -> pa.ListArray:
+    offsets = np.zeros(len(seqs) + 1, dtype=np.int32)
+    np.cumsum([len(s) for s in seqs], out=offsets[1:])
+    values = np.concatenate([np.asarray(s, dtype=dtype) for s in seqs]) if seqs else np.empty(0, dtype)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
+
+
+def write_shard(path: Path, rows: list[dict], scored: list, counts: dict) -> None:
+    """One Arrow IPC stream file holding the shard's rows in input order; its statistics ride in the
+    schema metadata, so the file alone says what it holds. Atomic: tmp, then rename."""
+    masks = [np.asarray(r["response_mask"], dtype=bool) for r in rows]
+    lps = np.concatenate([lp[m] for (lp, _), m in zip(scored, masks)]) if rows else np.empty(0, np.float32)
+    us = np.concatenate([u[m] for (_, u), m in zip(scored, masks)]) if rows else np.empty(0, np.float32)
+    stats = counts | {
+        "kept": len(rows),
+        "response_tokens": int(lps.size),
+        "prob_sum": float(np.exp(lps.astype(np.float64)).sum()),
+        "mass_ge_half": int((us >= 0.5).sum()),
+    }
+    columns = [
+        _list_array([r["input_ids"] for r in rows], np.int32),
+        _list_array([r["response_mask"] for r in rows], np.int8),
+        _list_array([lp for lp, _ in scored], np.float32),
+        _list_array([u for _, u in scored], np.float32),
+        pa.array([r["index"] for r in rows], pa.int64()),
+    ]
+    schema = SCHEMA.with_metadata({STATS_KEY: json.dumps(stats)})
+    tmp = path.with_name(path.name + ".tmp")
+    with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+        writer.write_table(pa.Table.from_arrays(columns, schema=schema))
+    os.replace(tmp, path)
+
+
+def read_shard_stats(path: Path) -> dict:
+    with pa.memory_map(str(path)) as source:
+        return json.loads(pa.ipc.open_stream(source).schema.metadata[STATS_KEY])
+
+
+class ShardScorer:
+    """Tokenizes and scores shards in one process; the reference loads on the first shard with rows."""
+
+    def __init__(self, model_name: str, reference: str, dtype, device, cfg: PriorConfig, max_length: int, tokenizer=None):
+        self.reference, self.dtype, self.device, self.cfg, self.max_length = reference, dtype, device, cfg, max_length
+        self.tokenizer = tokenizer or load_tokenizer(model_name)
+        self._model = None
+
+    def model(self):
+        if self._model is None:
+            model = load_causal_lm(self.reference, dtype=self.dtype, device=self.device).eval()
+            if model.config.vocab_size < len(self.tokenizer):
+                raise ValueError(
+                    f"prior.reference: vocab size {model.config.vocab_size} < tokenizer size {len(self.tokenizer)}"
+                )
+            self._model = model
+        return self._model
+
+    def score_shard(self, conversations: list, start: int, path: Path) -> None:
+        rows, dropped, truncated = tokenize_batch(conversations, self.tokenizer, self.max_length, first_index=start)
+        scored = score_rows(self.model(), rows, self.cfg, progress=False) if rows else []
+        write_shard(path, rows, scored, {"rows": len(conversations), "dropped": dropped, "truncated": truncated})
+
+
+_WORKER: ShardScorer | None = None  # the scorer of a worker process (set by _start_worker)
+
+
+def _start_worker(ranks, scorer_args: dict, device_type: str, threads: int) -> None:
+    global _WORKER
+    rank = ranks.get()
+    if device_type == "cuda":
+        device = torch.device("cuda", rank % torch.cuda.device_count())
+    else:
+        device = torch.device("cpu")
+        torch.set_num_threads(threads)  # the workers share the cores instead of each taking all of them
+    _WORKER = ShardScorer(**scorer_args, device=device)
+
+
+def _score_in_worker(conversations: list, start: int, path: Path) -> None:
+    _WORKER.score_shard(conversations, start, path)
+
+
+def score_shards(pending, conversations, folder: Path, scorer_args: dict, device, workers: int, tokenizer) -> None:
+    """Write every pending shard, in this process (1 worker) or in `workers` spawned processes."""
+    done = 0
+
+    def finished(start: int, end: int) -> None:
+        nonlocal done
+        done += 1
+        log.info("prior: shard %d/%d written (rows %d-%d)", done, len(pending), start, end - 1)
+
+    if workers == 1:
+        scorer = ShardScorer(**scorer_args, device=device, tokenizer=tokenizer)
+        for start, end in pending:
+            scorer.score_shard(conversations[start:end], start, shard_path(folder, start, end))
+            finished(start, end)
+        return
+    ctx = torch.multiprocessing.get_context("spawn")  # CUDA cannot be used in a forked child
+    ranks = ctx.Queue()
+    for rank in range(workers):
+        ranks.put(rank)
+    threads = max(1, torch.get_num_threads() // workers)
+    init = (ranks, scorer_args, device.type, threads)
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_start_worker, initargs=init) as pool:
+        futures = {
+            pool.submit(_score_in_worker, conversations[s:e], s, shard_path(folder, s, e)): (s, e) for s, e in pending
+        }
+        try:
+            for future in as_completed(futures):
+                future.result()
+                finished(*futures[future])
+        except BaseException:
+            pool.shutdown(cancel_futures=True)  # shards already running still finish and stay written
+            raise
+
+
+def worker_count(workers: int, device: torch.device) -> int:
+    if workers:
+        return workers
+    return torch.cuda.device_count() if device.type == "cuda" else 1
+
+
+# ----------------------------------------------------------------------------------- the stage
+
+
 def run_prior(model_name: str, data: DataConfig, cfg: PriorConfig, prior_dir: str | Path) -> Path:
     """Score `data` with the reference (default: `model_name`); return the cache folder.
 
-    Layout: <prior_dir>/<key>/{data/ (datasets arrow), meta.json}. A second call with the same
-    reference, tokenizer, data, max length and dtype finds the folder and returns at once.
+    Layout: <prior_dir>/<key>/{data/shard-*.arrow, meta.json}. Shards accumulate in
+    <key>.partial/, which is renamed to <key> once every shard and meta.json are written: a folder
+    named <key> is always complete. A second call with the same reference, tokenizer, data, max
+    length and dtype finds it and returns at once; a call after a kill scores the missing shards.
     """
     reference = cfg.reference or model_name
     if reference != model_name:
         check_same_vocab(model_name, reference)
-    rows, tokenizer, data_key = prepare_rows(model_name, data)
+    conversations, tokenizer, data_key = prepare_conversations(model_name, data)
     device = default_device()
     dtype = torch_dtype(cfg.dtype, device)
     key = cache_key(reference, tokenizer, data_key, data, dtype)
     out = Path(prior_dir) / key
     if (out / "meta.json").exists():
-        log.info("prior cache hit: %s (reference %s, %d rows); nothing to compute", out, reference, len(rows))
+        rows = json.loads((out / "meta.json").read_text())["rows"]
+        log.info("prior cache hit: %s (reference %s, %d rows); nothing to compute", out, reference, rows)
         return out
 
-    model = load_causal_lm(reference, dtype=dtype, device=device).eval()
-    if model.config.vocab_size < len(tokenizer):
-        raise ValueError(f"prior.reference: vocab size {model.config.vocab_size} < tokenizer size {len(tokenizer)}")
-    log.info("scoring %d rows with reference %s (%s, %s)", len(rows), reference, device, dtype)
-    scored = score_rows(model, rows, cfg)
-    del model
-
-    import datasets
-
-    table = datasets.Dataset.from_dict(
-        {
-            "input_ids": [r["input_ids"] for r in rows],
-            "response_mask": [r["response_mask"] for r in rows],
-            "prior_logprob": [s[0] for s in scored],
-            "prior_mass": [s[1] for s in scored],
-            "index": [r["index"] for r in rows],
-        }
+    work = out.with_name(key + ".partial")
+    folder = work / "data"
+    folder.mkdir(parents=True, exist_ok=True)
+    shards = shard_ranges(len(conversations), cfg.shard_rows)
+    planned = {shard_path(folder, *s) for s in shards}
+    for stale in folder.iterdir():  # half-written shards, or shards of another shard_rows
+        if stale not in planned:
+            stale.unlink()
+    pending = [s for s in shards if not shard_path(folder, *s).exists()]
+    workers = min(worker_count(cfg.workers, device), max(len(pending), 1))
+    log.info(
+        "prior: %d rows in %d shards, %d already written; scoring the rest with reference %s (%s, %s, %d worker%s)",
+        len(conversations), len(shards), len(shards) - len(pending), reference, device.type, dtype, workers,
+        "s" * (workers > 1),
     )
-    meta = {"reference": reference, "rows": len(rows), "dtype": str(dtype), **signal_summary(rows, scored)}
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    table.save_to_disk(str(tmp / "data"))
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-    tmp.rename(out)  # atomic: a half-written cache is never taken as done
+    scorer_args = {"model_name": model_name, "reference": reference, "dtype": dtype, "cfg": cfg,
+                   "max_length": data.max_length}
+    score_shards(pending, conversations, folder, scorer_args, device, workers, tokenizer)
+
+    stats = [read_shard_stats(shard_path(folder, *s)) for s in shards]
+    total = {k: sum(s[k] for s in stats) for k in stats[0]}
+    log_tokenized(total["rows"], total["kept"], total["dropped"], total["truncated"], data.max_length)
+    if not total["kept"]:
+        raise DataError(f"no row has a response token left within max_length={data.max_length}")
+    tokens = max(total["response_tokens"], 1)
+    meta = {
+        "reference": reference,
+        "rows": total["kept"],
+        "dtype": str(dtype),
+        "shards": len(shards),
+        "response_tokens": total["response_tokens"],
+        "mean_prob": total["prob_sum"] / tokens,
+        "frac_mass_ge_0.5": total["mass_ge_half"] / tokens,
+    }
+    (work / "meta.json").write_text(json.dumps(meta, indent=2))
+    work.rename(out)  # atomic: the folder named <key> appears complete or not at all
     log.info("prior stored at %s: %s", out, json.dumps(meta))
     return out
 
 
-def signal_summary(rows: list[dict], scored) -> dict:
-    """Response-token statistics of the stored signals (logged and kept in meta.json)."""
-    masks = [np.asarray(r["response_mask"], dtype=bool) for r in rows]
-    lps = np.concatenate([lp[m] for (lp, _), m in zip(scored, masks)])
-    us = np.concatenate([u[m] for (_, u), m in zip(scored, masks)])
-    return {
-        "response_tokens": int(lps.size),
-        "mean_prob": float(np.exp(lps.astype(np.float64)).mean()),
-        "frac_mass_ge_0.5": float((us >= 0.5).mean()),
-    }
-
-
 def load_prior(folder: str | Path):
-    """The stored dataset (input_ids, response_mask, prior_logprob, prior_mass, index)."""
+    """The stored rows in input order as one `datasets.Dataset` (input_ids, response_mask,
+    prior_logprob, prior_mass, index), memory-mapped from the shard files: nothing is copied into
+    Python objects until a row is read."""
     import datasets
 
-    return datasets.load_from_disk(str(Path(folder) / "data"))
+    files = sorted((Path(folder) / "data").glob("shard-*.arrow"))
+    return datasets.concatenate_datasets([datasets.Dataset.from_file(str(f)) for f in files])

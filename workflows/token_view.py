@@ -92,7 +92,8 @@ def token_view(prior_dir: Path, out: Path, examples: int = 4, seed: int = 0) -> 
 def method_weights(prior_dir: Path, runs, rows: int = 32) -> dict[str, np.ndarray]:
     """Per method of the sweep, the weights of the response tokens of the first `rows` cached rows."""
     from prift.models import load_causal_lm
-    from prift.prior import load_prior, pad, reference_signals
+    from prift.prior import load_prior
+    from prift.reference import pad, reference_signals
 
     full = load_prior(prior_dir)
     table = full.select(range(min(rows, len(full))))
