@@ -12,18 +12,25 @@ import shutil
 from pathlib import Path
 
 
-def write_text(path: str | Path, text: str, *, durable: bool = False) -> None:
-    """Replace `path`'s content with `text` atomically. `durable`: fsync before the rename, for a
-    marker that promises the bytes written before it are on disk (checkpoint completion).
-    The temporary name carries the pid, so two processes writing the same file never share it."""
+@contextlib.contextmanager
+def replacing(path: str | Path):
+    """Yield a temporary path beside `path` to write (by any writer: text, Arrow, a library's own
+    save); on success it replaces `path` in one rename. The name carries the pid, so two processes
+    writing the same file never share it."""
     path = Path(path)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
+    yield tmp
+    os.replace(tmp, path)
+
+
+def write_text(path: str | Path, text: str, *, durable: bool = False) -> None:
+    """Replace `path`'s content with `text` atomically. `durable`: fsync before the rename, for a
+    marker that promises the bytes written before it are on disk (checkpoint completion)."""
+    with replacing(path) as tmp, open(tmp, "w") as f:
         f.write(text)
         if durable:
             f.flush()
             os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def fresh_tmp_dir(target: str | Path) -> Path:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from common import atomic
 from common.checks import at_least, require
 from prift.data import (
     DataConfig,
@@ -199,10 +199,8 @@ def write_shard(path: Path, rows: list[dict], scored: list, counts: dict) -> Non
         pa.array([r["index"] for r in rows], pa.int64()),
     ]
     schema = SCHEMA.with_metadata({STATS_KEY: json.dumps(stats)})
-    tmp = path.with_name(path.name + ".tmp")
-    with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+    with atomic.replacing(path) as tmp, pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
         writer.write_table(pa.Table.from_arrays(columns, schema=schema))
-    os.replace(tmp, path)
 
 
 def read_shard_stats(path: Path) -> dict:

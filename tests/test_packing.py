@@ -14,7 +14,8 @@ import transformers.masking_utils
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from prift.data import DataConfig
-from prift.prior import PriorConfig, reference_signals
+from prift.prior import PriorConfig
+from prift.reference import reference_signals
 from prift.sft import SFTStageConfig, build_trainer, sft_args, training_dataset
 from prift.trainer import (
     IGNORE,
