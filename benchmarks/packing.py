@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from prift.models import default_device, load_tokenizer, resolve_model_path
+from common.models import default_device, load_tokenizer, resolve_model_path
 from prift.prior import PriorConfig
 from prift.sft import SFTStageConfig, build_trainer
 from prift.trainer import PriftCollator, labels_from_mask

@@ -32,9 +32,10 @@ from pathlib import Path
 
 import torch
 
-from prift.models import default_device, load_causal_lm, load_tokenizer
+from common.models import default_device, load_causal_lm, load_tokenizer
 from prift.prior import PriorConfig
-from prift.reference import pad, reference_signals, score_rows
+from common.batching import pad
+from prift.reference import reference_signals, score_rows
 from prift.sft import SFTStageConfig, build_trainer, sft_args
 from prift.trainer import PriftCollator, labels_from_mask
 

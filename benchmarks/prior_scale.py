@@ -144,7 +144,7 @@ def per_row_tokenize(conversations, tokenizer, max_length: int) -> int:
 
 def time_tokenization(rows: list[dict], max_length: int) -> dict:
     from prift.data import DataConfig, tokenize_rows, validate_rows
-    from prift.models import load_tokenizer
+    from common.models import load_tokenizer
 
     tokenizer = load_tokenizer("smollm2-135m-instruct")
     conversations = validate_rows(rows, DataConfig(path="synthetic"))

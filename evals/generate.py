@@ -20,7 +20,8 @@ from tqdm.auto import tqdm
 
 from common.checks import at_least, interval, require, seed
 from common.lease import check_driver
-from prift.models import default_device, load_causal_lm, load_tokenizer, resolve_model_path
+from common.precision import resolve_dtype
+from common.models import chat_prompt_ids, default_device, load_causal_lm, load_tokenizer, resolve_model_path
 
 log = logging.getLogger(__name__)
 Backend = Literal["auto", "vllm", "hf"]
@@ -78,15 +79,10 @@ class Generator:
 
 def chat_ids(tokenizer, user_messages: list[str], system_prompt: str | None = None) -> list[list[int]]:
     """Token ids of each user message under the model's chat template (raw text without one)."""
-    out = []
-    for text in user_messages:
-        if tokenizer.chat_template is None:
-            out.append(tokenizer(text)["input_ids"])
-            continue
-        system = [{"role": "system", "content": system_prompt}] if system_prompt else []
-        ids = tokenizer.apply_chat_template(system + [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True)
-        out.append(list(ids["input_ids"] if hasattr(ids, "keys") else ids))
-    return out
+    if tokenizer.chat_template is None:
+        return [tokenizer(text)["input_ids"] for text in user_messages]
+    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    return chat_prompt_ids(tokenizer, [system + [{"role": "user", "content": text}] for text in user_messages])
 
 
 def context_length(model: str, max_model_len: int | None = None) -> int | None:
@@ -111,7 +107,7 @@ class HFGenerator(Generator):
     def __init__(self, model: str, *, batch_size: int = 16, dtype: torch.dtype | None = None):
         super().__init__(model)
         self.device = default_device()
-        dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
+        dtype = dtype or resolve_dtype("auto", self.device)
         self.lm = load_causal_lm(model, dtype=dtype, device=self.device).eval()
         self.batch_size = batch_size
 

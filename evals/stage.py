@@ -40,7 +40,7 @@ from evals.metrics import task_metrics
 from evals.sandbox import Sandbox, SandboxConfig
 from evals.scoring import Score, score_code, score_math
 from evals.tasks import TASKS, Example, Task, TaskError, TaskSpec, load_examples
-from prift.models import fingerprint_model, load_tokenizer
+from common.models import fingerprint_model, load_tokenizer
 
 log = logging.getLogger(__name__)
 

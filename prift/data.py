@@ -22,6 +22,7 @@ from pathlib import Path
 
 from common.checks import at_least, require
 from common.errors import InputError, listing
+from common.models import chat_prompt_ids
 
 log = logging.getLogger(__name__)
 
@@ -239,9 +240,7 @@ def tokenize_batch(conversations, tokenizer, max_length: int, first_index: int =
     check_chat_tokenizer(tokenizer)
     if not conversations:
         return [], 0, 0
-    prompts = tokenizer.apply_chat_template(
-        [messages for messages, _ in conversations], add_generation_prompt=True, tokenize=True, return_dict=True
-    )["input_ids"]
+    prompts = chat_prompt_ids(tokenizer, [messages for messages, _ in conversations])
     responses = tokenizer([response for _, response in conversations], add_special_tokens=False)["input_ids"]
     out, dropped, truncated = [], 0, 0
     for i, (prompt_ids, response_ids) in enumerate(zip(prompts, responses)):

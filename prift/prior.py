@@ -35,6 +35,7 @@ import pyarrow as pa
 import torch
 
 from common import atomic
+from common.precision import Precision, resolve_dtype
 from common.checks import at_least, require
 from prift.data import (
     DataConfig,
@@ -47,9 +48,8 @@ from prift.data import (
     tokenize_rows,
     validate_rows,
 )
-from prift.models import (
+from common.models import (
     default_device,
-    default_dtype,
     fingerprint_model,
     fingerprint_tokenizer,
     load_causal_lm,
@@ -90,8 +90,8 @@ class PriorConfig:
     """Positions sent through the output head at once: bounds the [rows, vocab] logits block."""
     vocab_chunk: int = DEFAULT_VOCAB_CHUNK
     """Vocabulary slice reduced at once in float32."""
-    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
-    """Reference dtype: `auto` is bf16 on a GPU that has it, float32 otherwise."""
+    precision: Precision = "auto"
+    """The reference's weights: `auto` is bf16 on a GPU that has it, float32 otherwise."""
     workers: int = 0
     """Scoring processes, worker i on GPU i (modulo the visible GPUs); 0: one per visible GPU, or 1
     without a GPU. The stored result does not depend on it."""
@@ -106,10 +106,6 @@ class PriorConfig:
             at_least("workers", self.workers, 0),
             at_least("shard_rows", self.shard_rows, 1),
         )
-
-
-def torch_dtype(name: str, device: torch.device) -> torch.dtype:
-    return default_dtype(device) if name == "auto" else getattr(torch, name)
 
 
 # ----------------------------------------------------------------------------------- inputs
@@ -306,7 +302,7 @@ def run_prior(model_name: str, data: DataConfig, cfg: PriorConfig, prior_dir: st
         check_same_vocab(model_name, reference)
     conversations, tokenizer, data_key = prepare_conversations(model_name, data)
     device = default_device()
-    dtype = torch_dtype(cfg.dtype, device)
+    dtype = resolve_dtype(cfg.precision, device)
     key = cache_key(reference, tokenizer, data_key, data, dtype)
     out = Path(prior_dir) / key
     if (out / "meta.json").exists():

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from common.batching import pad
 from prift.signals import DEFAULT_ROW_CHUNK, DEFAULT_VOCAB_CHUNK, token_signals
 
 
@@ -85,11 +86,6 @@ def length_batches(lengths: list[int], batch_tokens: int) -> list[list[int]]:
     if current:
         batches.append(current)
     return batches
-
-
-def pad(seqs: list[list], value, device=None, dtype=torch.long) -> torch.Tensor:
-    width = max(len(s) for s in seqs)
-    return torch.tensor([list(s) + [value] * (width - len(s)) for s in seqs], dtype=dtype, device=device)
 
 
 def score_rows(model, rows: list[dict], cfg, *, progress: bool = True) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -6,7 +6,7 @@ setup:   resolve the weight rule; get the tokenized data (with the stored prior 
          reads the prior in cached mode, else just the tokens); load the policy (and the resident
          reference in online mode); build a PriftTrainer.
 train:   TRL/transformers training loop; resumes from the newest *complete* checkpoint in
-         <out>/checkpoints (one with the COMPLETE marker: prift/checkpoints.py).
+         <out>/checkpoints (one with the COMPLETE marker: common/checkpoints.py).
 cleanup: save model + tokenizer to <out>/final.tmp, then rename to <out>/final (atomic).
 
 The defaults are the paper's math recipe (AdamW lr 5e-5, betas 0.9/0.95, weight decay 0.01, cosine
@@ -23,11 +23,12 @@ from pathlib import Path
 import torch
 
 from common.checks import at_least, interval, one_of, positive, require, seed
-from common.errors import InputError
-from prift.checkpoints import CheckpointMarker, latest_complete_checkpoint, save_final
+from common.sharding import check_sharding, sharding_args, sharding_summary
+from common.checkpoints import CheckpointMarker, latest_complete_checkpoint, save_final
 from prift.data import DataConfig
-from prift.models import default_device, load_causal_lm, load_tokenizer
-from prift.prior import PriorConfig, load_prior, prepare_rows, run_prior, torch_dtype
+from common.precision import PRECISIONS, Precision, resolve_dtype
+from common.models import default_device, load_causal_lm, load_tokenizer
+from prift.prior import PriorConfig, load_prior, prepare_rows, run_prior
 from prift.trainer import PriftCollator, PriftTrainer, with_labels
 from prift.weights import METHODS, WeightRule, resolve_method
 
@@ -66,8 +67,8 @@ class SFTStageConfig:
     """Epochs over the data (the paper: 1)."""
     max_steps: int = -1
     """Stop after this many optimizer steps (-1: run the epochs)."""
-    precision: str = "auto"
-    """`auto` (bf16 autocast on a GPU that has it, float32 otherwise), `bf16` or `fp32`."""
+    precision: Precision = "auto"
+    """Autocast dtype: `auto` (bf16 on a GPU that has it, float32 otherwise), `bf16` or `fp32`."""
     gradient_checkpointing: bool = False
     """Trade compute for activation memory."""
     packing: bool = False
@@ -98,7 +99,7 @@ class SFTStageConfig:
             one_of("method", self.method, METHODS) if self.rule is None else None,
             one_of("optim", self.optim, [o.value for o in OptimizerNames]),
             one_of("lr_scheduler_type", self.lr_scheduler_type, [t.value for t in SchedulerType]),
-            one_of("precision", self.precision, ("auto", "bf16", "fp32")),
+            one_of("precision", self.precision, PRECISIONS),
             positive("learning_rate", self.learning_rate),
             interval("adam_beta1", self.adam_beta1, 0, 1, high_open=True),
             interval("adam_beta2", self.adam_beta2, 0, 1, high_open=True),
@@ -132,52 +133,12 @@ def training_dataset(model_name: str, data: DataConfig, prior: PriorConfig, rule
     return with_labels(table)
 
 
-SHARDINGS = ("ddp", "fsdp")
-
-
-def sharding_args(sharding: str) -> dict:
-    """TrainingArguments fields for `sharding` (a Ray Train stage's `resources.sharding`).
-
-    ddp: nothing (accelerate makes every rank a full DDP replica). fsdp: transformers' FSDP2
-    integration, which hands accelerate's `fully_shard` each decoder layer (the model's
-    `_no_split_modules`), the embeddings with the final norm and LM head, then the root;
-    parameters, gradients and AdamW state are sharded 1/N per rank. FULL_STATE_DICT: `save_model`
-    gathers the full weights to rank 0, so checkpoints and final/ stay from_pretrained folders.
-    """
-    if sharding not in SHARDINGS:
-        raise ValueError(f"sharding: got {sharding!r}, expected one of {', '.join(SHARDINGS)}")
-    if sharding == "ddp":
-        return {}
-    config = {"version": 2, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP", "state_dict_type": "FULL_STATE_DICT"}
-    return {"fsdp": True, "fsdp_config": config}
-
-
-def check_sharding(trainer, sharding: str) -> None:
-    """Refuse to train full replicas when shards were asked for: accelerate drops its FSDP plugin
-    without a word where it does not shard (CPU process groups)."""
-    if sharding == "fsdp" and not trainer.is_fsdp_enabled:
-        raise InputError(
-            f"sharding: fsdp was asked for, but accelerate did not enable FSDP on this {trainer.accelerator.device.type} "
-            f"worker (distributed type {trainer.accelerator.distributed_type}); FSDP needs GPU workers"
-        )
-
-
-def sharding_summary(trainer, sharding: str) -> dict:
-    """How the weights were held: parameters on this rank (a DTensor's local shard under FSDP) and in
-    the model. Under FSDP each rank holds about 1/N of them; under DDP all of them."""
-    held = total = 0
-    for p in trainer.model.parameters():
-        total += p.numel()
-        held += p.to_local().numel() if hasattr(p, "to_local") else p.numel()
-    return {"type": sharding, "parameters": total, "parameters_on_rank": held}
-
-
 def sft_args(cfg: SFTStageConfig, out_dir: Path, sharding: str = "ddp"):
     """TRL SFTConfig for our already tokenized, masked and truncated data."""
     from trl import SFTConfig
 
     device = default_device()
-    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and torch_dtype("auto", device) == torch.bfloat16)
+    bf16 = resolve_dtype(cfg.precision, device) == torch.bfloat16
     return SFTConfig(
         output_dir=str(out_dir / "checkpoints"),
         optim=cfg.optim,
@@ -217,7 +178,7 @@ def build_trainer(model_name: str, dataset, cfg: SFTStageConfig, prior: PriorCon
     model = load_causal_lm(model_name, dtype=torch.float32, device=device)
     ref_model = None
     if rule.needs_prior and prior.mode == "online":
-        ref_model = load_causal_lm(prior.reference or model_name, dtype=torch_dtype(prior.dtype, device), device=device)
+        ref_model = load_causal_lm(prior.reference or model_name, dtype=resolve_dtype(prior.precision, device), device=device)
     log.info("SFT: method=%s rule=%s prior=%s bf16=%s packing=%s", cfg.method, rule, prior.mode, args.bf16, cfg.packing)
     return PriftTrainer(
         model=model,

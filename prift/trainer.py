@@ -28,7 +28,8 @@ import torch
 from trl import SFTTrainer
 
 from prift.loss import LossStats, to_label_space, weighted_nll
-from prift.reference import check_head_matches_forward, pad, reference_signals
+from common.batching import pad
+from prift.reference import check_head_matches_forward, reference_signals
 from prift.weights import WeightRule
 
 log = logging.getLogger(__name__)

@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from common.precision import Precision
 from rl.learning_signal import learning_signal, weights_fingerprint
 from rl.prompts import PromptsConfig, build_rows, check_no_eval_overlap
 from rl.rewards import REWARDS, guarded
@@ -128,7 +129,7 @@ class RLStageConfig:
     """Share of GPU memory the colocated vLLM may take (the trainer needs the rest)."""
     max_model_len: int | None = None
     """vLLM context length (prompt + completion); None: the model's."""
-    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    precision: Precision = "auto"
     """auto: bf16 on GPUs that support it, fp32 on CPU."""
     gradient_checkpointing: bool = False
     """Trade compute for activation memory."""
@@ -197,8 +198,10 @@ def choose_rollout(rollout: Rollout) -> str:
 def use_bf16(cfg: RLStageConfig) -> bool:
     import torch
 
-    on_gpu = torch.cuda.is_available()
-    return cfg.precision == "bf16" or (cfg.precision == "auto" and on_gpu and torch.cuda.is_bf16_supported())
+    from common.models import default_device
+    from common.precision import resolve_dtype
+
+    return resolve_dtype(cfg.precision, default_device()) == torch.bfloat16
 
 
 def engine_dtype(cfg: RLStageConfig) -> str:
@@ -210,7 +213,7 @@ def grpo_args(cfg: RLStageConfig, rollout: str, out_dir: Path, sharding: str = "
     import torch
     from trl import GRPOConfig
 
-    from prift.sft import sharding_args
+    from common.sharding import sharding_args
 
     on_gpu = torch.cuda.is_available()
     bf16 = use_bf16(cfg)
@@ -238,10 +241,10 @@ def grpo_args(cfg: RLStageConfig, rollout: str, out_dir: Path, sharding: str = "
 def run_rl(model: str, cfg: RLStageConfig, out_dir: str | Path, eval_tasks=(), callbacks=(),
            sharding: str = "ddp") -> Path:
     """Train with GRPO from `model`; return <out_dir>/final. A finished stage is a logged no-op.
-    `sharding`: ddp or fsdp on several Ray Train workers (prift.sft.sharding_args)."""
-    from prift.checkpoints import latest_complete_checkpoint, save_final
-    from prift.sft import check_sharding, sharding_summary
-    from prift.models import resolve_model_path
+    `sharding`: ddp or fsdp on several Ray Train workers (common/sharding.py)."""
+    from common.checkpoints import latest_complete_checkpoint, save_final
+    from common.sharding import check_sharding, sharding_summary
+    from common.models import resolve_model_path
     from rl.vllm_server import vllm_server
 
     out_dir = Path(out_dir)
@@ -310,7 +313,7 @@ def _trainer(path: str, cfg: RLStageConfig, rollout: str, out_dir: Path, rows: l
     import datasets
     from trl import GRPOTrainer
 
-    from prift.checkpoints import CheckpointMarker
+    from common.checkpoints import CheckpointMarker
 
     if rollout == "vllm_colocate":
         prepare_colocated_vllm(engine_dtype(cfg))

@@ -12,7 +12,7 @@ DEMO = Path(__file__).parent.parent / "workflows" / "configs" / "demo.yaml"
 
 def test_no_demo_sft_row_is_truncated_or_dropped():
     from prift.data import load_rows, tokenize_rows, validate_rows
-    from prift.models import load_tokenizer
+    from common.models import load_tokenizer
 
     cfg = load_config(DEMO)
     rows = tokenize_rows(validate_rows(load_rows(cfg.data), cfg.data), load_tokenizer(cfg.model), cfg.data.max_length)

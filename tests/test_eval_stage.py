@@ -12,7 +12,7 @@ from evals.generate import Completion, Generator, HFGenerator, SamplingConfig, c
 from evals.sandbox import Sandbox, SandboxConfig
 from evals.stage import EvalStageConfig, check_eval_inputs, run_eval, score_task
 from evals.tasks import TASKS, TaskError, TaskSpec, load_examples
-from prift.models import load_tokenizer
+from common.models import load_tokenizer
 from workflows.cli import main
 
 

@@ -15,7 +15,7 @@ from transformers import TrainerCallback, TrainerControl, TrainerState
 
 import common.lease as lease
 from common.lease import ENV, DriverLease, DriverLost, LeaseWatch, check_driver
-from prift.checkpoints import MARKER, DriverWatch, latest_complete_checkpoint
+from common.checkpoints import MARKER, DriverWatch, latest_complete_checkpoint
 from prift.data import DataConfig
 from prift.prior import PriorConfig
 from prift.sft import SFTStageConfig, run_sft

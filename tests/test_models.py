@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from prift.models import EMBEDDED, fingerprint_model, load_causal_lm, load_tokenizer, resolve_model_path
+from common.models import EMBEDDED, fingerprint_model, load_causal_lm, load_tokenizer, resolve_model_path
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ import torch
 
 from conftest import make_corpus
 from prift.data import DataConfig, tokenize_rows
-from prift.models import load_causal_lm, load_tokenizer
+from common.models import load_causal_lm, load_tokenizer
 from prift.prior import PriorConfig, ShardScorer, load_prior, run_prior
 
 

@@ -49,7 +49,7 @@ def reference_kl(model_a, model_b, ids: list[int]) -> float:
 
 
 def test_token_kl_is_zero_to_itself_and_matches_a_float64_reference(tiny_model, tmp_path):
-    from prift.models import load_causal_lm
+    from common.models import load_causal_lm
     from workflows.report import mean_token_kl, next_token_logits
 
     a = load_causal_lm(tiny_model).eval()
@@ -74,7 +74,7 @@ def prior_cache(tiny_model, sft_file, tmp_path_factory):
 
 
 def test_token_view_shows_every_response_token_with_its_weight(prior_cache, tiny_model, tmp_path):
-    from prift.models import load_tokenizer
+    from common.models import load_tokenizer
     from prift.prior import load_prior
     from workflows.token_view import token_view
 

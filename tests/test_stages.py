@@ -11,8 +11,8 @@ import yaml
 
 from conftest import build_tiny_model
 from prift.data import DataConfig, DataError
-from prift.models import load_causal_lm
-from prift.checkpoints import latest_complete_checkpoint
+from common.models import load_causal_lm
+from common.checkpoints import latest_complete_checkpoint
 from prift.prior import PriorConfig, load_prior, run_prior
 from prift.sft import SFTStageConfig, run_sft
 from prift.signals import token_signals
@@ -71,7 +71,7 @@ def test_second_prior_run_is_a_logged_no_op(tiny_model, sft_file, tmp_path, capl
 @pytest.mark.parametrize("model_type", ["llama", "qwen2"])
 def test_stored_signals_equal_the_full_forward_scored_row_by_row(tmp_path, model_type, sft_file):
     model_dir = build_tiny_model(tmp_path / model_type, seed=3, model_type=model_type)
-    folder = run_prior(model_dir, DataConfig(path=sft_file, max_length=64), PriorConfig(batch_tokens=200, row_chunk=7, vocab_chunk=50, dtype="float32"), tmp_path / "p")
+    folder = run_prior(model_dir, DataConfig(path=sft_file, max_length=64), PriorConfig(batch_tokens=200, row_chunk=7, vocab_chunk=50, precision="fp32"), tmp_path / "p")
     stored = load_prior(folder)
     model = load_causal_lm(model_dir).eval()
     for row in stored.select(range(5)):  # unpadded, one row at a time, full logits

@@ -11,7 +11,7 @@ from prift.weights import METHODS, resolve_method
 
 
 # float32 everywhere, also on a GPU host (where `auto` means bf16): these are float64 equalities
-F32_PRIOR = PriorConfig(dtype="float32")
+F32_PRIOR = PriorConfig(precision="fp32")
 
 
 def trainer_for(tiny_model, sft_file, tmp_path, method="prift_mass", prior=F32_PRIOR, **cfg):

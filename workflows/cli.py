@@ -91,7 +91,7 @@ def _command(args) -> int:
 
 def _dispatch(args, cfg) -> None:
     """One command; a single stage first checks its model as preflight would (no weights read)."""
-    from prift.models import check_model
+    from common.models import check_model
 
     out = Path(cfg.output_dir)
     if args.command == "run":

@@ -24,6 +24,7 @@ import yaml
 
 from common.checks import at_least, is_number, items, require, seed
 from common.errors import FieldErrors, InputError, listing
+from common.sharding import Sharding
 from evals.stage import EvalStageConfig
 from prift.data import DataConfig
 from prift.prior import PriorConfig
@@ -50,10 +51,10 @@ class Resources:
     """GPUs (fractions share one); a config asking for GPUs on a cluster without any fails up front."""
     workers: int = 1
     """sft and rl only: data-parallel Ray Train workers, each with these cpus/gpus (workflows/distributed.py)."""
-    sharding: Literal["ddp", "fsdp"] = "ddp"
+    sharding: Sharding = "ddp"
     """sft and rl only, with workers >= 2 and GPUs: `ddp` keeps a full replica of the weights, gradients
     and AdamW state on every worker; `fsdp` shards them over the workers (FSDP2 through transformers'
-    integration, prift.sft.sharding_args), about 1/workers of them per GPU. README "Sharded training"."""
+    integration, common/sharding.py), about 1/workers of them per GPU. README "Sharded training"."""
 
     def __post_init__(self):
         whole = is_whole_gpus(self.gpus)

@@ -10,14 +10,14 @@ the HF trainer inside runs as DDP with no code of its own:
     its share of every global batch in the single-process order;
   - the PriFT loss is normalised by the response tokens of all ranks (prift.trainer), so N workers
     step exactly like one worker with the same global batch (tests/test_distributed.py);
-  - rank 0 writes the checkpoints and final/ (prift.checkpoints) into the run directory, which every
+  - rank 0 writes the checkpoints and final/ (common.checkpoints) into the run directory, which every
     worker must see: one node, or a shared filesystem on a cluster (`pipeline.storage`).
 
 Resuming works as for one worker: every rank resumes from the newest complete checkpoint.
 
 With `sharding: fsdp` (the stage's resources; the stage task passes it to run_sft / run_rl) the same
 workers shard the weights, gradients and AdamW state with FSDP2 instead of replicating them
-(prift.sft.sharding_args); the batch, the loss normalisation and the saved folders are as above
+(common/sharding.py); the batch, the loss normalisation and the saved folders are as above
 (tests/test_sharding.py).
 """
 

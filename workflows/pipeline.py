@@ -36,7 +36,7 @@ import yaml
 from common import atomic
 from common.errors import RunsFailed
 from common.lease import DriverLease, check_driver, watch_driver
-from prift.checkpoints import DriverWatch
+from common.checkpoints import DriverWatch
 from rl.vllm_server import server_placement
 from workflows.config import RunConfig
 from workflows.preflight import preflight

@@ -101,7 +101,7 @@ def check_storage(cfg: RunConfig) -> None:
 def hub_inputs(cfg: RunConfig) -> dict:
     """For each content check, the hub models and datasets it would fetch (`field 'name'`); [] means
     it reads only local files and installed packages. Each rule says what the loader it guards does
-    with such a name (prift.models.check_model, prift.data.read_rows, evals.tasks.read_rows)."""
+    with such a name (common.models.check_model, prift.data.read_rows, evals.tasks.read_rows)."""
     on = cfg.pipeline.stages
     model = _hub_model("model", cfg.model)
     reference = cfg.prior.reference
@@ -118,7 +118,7 @@ def hub_inputs(cfg: RunConfig) -> dict:
 
 
 def _hub_model(field: str, name: str) -> str | None:
-    from prift.models import EMBEDDED, HUB_ID
+    from common.models import EMBEDDED, HUB_ID
 
     hub = name not in EMBEDDED and not Path(name).expanduser().exists() and HUB_ID.fullmatch(name)
     return f"{field} {name!r}" if hub else None
@@ -141,7 +141,7 @@ def _hub_task(field: str, spec) -> str | None:
 
 def check_models(cfg: RunConfig) -> None:
     """The base model, and the prior's reference when a PriFT method will read it."""
-    from prift.models import check_model
+    from common.models import check_model
     from prift.prior import check_same_vocab
 
     on = cfg.pipeline.stages
@@ -208,7 +208,7 @@ def check_weight_sync(cfg: RunConfig) -> list[str]:
     """Colocated vLLM must receive the trainer's weights on this host (rl/weight_sync.py), probed on
     the base model in a child process, so a host where it cannot is found before SFT. With
     `rollout: auto` that is not a problem: the RL stage falls back to hf, as logged here."""
-    from prift.models import resolve_model_path
+    from common.models import resolve_model_path
     from rl.grpo import choose_rollout, engine_dtype
     from rl.weight_sync import probe_in_subprocess
 

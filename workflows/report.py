@@ -232,7 +232,7 @@ def drift_texts(base_model: str, eval_tasks: list, n: int, max_tokens: int) -> d
     """Token ids of the two text sets the drift is measured on, truncated to max_tokens."""
     from evals.generate import chat_ids
     from evals.tasks import TaskSpec, load_examples
-    from prift.models import load_tokenizer
+    from common.models import load_tokenizer
 
     tokenizer = load_tokenizer(base_model)
     general = [tokenizer(t)["input_ids"][:max_tokens] for t in general_texts(n)]
@@ -245,7 +245,7 @@ def drift(runs: list[Run], base_model: str, texts: dict[str, list[list[int]]]) -
     """One record per fine-tuned model: method, stage, seed and the mean token KL to the base per text set."""
     from tqdm import tqdm
 
-    from prift.models import load_causal_lm
+    from common.models import load_causal_lm
 
     base = load_causal_lm(base_model).eval()
     base_logits = {name: next_token_logits(base, seqs) for name, seqs in texts.items()}

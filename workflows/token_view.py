@@ -67,7 +67,7 @@ body { font-family: sans-serif; max-width: 60em; margin: 2em auto; }
 
 def token_view(prior_dir: Path, out: Path, examples: int = 4, seed: int = 0) -> Path:
     """tokens.html for `examples` rows of the prior cache (seeded choice), using its reference model."""
-    from prift.models import load_causal_lm, load_tokenizer
+    from common.models import load_causal_lm, load_tokenizer
     from prift.prior import load_prior
 
     meta = json.loads((prior_dir / "meta.json").read_text())
@@ -91,9 +91,10 @@ def token_view(prior_dir: Path, out: Path, examples: int = 4, seed: int = 0) -> 
 
 def method_weights(prior_dir: Path, runs, rows: int = 32) -> dict[str, np.ndarray]:
     """Per method of the sweep, the weights of the response tokens of the first `rows` cached rows."""
-    from prift.models import load_causal_lm
+    from common.models import load_causal_lm
     from prift.prior import load_prior
-    from prift.reference import pad, reference_signals
+    from common.batching import pad
+    from prift.reference import reference_signals
 
     full = load_prior(prior_dir)
     table = full.select(range(min(rows, len(full))))

@@ -165,6 +165,16 @@ def load_tokenizer(name: str):
     return tokenizer
 
 
+def chat_prompt_ids(tokenizer, conversations: list[list[dict]]) -> list[list[int]]:
+    """Token ids of each conversation under the tokenizer's chat template, ending with the opener of
+    the assistant's turn (what a model continues from), in one batched call. The SFT data's prompts
+    and the evaluation's prompts are built here alike."""
+    if not conversations:
+        return []
+    ids = tokenizer.apply_chat_template(conversations, add_generation_prompt=True, tokenize=True, return_dict=True)
+    return [list(row) for row in ids["input_ids"]]
+
+
 def load_causal_lm(name: str, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
     from transformers import AutoModelForCausalLM
 
@@ -174,13 +184,6 @@ def load_causal_lm(name: str, *, dtype: torch.dtype = torch.float32, device: str
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def default_dtype(device: torch.device) -> torch.dtype:
-    """bf16 on GPUs that support it (the paper trains and scores in bf16), float32 on CPU."""
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
 
 
 def fingerprint_model(name: str) -> str:
