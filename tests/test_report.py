@@ -20,7 +20,8 @@ def summary(gsm8k: float, medqa: float) -> dict:
 
 
 def test_table_gives_mean_and_sample_std_over_seeds(tmp_path):
-    from workflows.report import Run, markdown_table, method_table
+    from workflows.report_collect import Run
+    from workflows.report_tables import markdown_table, method_table
 
     runs = [Run(tmp_path, "prift_mass", s, {}, {"sft": summary(g, m)}) for s, (g, m) in enumerate([(0.2, 0.5), (0.4, 0.5), (0.9, 0.2)])]
     runs.append(Run(tmp_path, "sft", 0, {}, {"sft": summary(0.1, 0.3)}))
@@ -50,7 +51,7 @@ def reference_kl(model_a, model_b, ids: list[int]) -> float:
 
 def test_token_kl_is_zero_to_itself_and_matches_a_float64_reference(tiny_model, tmp_path):
     from prift.models import load_causal_lm
-    from workflows.report import mean_token_kl, next_token_logits
+    from workflows.report_drift import mean_token_kl, next_token_logits
 
     a = load_causal_lm(tiny_model).eval()
     b = load_causal_lm(build_tiny_model(tmp_path / "other", seed=1)).eval()
@@ -126,7 +127,7 @@ def test_an_older_config_of_the_same_method_and_seed_is_not_averaged_in(tmp_path
 
     import yaml
 
-    from workflows.report import collect
+    from workflows.report_collect import collect
 
     for i, (name, value) in enumerate([("sft-m-s0-aaaa", 0.9), ("sft-m-s0-bbbb", 0.1)]):
         folder = tmp_path / name
@@ -140,7 +141,7 @@ def test_an_older_config_of_the_same_method_and_seed_is_not_averaged_in(tmp_path
 
 
 def test_drift_table_averages_the_seeds_of_each_method_and_stage():
-    from workflows.report import drift_table
+    from workflows.report_tables import drift_table
 
     records = [{"method": "sft", "stage": "sft", "seed": s, "kl": {"general": v}} for s, v in ((0, 0.1), (1, 0.2))]
     records.append({"method": "dft", "stage": "rl", "seed": 0, "kl": {"general": 0.3}})
