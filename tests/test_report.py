@@ -92,6 +92,37 @@ def test_token_view_shows_every_response_token_with_its_weight(prior_cache, tiny
         masses = [u for u, m in zip(row["prior_mass"], row["response_mask"]) if m]
         assert [("dropped" in cls) for cls, _, _ in spans] == [u < 0.5 for u in masses]
         assert all(html.unescape(tip).count("'") >= 2 * 5 for _, tip, _ in spans)  # five alternatives each
+    assert "dft=" not in page  # no dft model given: no DFT weight claimed
+    assert page.count('class="swatch"') == 11  # the colour legend, q = 0.0 .. 1.0
+
+
+def test_token_view_states_the_share_dropped_and_the_dft_weight_of_each_token(prior_cache, tiny_model, tmp_path):
+    from prift.prior import load_prior
+    from workflows.token_view import token_view
+
+    dft_model = build_tiny_model(tmp_path / "dft", seed=3)
+    page = token_view(prior_cache, tmp_path / "tokens.html", examples=2, dft_model=dft_model).read_text()
+    table = load_prior(prior_cache)
+    picked = sorted(np.random.default_rng(0).choice(len(table), size=2, replace=False).tolist())
+    captions = re.findall(r'<p class="caption">Example (\d+): (\d+) of (\d+) response tokens \((\d+)% dropped by PriFT-mass\)</p>', page)
+    blocks = re.findall(r'<div class="example">(.*?)</div>', page, flags=re.S)
+    from prift.models import load_causal_lm
+
+    model = load_causal_lm(dft_model).eval()
+    for (number, dropped, total, share), block, i in zip(captions, blocks, picked, strict=True):
+        row = table[i]
+        response = [j for j, m in enumerate(row["response_mask"]) if m]
+        expected = sum(row["prior_mass"][j] < 0.5 for j in response)
+        assert (int(dropped), int(total)) == (expected, len(response))
+        assert int(share) == round(100 * expected / len(response))
+        # the DFT weight: the dft model's own p(token j | tokens < j), float64 numpy softmax as reference
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([row["input_ids"]])).logits[0].double().numpy()
+        tips = re.findall(r'title="([^"]*)"', block)
+        for j, tip in zip(response, tips, strict=True):
+            z = logits[j - 1] - logits[j - 1].max()
+            p = np.exp(z[row["input_ids"][j]]) / np.exp(z).sum()
+            assert f"dft={p:.3f}" in html.unescape(tip)
 
 
 def chromium() -> str:

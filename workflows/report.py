@@ -66,8 +66,8 @@ def write_report(sweep: Path, *, kl_texts: int = 8, kl_max_tokens: int = 96, tok
     texts = drift_texts(config["model"], config["eval"]["tasks"], kl_texts, kl_max_tokens)
     kl = drift(runs, config["model"], texts)
     parts += ["", "## Drift from the base model", "",
-              f"Mean per-token KL(model || base) over {len(texts['general'])} paragraphs of general text "
-              f"(Python standard-library documentation) and {len(texts['eval_prompts'])} eval prompts "
+              f"Mean per-token KL(model || base) over {len(texts.get('general', []))} paragraphs of general text "
+              f"(Python standard-library documentation) and {len(texts.get('eval_prompts', []))} eval prompts "
               f"(chat template), each cut at {kl_max_tokens} tokens.", "", drift_table(kl)]
     parts += tokens_section(sweep, runs, out, token_examples)
     write_atomic(out / "drift.json", json.dumps(kl, indent=2))

@@ -53,7 +53,8 @@ def mean_token_kl(model, base_logits: list[torch.Tensor], sequences: list[list[i
 
 
 def drift_texts(base_model: str, eval_tasks: list, n: int, max_tokens: int) -> dict[str, list[list[int]]]:
-    """Token ids of the two text sets the drift is measured on, truncated to max_tokens."""
+    """Token ids of the two text sets the drift is measured on, truncated to max_tokens; a set
+    with no text (a sweep without eval tasks) is left out."""
     from evals.generate import chat_ids
     from evals.tasks import TaskSpec, load_examples
     from prift.models import load_tokenizer
@@ -62,7 +63,7 @@ def drift_texts(base_model: str, eval_tasks: list, n: int, max_tokens: int) -> d
     general = [tokenizer(t)["input_ids"][:max_tokens] for t in general_texts(n)]
     prompts = [e.prompt for spec in eval_tasks for e in load_examples(TaskSpec(**spec))]
     evals = [ids[:max_tokens] for ids in chat_ids(tokenizer, prompts[:n])]
-    return {"general": general, "eval_prompts": evals}
+    return {name: seqs for name, seqs in (("general", general), ("eval_prompts", evals)) if seqs}
 
 
 def drift(runs: list[Run], base_model: str, texts: dict[str, list[list[int]]]) -> list[dict]:

@@ -17,6 +17,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from workflows.report_stats import curve, mean_std  # noqa: E402
 
@@ -53,7 +54,7 @@ def comparison_figure(bars: list[dict], tasks: list[str], sizes: dict[str, tuple
 
     `bars`: [{"label", "method", "stage", "flagged", "values": {task: [value per seed]}}]; a task a
     row lacks is drawn n/a. Values in [0, 1], shown in %."""
-    fig, ax = plt.subplots(figsize=(max(7, 0.45 * len(bars) * len(tasks) + 2), 4.6))
+    fig, ax = plt.subplots(figsize=(max(8, 0.45 * len(bars) * len(tasks) + 2), 5.2))
     width = 0.8 / max(len(bars), 1)
     seeds = sorted({len(v) for b in bars for v in b["values"].values()})
     top = max([100 * max(v) for b in bars for v in b["values"].values() if v] + [1.0])
@@ -79,10 +80,11 @@ def comparison_figure(bars: list[dict], tasks: list[str], sizes: dict[str, tuple
     ax.set_ylim(0, top * 1.25)
     ax.set_ylabel(f"{metric_name} (%)")
     n = sorted({s[1] for s in sizes.values()})
-    spread = "error bars: std over seeds, where 2+" if seeds and max(seeds) > 1 else "one seed: no error bars"
-    ax.set_title(f"{metric_name} per task, n = {'/'.join(map(str, n)) or '?'} samples per problem; "
-                 f"mean over {'/'.join(map(str, seeds))} seed(s); {spread}", fontsize=9)
-    ax.legend(fontsize=7, ncol=2, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    counts = f"{seeds[0]}" if len(seeds) == 1 else f"{seeds[0]} to {seeds[-1]}"
+    spread = "error bars: std over seeds where a bar has 2+" if seeds and max(seeds) > 1 else "one seed: no error bars"
+    ax.set_title(f"{metric_name} per task, n = {'/'.join(map(str, n)) or '?'} samples per problem\n"
+                 f"mean over {counts} seed(s) per bar; {spread}", fontsize=9)
+    ax.legend(fontsize=7, ncol=min(4, max(len(bars), 1)), loc="upper center", bbox_to_anchor=(0.5, -0.16))
     fig.tight_layout()
     return fig
 
@@ -113,6 +115,7 @@ def rl_curves_figure(per_method: dict[str, dict], labels: dict[str, str], beta: 
                             label=f"{method} seed {seed}: no learning signal")
                     drawn = True
         ax.set_xlabel("GRPO step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(labels[key])
         if not drawn:
             reason = (f"not logged: rl.beta = {beta:g}, so GRPO has no KL term\n(TRL logs kl only when beta > 0)"
