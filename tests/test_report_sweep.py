@@ -214,3 +214,17 @@ def test_every_figure_gives_a_method_the_same_colour_and_tells_zero_from_missing
     assert first.patches[0].get_facecolor() == to_rgba(METHOD_COLOURS["sft"])
     assert second.patches[0].get_facecolor() == to_rgba(METHOD_COLOURS["prift_mass"])
     assert sum(p.get_height() for p in second.patches) == pytest.approx(1.0)  # shares of the tokens
+
+
+def test_rl_curves_come_from_the_rl_stage_mlflow_run_when_no_checkpoint_was_kept(report, tmp_path):
+    from workflows.report_collect import Run, rl_history
+
+    _, _, tracker = report
+    stage = tracker.run(None, "rl", {"stage": "rl"})
+    for step, reward, length in LOGS[("prift_mass", 0)]:
+        tracker.metrics(stage, {"reward": reward, "completions/mean_length": length, "loss": 0.0}, step=step)
+    run = Run(tmp_path, "prift_mass", 0, {}, manifest={"stages": {"rl": {"mlflow_run_id": stage}}})
+    history, source = rl_history(run, tracker.uri)
+    assert source == f"MLflow run {stage}"
+    assert history == {"reward": {1: 0.4, 2: 0.5, 3: 0.7}, "completions/mean_length": {1: 24.0, 2: 22.0, 3: 20.0}}
+    assert rl_history(run, None) == ({}, "none (no RL checkpoint kept and no MLflow run)")

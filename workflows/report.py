@@ -160,7 +160,8 @@ def tokens_section(sweep: Path, runs: list[Run], out: Path, examples: int) -> li
     return ["", "## Which tokens the prior calls misaligned", "",
             "[tokens.html](tokens.html): training tokens coloured by the reference probability "
             "(the PriFT-prob weight), struck through where PriFT-mass drops them, with the share dropped per "
-            "example; hover for q, the DFT weight and the reference's top alternatives.", "", "![weights](weights.png)"]
+            "example; hover for q, the DFT weight (with a dft run in the sweep) and the reference's top "
+            "alternatives.", "", "![weights](weights.png)"]
 
 
 def run_metrics(run: Run) -> dict[str, float]:

@@ -42,6 +42,7 @@ class Run:
     evals: dict[str, dict] = field(default_factory=dict)  # model stage (sft, rl) -> summary.json
     mlflow_run_id: str | None = None
     manifest: dict = field(default_factory=dict)
+    _samples: dict = field(default_factory=dict, repr=False)  # stage -> eval_samples, read once
 
     def status(self) -> str:
         """done, failed in STAGE: REASON, or incomplete (stages not done: ...)."""
@@ -68,8 +69,11 @@ class Run:
         return bool(self.signal) and not self.signal["ok"]
 
     def samples(self, stage: str) -> dict[str, dict[str, dict[str, list[float]]]]:
-        """The per-problem sample scores of this run's `stage` model (see `eval_samples`)."""
-        return eval_samples(self.folder / "eval" / stage)
+        """The per-problem sample scores of this run's `stage` model (see `eval_samples`), read once:
+        the tables, the comparisons and the MLflow metrics all use them."""
+        if stage not in self._samples:
+            self._samples[stage] = eval_samples(self.folder / "eval" / stage)
+        return self._samples[stage]
 
 
 def resolve_sweep(target: str, storage: str = "runs") -> Path:

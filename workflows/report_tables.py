@@ -124,9 +124,11 @@ def rests_on(summaries: list[dict]) -> str:
 
 
 def _ci(i: Interval | None, signed: bool = False) -> str:
+    """'12.5 [5.0, 20.0]' in %; a change `signed`: '+12.5 [+5.0, +20.0]'."""
     if i is None:
         return "-"
-    return f"{100 * i.estimate:{'+' if signed else ''}.1f} [{100 * i.lo:{'+' if signed else ''}.1f}, {100 * i.hi:{'+' if signed else ''}.1f}]"
+    fmt = "+.1f" if signed else ".1f"
+    return f"{100 * i.estimate:{fmt}} [{100 * i.lo:{fmt}}, {100 * i.hi:{fmt}}]"
 
 
 METRICS = (("Avg@{n}", "score", "avg"), ("Pass@1", "score", "pass_at_1"), ("Pass@{n}", "score", "pass_at_n"),
