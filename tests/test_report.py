@@ -20,7 +20,8 @@ def summary(gsm8k: float, medqa: float) -> dict:
 
 
 def test_table_gives_mean_and_sample_std_over_seeds(tmp_path):
-    from workflows.report import Run, markdown_table, method_table
+    from workflows.report_collect import Run
+    from workflows.report_tables import markdown_table, method_table
 
     runs = [Run(tmp_path, "prift_mass", s, {}, {"sft": summary(g, m)}) for s, (g, m) in enumerate([(0.2, 0.5), (0.4, 0.5), (0.9, 0.2)])]
     runs.append(Run(tmp_path, "sft", 0, {}, {"sft": summary(0.1, 0.3)}))
@@ -50,7 +51,7 @@ def reference_kl(model_a, model_b, ids: list[int]) -> float:
 
 def test_token_kl_is_zero_to_itself_and_matches_a_float64_reference(tiny_model, tmp_path):
     from common.models import load_causal_lm
-    from workflows.report import mean_token_kl, next_token_logits
+    from workflows.report_drift import mean_token_kl, next_token_logits
 
     a = load_causal_lm(tiny_model).eval()
     b = load_causal_lm(build_tiny_model(tmp_path / "other", seed=1)).eval()
@@ -91,6 +92,37 @@ def test_token_view_shows_every_response_token_with_its_weight(prior_cache, tiny
         masses = [u for u, m in zip(row["prior_mass"], row["response_mask"]) if m]
         assert [("dropped" in cls) for cls, _, _ in spans] == [u < 0.5 for u in masses]
         assert all(html.unescape(tip).count("'") >= 2 * 5 for _, tip, _ in spans)  # five alternatives each
+    assert "dft=" not in page  # no dft model given: no DFT weight claimed
+    assert page.count('class="swatch"') == 11  # the colour legend, q = 0.0 .. 1.0
+
+
+def test_token_view_states_the_share_dropped_and_the_dft_weight_of_each_token(prior_cache, tiny_model, tmp_path):
+    from prift.prior import load_prior
+    from workflows.token_view import token_view
+
+    dft_model = build_tiny_model(tmp_path / "dft", seed=3)
+    page = token_view(prior_cache, tmp_path / "tokens.html", examples=2, dft_model=dft_model).read_text()
+    table = load_prior(prior_cache)
+    picked = sorted(np.random.default_rng(0).choice(len(table), size=2, replace=False).tolist())
+    captions = re.findall(r'<p class="caption">Example (\d+): (\d+) of (\d+) response tokens \((\d+)% dropped by PriFT-mass\)</p>', page)
+    blocks = re.findall(r'<div class="example">(.*?)</div>', page, flags=re.S)
+    from common.models import load_causal_lm
+
+    model = load_causal_lm(dft_model).eval()
+    for (number, dropped, total, share), block, i in zip(captions, blocks, picked, strict=True):
+        row = table[i]
+        response = [j for j, m in enumerate(row["response_mask"]) if m]
+        expected = sum(row["prior_mass"][j] < 0.5 for j in response)
+        assert (int(dropped), int(total)) == (expected, len(response))
+        assert int(share) == round(100 * expected / len(response))
+        # the DFT weight: the dft model's own p(token j | tokens < j), float64 numpy softmax as reference
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([row["input_ids"]])).logits[0].double().numpy()
+        tips = re.findall(r'title="([^"]*)"', block)
+        for j, tip in zip(response, tips, strict=True):
+            z = logits[j - 1] - logits[j - 1].max()
+            p = np.exp(z[row["input_ids"][j]]) / np.exp(z).sum()
+            assert f"dft={p:.3f}" in html.unescape(tip)
 
 
 def chromium() -> str:
@@ -126,7 +158,7 @@ def test_an_older_config_of_the_same_method_and_seed_is_not_averaged_in(tmp_path
 
     import yaml
 
-    from workflows.report import collect
+    from workflows.report_collect import collect
 
     for i, (name, value) in enumerate([("sft-m-s0-aaaa", 0.9), ("sft-m-s0-bbbb", 0.1)]):
         folder = tmp_path / name
@@ -140,7 +172,7 @@ def test_an_older_config_of_the_same_method_and_seed_is_not_averaged_in(tmp_path
 
 
 def test_drift_table_averages_the_seeds_of_each_method_and_stage():
-    from workflows.report import drift_table
+    from workflows.report_tables import drift_table
 
     records = [{"method": "sft", "stage": "sft", "seed": s, "kl": {"general": v}} for s, v in ((0, 0.1), (1, 0.2))]
     records.append({"method": "dft", "stage": "rl", "seed": 0, "kl": {"general": 0.3}})
@@ -173,3 +205,21 @@ def test_pipeline_table_shows_strict_then_flexible_where_a_task_has_both():
     table = comparison_table({"base": base, "runs": {}}, ["gsm8k", "medqa"])
     assert "strict (primary) / flexible" in table.splitlines()[0]
     assert table.splitlines()[-1].split("|")[1:] == ["   25.0 / 50.0 ", "          75.0"]
+
+
+def test_each_methods_histogram_weights_are_its_rule_applied_to_the_stored_signals(prior_cache, tiny_model):
+    from types import SimpleNamespace
+
+    from prift.prior import load_prior
+    from workflows.token_view import method_weights
+
+    runs = [SimpleNamespace(method=m, models=lambda: {"sft": tiny_model}) for m in ("sft", "prift_prob", "prift_mass", "dft")]
+    weights = method_weights(prior_cache, runs, rows=5)
+    table = load_prior(prior_cache).select(range(5))
+    lp = np.concatenate([np.asarray(r["prior_logprob"])[np.asarray(r["response_mask"], bool)] for r in table])
+    u = np.concatenate([np.asarray(r["prior_mass"])[np.asarray(r["response_mask"], bool)] for r in table])
+    np.testing.assert_array_equal(weights["sft"], np.ones_like(lp))
+    np.testing.assert_allclose(weights["prift_prob"], np.exp(lp.astype(np.float64)), rtol=1e-6)
+    np.testing.assert_array_equal(weights["prift_mass"], (u >= 0.5).astype(np.float32))
+    # dft's model here is the base itself, so its own probability equals the prior's q
+    np.testing.assert_allclose(weights["dft"], np.exp(lp.astype(np.float64)), rtol=1e-4, atol=1e-7)

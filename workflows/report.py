@@ -4,313 +4,49 @@
     prift report demo --storage runs       # ... or its experiment name
 
 Reads the run directory (the source of truth for what finished) and writes <sweep>/report/:
-  report.md       method x task tables (Avg@n and Pass@k, mean +- std over seeds, per-domain means;
-                  math: strict, the primary metric, and flexible extraction),
-                  the drift table, and links to the figures
-  comparison.png  the Avg@n table as grouped bars (error bars: std over seeds)
-  drift           mean per-token KL(fine-tuned || base) on general text (the documentation of Python
-                  standard-library modules, which every install ships) and on the sweep's eval
-                  prompts under the chat template: the paper's claim is that the prior keeps the
-                  model closer to its pretrained distribution
+  report.md       the findings (generated from paired bootstrap tests), the runs, method x task
+                  tables (Avg@n mean ± std over seeds; per task Avg@n, Pass@1, Pass@n with 95%
+                  bootstrap intervals over problems and seeds; per domain), the method comparisons,
+                  the SFT -> RL change per task, and the drift table
+  comparison.png  the Avg@n table as grouped bars, one colour per method
+  rl_curves.png   GRPO reward, KL to the SFT start and completion length by step, per method
+  drift           mean per-token KL(fine-tuned || base) on general text and on the eval prompts
+                  (workflows/report_drift.py)
   tokens.html     workflows/token_view.py: training tokens coloured by their PriFT weight
-  weights.png     the weight histogram of each method
+  weights.png     the per-token weight histogram of each method
+The parts: report_collect.py (runs, samples, RL logs), report_stats.py (bootstrap, pure),
+report_tables.py (markdown and findings), report_drift.py (models), report_figures.py.
+
 Every file also goes to MLflow as artifacts (report/) of each parent run of the sweep, and each
-parent gets its checkpoints' drift as metrics `drift/kl_<text set>/<stage>` (e.g.
-`drift/kl_general/rl`), so the compare view of the parents shows it.
+parent gets metrics (`run_metrics`): its checkpoints' drift `drift/kl_<text set>/<stage>`, the
+95% interval of each of its cells `ci95/<stage>/<task>/<metric>/lo|hi`, and its SFT -> RL change
+`sft_to_rl/<task>/<metric>` with `/lo` and `/hi`, so the compare view of the parents shows them.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
-import math
-import re
-import statistics
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-import yaml
-
 from common import atomic
-from common.errors import InputError
-from workflows.rundir import rl_signal, run_label
+from workflows.report_collect import RL_CURVES, Run, base_samples, collect, resolve_sweep, rl_history
+from workflows.report_tables import (BOOTSTRAP_NOTE, SCORING_NOTE, comparison_table, comparisons, domain_interval_table,
+                                     drift_table, findings, groups, interval_of_run, markdown_table, method_table,
+                                     pick, rests_on, rl_change_tables, rl_changes, run_change, runs_section,
+                                     sample_sizes, task_interval_tables)
+
+__all__ = ["Run", "log_to_mlflow", "pick", "resolve_sweep", "run_metrics", "write_report"]
+# Run and pick are imported from here by workflows/pipeline.py and the MLflow tests.
 
 log = logging.getLogger(__name__)
-
-GENERAL_MODULES = ("json", "argparse", "collections", "textwrap", "random", "statistics", "fractions",
-                   "decimal", "datetime", "calendar", "shutil", "tempfile", "heapq", "bisect", "functools", "csv")
-
-
-@dataclass
-class Run:
-    """One finished (method, seed) run of the sweep, as its run directory records it."""
-
-    folder: Path
-    method: str
-    seed: int
-    config: dict
-    evals: dict[str, dict] = field(default_factory=dict)  # model stage (sft, rl) -> summary.json
-    mlflow_run_id: str | None = None
-    manifest: dict = field(default_factory=dict)
-
-    def status(self) -> str:
-        """done, failed in STAGE: REASON, or incomplete (stages not done: ...)."""
-        if self.manifest.get("status") == "failed":
-            return f"failed in {self.manifest.get('failed_stage')}: {self.manifest.get('error')}"
-        pending = [n for n, st in self.manifest.get("stages", {}).items() if st.get("status") != "done"]
-        if pending or self.manifest.get("status") != "done":
-            return f"incomplete (not done: {', '.join(pending) or 'no stage finished'})"
-        return "done"
-
-    def models(self) -> dict[str, Path]:
-        """Fine-tuned checkpoints that exist: {"sft": .../sft/final, "rl": .../rl/final}."""
-        out = {s: self.folder / s / "final" for s in ("sft", "rl")}
-        return {s: p for s, p in out.items() if (p / "config.json").exists()}
-
-
-def resolve_sweep(target: str, storage: str = "runs") -> Path:
-    """A sweep folder given as a path, or as an experiment name under `storage`."""
-    for path in (Path(target), Path(storage) / target):
-        if path.is_dir() and (any(path.glob("*/manifest.json"))):
-            return path
-    raise InputError(f"{target}: no sweep folder with run manifests here or under {storage}/")
-
-
-def collect(sweep: Path) -> tuple[list[Run], dict | None]:
-    """The runs of a sweep and the base model's eval summary (None if the base was not scored)."""
-    runs = []
-    for folder in sorted(p for p in sweep.iterdir() if (p / "manifest.json").exists() and p.name != "base"):
-        config = yaml.safe_load((folder / "config.yaml").read_text())
-        manifest = json.loads((folder / "manifest.json").read_text())
-        run = Run(folder, config["sft"]["method"], config["sft"]["seed"], config,
-                  mlflow_run_id=manifest.get("mlflow_run_id"), manifest=manifest)
-        for stage in ("sft", "rl"):
-            summary = folder / "eval" / stage / "summary.json"
-            if summary.exists():
-                run.evals[stage] = json.loads(summary.read_text())
-        runs.append(run)
-    runs = _newest_per_method_and_seed(runs)
-    base_summary = sweep / "base" / "eval" / "base" / "summary.json"
-    return runs, json.loads(base_summary.read_text()) if base_summary.exists() else None
-
-
-def _newest_per_method_and_seed(runs: list[Run]) -> list[Run]:
-    """A sweep folder keeps the runs of earlier configs too (their hash differs): report the newest
-    run of each (method, seed), so seeds of different configs are never averaged together."""
-    newest: dict[tuple, Run] = {}
-    for run in sorted(runs, key=lambda r: (r.folder / "manifest.json").stat().st_mtime):
-        old = newest.get((run.method, run.seed))
-        if old:
-            log.warning("report: %s supersedes %s (same method and seed, another config)", run.folder.name, old.folder.name)
-        newest[(run.method, run.seed)] = run
-    return sorted(newest.values(), key=lambda r: (r.method, r.seed))
-
-
-def _mean_std(values: list[float]) -> tuple[float, float | None]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
-
-
-def method_table(runs: list[Run], base: dict | None, section: str = "tasks") -> dict[str, dict[str, dict]]:
-    """{row label: {task or domain: {metric: (mean, std or None, seeds)}}}, rows = base, then each
-    (method, model stage) in the sweep; the mean and std are over the seeds."""
-    rows: dict[str, dict[str, dict]] = {}
-    if base:
-        rows["base"] = {t: {k: (v, None, 1) for k, v in m.items()} for t, m in base[section].items()}
-    for method in sorted({r.method for r in runs}):
-        for stage in ("sft", "rl"):
-            summaries = [r.evals[stage][section] for r in runs if r.method == method and stage in r.evals]
-            if not summaries:
-                continue
-            cells = {}
-            for col in summaries[0]:
-                metrics = [s[col] for s in summaries if col in s]
-                keys = set.intersection(*(set(m) for m in metrics))
-                cells[col] = {k: (*_mean_std([m[k] for m in metrics]), len(metrics)) for k in sorted(keys)}
-            rows[f"{method} ({run_label(stage, _worst_signal(runs, method) if stage == 'rl' else None)})"] = cells
-    return rows
-
-
-def _worst_signal(runs: list[Run], method: str) -> dict | None:
-    """The learning signal of a method's RL runs: not ok if any seed's run had none."""
-    signals = [rl_signal(r.folder) for r in runs if r.method == method]
-    return next((s for s in signals if s and not s["ok"]), None)
-
-
-def runs_section(runs: list[Run], config: dict) -> list[str]:
-    """Every run's status, RL runs without a learning signal, and (method, seed) pairs of the
-    newest config that have no run folder at all."""
-    lines = ["", "## Runs", "", "| run | status |", "|---|---|"]
-    for r in runs:
-        signal = rl_signal(r.folder)
-        note = f"; rl: no learning signal ({signal['reason']})" if signal and not signal["ok"] else ""
-        lines.append(f"| {r.folder.name} | {r.status()}{note} |")
-    present = {(r.method, r.seed) for r in runs}
-    pipeline = config.get("pipeline", {})
-    missing = [(m, s) for m in pipeline.get("methods", []) for s in pipeline.get("seeds", []) if (m, s) not in present]
-    lines += [f"| {m} seed {s} | missing (no run folder) |" for m, s in missing]
-    return lines
-
-
-def _cell(value: tuple | None) -> str:
-    if value is None:
-        return "-"
-    mean, std, _ = value
-    return f"{100 * mean:.1f}" + (f" ± {100 * std:.1f}" if std is not None else "")
-
-
-def pick(metrics: dict, metric: str) -> str | None:
-    """The key of `metric` in a task's metrics: `avg_at_n` (Avg@n, whatever n), `pass_at_n` (the
-    largest k computed: Pass@n), either with a variant suffix (`avg_at_n_flexible`: math's flexible
-    extraction), or an exact name such as `pass_at_1`. `avg_at_n` never picks a variant."""
-    m = re.fullmatch(r"(avg_at_|pass_at_)n(_[a-z]+)?", metric)
-    if m:
-        prefix, suffix = m.group(1), m.group(2) or ""
-        ks = [re.fullmatch(rf"{prefix}(\d+){suffix}", k) for k in metrics]
-        return max((k.group(0) for k in ks if k), key=lambda k: int(re.search(r"\d+", k).group()), default=None)
-    return metric if metric in metrics else None
-
-
-SCORING_NOTE = ("Math is scored as the Qwen2.5-Math harness scores it (the paper's protocol). Every table "
-                "but one counts stated final answers only (`\\boxed{}`, \"the answer is\", `####`): the "
-                "primary, strict metric. The flexible table also takes the last number of a completion "
-                "that states none, except in completions cut by the length limit.")
-
-
-def markdown_table(rows: dict[str, dict[str, dict]], metric: str) -> str:
-    """Rows x columns of one metric (see `pick`), in %, mean ± std over seeds."""
-    columns = sorted({c for cells in rows.values() for c in cells})
-    lines = ["| model | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
-    for label, cells in rows.items():
-        values = []
-        for c in columns:
-            metrics = cells.get(c, {})
-            key = pick(metrics, metric)
-            values.append(_cell(metrics[key]) if key else "-")
-        lines.append(f"| {label} | " + " | ".join(values) + " |")
-    return "\n".join(lines)
-
-
-# ---------------------------------------------------------------- drift from the base model
-
-
-def general_texts(n: int) -> list[str]:
-    """Up to n paragraphs of English prose from the docstrings of standard-library modules."""
-    paragraphs = []
-    for name in GENERAL_MODULES:
-        doc = importlib.import_module(name).__doc__ or ""
-        paragraphs += [" ".join(p.split()) for p in doc.split("\n\n") if len(p) >= 200]
-    return paragraphs[:n]
-
-
-@torch.no_grad()
-def next_token_logits(model, sequences: list[list[int]]) -> list[torch.Tensor]:
-    """The model's float32 logits [len - 1, vocab] for every next-token position of each sequence."""
-    return [model(input_ids=torch.tensor([ids])).logits[0, :-1].float() for ids in sequences]
-
-
-@torch.no_grad()
-def mean_token_kl(model, base_logits: list[torch.Tensor], sequences: list[list[int]]) -> float:
-    """Mean over every next-token position of KL(p_model || p_base), summed in float64. The base's
-    logits (`next_token_logits`) are computed once per text set and shared by every model compared."""
-    total, count = 0.0, 0
-    for ids, base in zip(sequences, base_logits, strict=True):
-        lp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0, :-1].double(), -1)
-        lq = torch.log_softmax(base.double(), -1)
-        total += float((lp.exp() * (lp - lq)).sum())
-        count += lp.shape[0]
-    if count == 0:
-        raise ValueError("no token positions to compare: every text is shorter than 2 tokens")
-    kl = total / count
-    if not math.isfinite(kl):
-        raise FloatingPointError(f"non-finite KL ({kl}) between the model and the base")
-    return kl
-
-
-def drift_texts(base_model: str, eval_tasks: list, n: int, max_tokens: int) -> dict[str, list[list[int]]]:
-    """Token ids of the two text sets the drift is measured on, truncated to max_tokens."""
-    from evals.generate import chat_ids
-    from evals.tasks import TaskSpec, load_examples
-    from common.models import load_tokenizer
-
-    tokenizer = load_tokenizer(base_model)
-    general = [tokenizer(t)["input_ids"][:max_tokens] for t in general_texts(n)]
-    prompts = [e.prompt for spec in eval_tasks for e in load_examples(TaskSpec(**spec))]
-    evals = [ids[:max_tokens] for ids in chat_ids(tokenizer, prompts[:n])]
-    return {"general": general, "eval_prompts": evals}
-
-
-def drift(runs: list[Run], base_model: str, texts: dict[str, list[list[int]]]) -> list[dict]:
-    """One record per fine-tuned model: method, stage, seed and the mean token KL to the base per text set."""
-    from tqdm import tqdm
-
-    from common.models import load_causal_lm
-
-    base = load_causal_lm(base_model).eval()
-    base_logits = {name: next_token_logits(base, seqs) for name, seqs in texts.items()}
-    del base
-    out = []
-    todo = [(r, stage, path) for r in runs for stage, path in r.models().items()]
-    for run, stage, path in tqdm(todo, desc="drift (KL to base)", unit="model"):
-        model = load_causal_lm(str(path)).eval()
-        kl = {name: mean_token_kl(model, base_logits[name], seqs) for name, seqs in texts.items()}
-        out.append({"method": run.method, "stage": stage, "seed": run.seed, "kl": kl})
-        del model
-    return out
-
-
-def drift_table(records: list[dict]) -> str:
-    """(method, stage) x text set: mean ± std over seeds of the mean token KL to the base."""
-    sets = sorted({s for r in records for s in r["kl"]})
-    groups: dict[tuple, list[dict]] = {}
-    for r in records:
-        groups.setdefault((r["method"], r["stage"]), []).append(r["kl"])
-    lines = ["| model | seeds | " + " | ".join(f"KL to base, {s}" for s in sets) + " |", "|---" * (len(sets) + 2) + "|"]
-    for (method, stage), kls in sorted(groups.items()):
-        cells = []
-        for s in sets:
-            mean, std = _mean_std([kl[s] for kl in kls])
-            cells.append(f"{mean:.4f}" + (f" ± {std:.4f}" if std is not None else ""))
-        lines.append(f"| {method} ({stage}) | {len(kls)} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-# ---------------------------------------------------------------- figures and the report
-
-
-def comparison_plot(rows: dict[str, dict[str, dict]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    tasks = sorted({c for cells in rows.values() for c in cells})
-    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(tasks)), 4))
-    width = 0.8 / max(len(rows), 1)
-    for i, (label, cells) in enumerate(rows.items()):
-        means, errs = [], []
-        for t in tasks:
-            metrics = cells.get(t, {})
-            key = pick(metrics, "avg_at_n")
-            mean, std, _ = metrics[key] if key else (0.0, None, 0)
-            means.append(100 * mean)
-            errs.append(100 * (std or 0.0))
-        lower = [min(e, m) for e, m in zip(errs, means)]  # accuracy is never below 0
-        ax.bar([j + i * width for j in range(len(tasks))], means, width, yerr=[lower, errs], label=label, capsize=2)
-    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(tasks))], tasks)
-    ax.set_ylabel("Avg@n (%)")
-    ax.set_title("Accuracy per task (mean over seeds; bars: std)")
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def write_report(sweep: Path, *, kl_texts: int = 8, kl_max_tokens: int = 96, token_examples: int = 4,
                  to_mlflow: bool = True) -> Path:
     """Build <sweep>/report/ (see the module docstring); returns its report.md."""
-    from workflows.token_view import token_view, weight_histograms
+    from workflows.report_drift import drift, drift_texts
+    from workflows.tracking import tracking_uri
 
     runs, base = collect(sweep)
     if not runs:
@@ -318,43 +54,142 @@ def write_report(sweep: Path, *, kl_texts: int = 8, kl_max_tokens: int = 96, tok
     out = sweep / "report"
     out.mkdir(exist_ok=True)
     config = runs[0].config
-    tasks = method_table(runs, base, "tasks")
-    domains = method_table(runs, base, "domains")
+    rows = groups(runs, base, base_samples(sweep))
+    found, changes = comparisons(rows), rl_changes(runs)
     parts = [f"# PriFT report: {sweep.name}", "",
              f"Base model `{config['model']}`; methods {sorted({r.method for r in runs})}; "
-             f"seeds {sorted({r.seed for r in runs})}. Values in %, mean ± std over seeds."]
+             f"seeds {sorted({r.seed for r in runs})}. Values in %.", "", findings(found, changes)]
     parts += runs_section(runs, config)
-    if tasks:
-        comparison_plot(tasks, out / "comparison.png")
-        parts += ["", SCORING_NOTE, "", "## Avg@n per task", "", markdown_table(tasks, "avg_at_n"),
-                  "", "## Avg@n per task, flexible math extraction", "", markdown_table(tasks, "avg_at_n_flexible"),
-                  "", "## Pass@1 per task", "", markdown_table(tasks, "pass_at_1"),
-                  "", "## Pass@n per task", "", markdown_table(tasks, "pass_at_n"),
-                  "", "## Avg@n per domain", "", markdown_table(domains, "avg_at_n"),
-                  "", "![comparison](comparison.png)"]
-    else:
-        parts += ["", "(no evaluation results in this sweep)"]
+    parts += tables_section(runs, base, rows, out)
+    parts += comparisons_section(found)
+    parts += rl_section(runs, config, changes, sample_sizes(rows), out, tracking_uri(sweep.parent))
     texts = drift_texts(config["model"], config["eval"]["tasks"], kl_texts, kl_max_tokens)
     kl = drift(runs, config["model"], texts)
     parts += ["", "## Drift from the base model", "",
-              f"Mean per-token KL(model || base) over {len(texts['general'])} paragraphs of general text "
-              f"(Python standard-library documentation) and {len(texts['eval_prompts'])} eval prompts "
+              f"Mean per-token KL(model || base) over {len(texts.get('general', []))} paragraphs of general text "
+              f"(Python standard-library documentation) and {len(texts.get('eval_prompts', []))} eval prompts "
               f"(chat template), each cut at {kl_max_tokens} tokens.", "", drift_table(kl)]
-    prior = max((sweep / "prior").glob("*/meta.json"), key=lambda p: p.stat().st_mtime, default=None)
-    if prior:
-        token_view(prior.parent, out / "tokens.html", examples=token_examples)
-        weight_histograms(prior.parent, runs, out / "weights.png")
-        parts += ["", "## Which tokens the prior calls misaligned", "",
-                  "[tokens.html](tokens.html): training tokens coloured by the reference probability "
-                  "(the PriFT-prob weight), struck through where PriFT-mass drops them; hover for the "
-                  "reference's top alternatives.", "", "![weights](weights.png)"]
-    (out / "drift.json").write_text(json.dumps(kl, indent=2))
+    parts += tokens_section(sweep, runs, out, token_examples)
+    atomic.write_text(out / "drift.json", json.dumps(kl, indent=2))
     report = out / "report.md"
     atomic.write_text(report, "\n".join(parts) + "\n")
     if to_mlflow:
-        log_to_mlflow(sweep, runs, out, kl)
+        log_to_mlflow(sweep, runs, out, kl, {r.folder.name: run_metrics(r) for r in runs})
     log.info("report written to %s", report)
     return report
+
+
+def tables_section(runs: list[Run], base: dict | None, rows, out: Path) -> list[str]:
+    """The Avg@n overview (mean ± std over seeds), the per-task interval tables, the domains."""
+    from workflows.report_figures import comparison_figure, save
+
+    tasks = method_table(runs, base, "tasks")
+    if not tasks:
+        return ["", "(no evaluation results in this sweep)"]
+    sizes = sample_sizes(rows)
+    names = sorted({c for cells in tasks.values() for c in cells})
+    bars = [{"label": g.label, "method": g.method, "stage": g.stage, "flagged": g.flagged,
+             "values": seed_values(g.summaries, names, "avg_at_n")} for g in rows]
+    save(comparison_figure(bars, names, sizes, "Avg@n"), out / "comparison.png")
+    summaries = [s for g in rows for s in g.summaries]
+    return ["", SCORING_NOTE, "", "## Avg@n per task", "", markdown_table(tasks, "avg_at_n"), "",
+            rests_on(summaries) + " Mean ± std over seeds; no ± with one seed.",
+            "", "![comparison](comparison.png)",
+            "", "## Per task, with 95% intervals", "", BOOTSTRAP_NOTE, *task_interval_tables(rows),
+            "", "## Avg@n per domain, with 95% intervals", "", *domain_interval_table(rows)]
+
+
+def seed_values(summaries: list[dict], tasks: list[str], metric: str) -> dict[str, list[float]]:
+    """{task: [value per seed]} of one metric (see `pick`), for the tasks every seed scored."""
+    out = {}
+    for task in tasks:
+        keys = [pick(s["tasks"].get(task, {}), metric) for s in summaries]
+        if all(keys):
+            out[task] = [s["tasks"][task][k] for s, k in zip(summaries, keys)]
+    return out
+
+
+def comparisons_section(found) -> list[str]:
+    if not found:
+        return []
+    return ["", "## Method comparisons (paired, Avg@n)", "", comparison_table(found)]
+
+
+def rl_section(runs: list[Run], config: dict, changes, sizes: dict, out: Path, uri: str) -> list[str]:
+    """RL from each initialization: the GRPO curves per method and the SFT -> RL tables."""
+    from workflows.report_figures import rl_curves_figure, save
+
+    with_rl = [r for r in runs if r.manifest.get("stages", {}).get("rl", {}).get("status") == "done"]
+    if not with_rl:
+        return []
+    per_method: dict[str, dict] = {}
+    sources = []
+    for r in with_rl:
+        history, source = rl_history(r, uri)
+        sources.append(f"{r.folder.name}: {source}")
+        entry = per_method.setdefault(r.method, {"ok": [], "flagged": []})
+        if r.rl_without_signal:
+            entry["flagged"].append((r.seed, history))
+        else:
+            entry["ok"].append(history)
+    beta = config.get("rl", {}).get("beta", 0.0)
+    save(rl_curves_figure(per_method, RL_CURVES, beta), out / "rl_curves.png")
+    parts = ["", "## RL from each SFT initialization", "",
+             "GRPO curves by step, mean ± std over the seeds of each method (runs without a learning signal "
+             "drawn dashed, not averaged in). " + ("KL to the SFT start is not logged: rl.beta is 0, so GRPO has "
+                                                    "no KL term." if not beta else ""),
+             "", "![rl curves](rl_curves.png)", "", "Curves read from: " + "; ".join(sources) + "."]
+    if changes:
+        parts += ["", "The SFT -> RL change per task: points, RL minus SFT, seeds paired (each RL model against "
+                  "the SFT model it started from), 95% intervals as above.", *rl_change_tables(changes, sizes)]
+    else:
+        parts += ["", "No SFT -> RL table: the SFT models were not evaluated (add sft to pipeline.eval_models)."]
+    return parts
+
+
+def tokens_section(sweep: Path, runs: list[Run], out: Path, examples: int) -> list[str]:
+    from workflows.report_figures import save, weights_figure
+    from workflows.token_view import method_weights, token_view
+
+    prior = max((sweep / "prior").glob("*/meta.json"), key=lambda p: p.stat().st_mtime, default=None)
+    if not prior:
+        return []
+    dft = next((r.models()["sft"] for r in runs if r.method == "dft" and "sft" in r.models()), None)
+    token_view(prior.parent, out / "tokens.html", examples=examples, dft_model=str(dft) if dft else None)
+    save(weights_figure(method_weights(prior.parent, runs)), out / "weights.png", dpi=110)
+    return ["", "## Which tokens the prior calls misaligned", "",
+            "[tokens.html](tokens.html): training tokens coloured by the reference probability "
+            "(the PriFT-prob weight), struck through where PriFT-mass drops them, with the share dropped per "
+            "example; hover for q, the DFT weight (with a dft run in the sweep) and the reference's top "
+            "alternatives.", "", "![weights](weights.png)"]
+
+
+def run_metrics(run: Run) -> dict[str, float]:
+    """A run's 95% intervals per model stage, task and metric (its own problems resampled), and its
+    SFT -> RL change per task with the interval, as parent-run MLflow metrics."""
+    out: dict[str, float] = {}
+    samples = {s: run.samples(s) for s in run.evals}
+    for stage, per_task in samples.items():
+        for task in per_task:
+            for metric in ("avg", "pass_at_n"):
+                name = metric_name(run.evals[stage]["tasks"].get(task, {}), metric)
+                interval = interval_of_run(per_task, task, metric)
+                if interval and name:
+                    out |= {f"ci95/{stage}/{task}/{name}/lo": interval.lo, f"ci95/{stage}/{task}/{name}/hi": interval.hi}
+    if {"sft", "rl"} <= set(samples):
+        for task in samples["rl"]:
+            for metric in ("avg", "pass_at_n"):
+                name = metric_name(run.evals["rl"]["tasks"].get(task, {}), metric)
+                change = run_change(samples["sft"], samples["rl"], task, metric)
+                if change and name:
+                    key = f"sft_to_rl/{task}/{name}"
+                    out |= {key: change.estimate, f"{key}/lo": change.lo, f"{key}/hi": change.hi}
+    return out
+
+
+def metric_name(task_metrics: dict, metric: str) -> str | None:
+    """The eval summary's name of a per-problem metric: avg -> avg_at_<n>, pass_at_n -> pass_at_<n>."""
+    return pick(task_metrics, {"avg": "avg_at_n", "pass_at_n": "pass_at_n"}[metric])
 
 
 def drift_metrics(records: list[dict], method: str, seed: int) -> dict[str, float]:
@@ -363,14 +198,16 @@ def drift_metrics(records: list[dict], method: str, seed: int) -> dict[str, floa
             for name, kl in r["kl"].items()}
 
 
-def log_to_mlflow(sweep: Path, runs: list[Run], folder: Path, kl: list[dict]) -> None:
-    """The report folder as `report/` artifacts of each parent run of the sweep, and each run's
-    drift as metrics of its parent."""
+def log_to_mlflow(sweep: Path, runs: list[Run], folder: Path, kl: list[dict],
+                  extra: dict[str, dict[str, float]] | None = None) -> None:
+    """The report folder as `report/` artifacts of each parent run of the sweep; each run's drift,
+    and its `extra` metrics (by run folder name, see `run_metrics`), as metrics of its parent."""
     from workflows.tracking import Tracker, tracking_uri
 
     storage = sweep.parent
     tracker = Tracker(tracking_uri(storage), sweep.name, storage / "mlartifacts")
     for run in runs:
         if run.mlflow_run_id:
-            tracker.metrics(run.mlflow_run_id, drift_metrics(kl, run.method, run.seed))
+            metrics = drift_metrics(kl, run.method, run.seed) | (extra or {}).get(run.folder.name, {})
+            tracker.metrics(run.mlflow_run_id, metrics)
             tracker.artifact(run.mlflow_run_id, folder, "report")

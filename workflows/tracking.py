@@ -123,6 +123,15 @@ def flatten(value, prefix: str = "") -> dict[str, str]:
     return {prefix.rstrip("."): str(value)[:6000]}
 
 
+def metric_histories(uri: str, run_id: str, keys: list[str]) -> dict[str, dict[int, float]]:
+    """{key: {step: value}} of the given metrics of a run; keys the run never logged are left out."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    logged = client.get_run(run_id).data.metrics
+    return {k: {m.step: m.value for m in client.get_metric_history(run_id, k)} for k in keys if k in logged}
+
+
 class Tracker:
     """A thin MLflow client bound to one experiment (created, or tagged, with `EXPERIMENT_KIND`).
     Runs it creates carry `source` (MLflow's source and git tags, see `source_tags`)."""

@@ -1,0 +1,176 @@
+"""What a finished sweep holds, read off its run folders: the runs, their eval summaries, the
+per-problem sample scores, and the RL stage's logged curves.
+
+A sweep folder (<storage>/<experiment>) holds one folder per (method, seed, config) run
+(workflows/rundir.py), a base/ folder with the base model's evals and prior/ with the reference
+signals. Each eval folder <run>/eval/<stage>/<task>/ has samples.jsonl: one row per (problem,
+sample) with its `score` (and `score_flexible` for math), which the statistics resample.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import yaml
+
+from common.errors import InputError
+from workflows.rundir import rl_signal
+
+log = logging.getLogger(__name__)
+
+STAGES = ("sft", "rl")
+"""The fine-tuned model stages of a run, in pipeline order."""
+
+RL_CURVES = {"reward": "reward", "kl": "kl", "completions/mean_length": "completion length (tokens)"}
+"""The GRPO curves the report draws: TRL 1.16's GRPOTrainer log keys and their axis labels. TRL
+logs `kl` only when `rl.beta` > 0 (there is no KL term otherwise)."""
+
+
+@dataclass
+class Run:
+    """One finished (method, seed) run of the sweep, as its run directory records it."""
+
+    folder: Path
+    method: str
+    seed: int
+    config: dict
+    evals: dict[str, dict] = field(default_factory=dict)  # model stage (sft, rl) -> summary.json
+    mlflow_run_id: str | None = None
+    manifest: dict = field(default_factory=dict)
+    _samples: dict = field(default_factory=dict, repr=False)  # stage -> eval_samples, read once
+
+    def status(self) -> str:
+        """done, failed in STAGE: REASON, or incomplete (stages not done: ...)."""
+        if self.manifest.get("status") == "failed":
+            return f"failed in {self.manifest.get('failed_stage')}: {self.manifest.get('error')}"
+        pending = [n for n, st in self.manifest.get("stages", {}).items() if st.get("status") != "done"]
+        if pending or self.manifest.get("status") != "done":
+            return f"incomplete (not done: {', '.join(pending) or 'no stage finished'})"
+        return "done"
+
+    def models(self) -> dict[str, Path]:
+        """Fine-tuned checkpoints that exist: {"sft": .../sft/final, "rl": .../rl/final}."""
+        out = {s: self.folder / s / "final" for s in STAGES}
+        return {s: p for s, p in out.items() if (p / "config.json").exists()}
+
+    @cached_property
+    def signal(self) -> dict | None:
+        """The RL stage's learning signal (None when the RL stage left no summary)."""
+        return rl_signal(self.folder)
+
+    @property
+    def rl_without_signal(self) -> bool:
+        """True when the RL stage ran and had nothing to learn from: its model is no RL result."""
+        return bool(self.signal) and not self.signal["ok"]
+
+    def samples(self, stage: str) -> dict[str, dict[str, dict[str, list[float]]]]:
+        """The per-problem sample scores of this run's `stage` model (see `eval_samples`), read once:
+        the tables, the comparisons and the MLflow metrics all use them."""
+        if stage not in self._samples:
+            self._samples[stage] = eval_samples(self.folder / "eval" / stage)
+        return self._samples[stage]
+
+
+def resolve_sweep(target: str, storage: str = "runs") -> Path:
+    """A sweep folder given as a path, or as an experiment name under `storage`."""
+    for path in (Path(target), Path(storage) / target):
+        if path.is_dir() and (any(path.glob("*/manifest.json"))):
+            return path
+    raise InputError(f"{target}: no sweep folder with run manifests here or under {storage}/")
+
+
+def collect(sweep: Path) -> tuple[list[Run], dict | None]:
+    """The runs of a sweep and the base model's eval summary (None if the base was not scored)."""
+    runs = []
+    for folder in sorted(p for p in sweep.iterdir() if (p / "manifest.json").exists() and p.name != "base"):
+        config = yaml.safe_load((folder / "config.yaml").read_text())
+        manifest = json.loads((folder / "manifest.json").read_text())
+        run = Run(folder, config["sft"]["method"], config["sft"]["seed"], config,
+                  mlflow_run_id=manifest.get("mlflow_run_id"), manifest=manifest)
+        for stage in STAGES:
+            summary = folder / "eval" / stage / "summary.json"
+            if summary.exists():
+                run.evals[stage] = json.loads(summary.read_text())
+        runs.append(run)
+    runs = _newest_per_method_and_seed(runs)
+    base_summary = sweep / "base" / "eval" / "base" / "summary.json"
+    return runs, json.loads(base_summary.read_text()) if base_summary.exists() else None
+
+
+def base_samples(sweep: Path) -> dict[str, dict[str, dict[str, list[float]]]]:
+    """The base model's per-problem sample scores ({} when the base was not scored)."""
+    return eval_samples(sweep / "base" / "eval" / "base")
+
+
+def _newest_per_method_and_seed(runs: list[Run]) -> list[Run]:
+    """A sweep folder keeps the runs of earlier configs too (their hash differs): report the newest
+    run of each (method, seed), so seeds of different configs are never averaged together."""
+    newest: dict[tuple, Run] = {}
+    for run in sorted(runs, key=lambda r: (r.folder / "manifest.json").stat().st_mtime):
+        old = newest.get((run.method, run.seed))
+        if old:
+            log.warning("report: %s supersedes %s (same method and seed, another config)", run.folder.name, old.folder.name)
+        newest[(run.method, run.seed)] = run
+    return sorted(newest.values(), key=lambda r: (r.method, r.seed))
+
+
+SCORE_KEYS = ("score", "score_flexible")
+"""The sample scores of samples.jsonl: the primary (strict for math) and, for math, the flexible one."""
+
+
+def eval_samples(eval_dir: Path) -> dict[str, dict[str, dict[str, list[float]]]]:
+    """{task: {score key: {problem id: [score of sample 0, 1, ...]}}} from eval_dir/<task>/samples.jsonl.
+
+    A row without a score, or a problem whose sample indices are not 0..n-1, is an InputError that
+    names the file and line: the statistics would otherwise rest on scores that are not there."""
+    out: dict[str, dict[str, dict[str, list[float]]]] = {}
+    for path in sorted(eval_dir.glob("*/samples.jsonl")) if eval_dir.is_dir() else ():
+        per_key: dict[str, dict[str, dict[int, float]]] = {}
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            if not isinstance(row.get("score"), (int, float)) or "id" not in row or "sample" not in row:
+                raise InputError(f"{path}:{number}: expected a row with id, sample and a numeric score")
+            for key in SCORE_KEYS:
+                if isinstance(row.get(key), (int, float)):
+                    per_key.setdefault(key, {}).setdefault(str(row["id"]), {})[int(row["sample"])] = float(row[key])
+        task = {}
+        for key, problems in per_key.items():
+            task[key] = {}
+            for pid, samples in problems.items():
+                if sorted(samples) != list(range(len(samples))):
+                    raise InputError(f"{path}: problem {pid} has samples {sorted(samples)}, expected 0..{len(samples) - 1}")
+                task[key][pid] = [samples[i] for i in range(len(samples))]
+        out[path.parent.name] = task
+    return out
+
+
+def rl_history(run: Run, uri: str | None) -> tuple[dict[str, dict[int, float]], str]:
+    """The RL stage's logged curves {TRL log key: {step: value}} for the keys of `RL_CURVES`, and
+    where they came from. The trainer's own log_history (trainer_state.json of the newest RL
+    checkpoint) when the checkpoints were kept; else the metric history of the RL stage's MLflow
+    run (the pipeline logs every trainer log line there, by step) when `uri` is given; else {}."""
+    states = sorted((run.folder / "rl" / "checkpoints").glob("checkpoint-*/trainer_state.json"),
+                    key=lambda p: int(re.sub(r"\D", "", p.parent.name) or 0))
+    if states:
+        history: dict[str, dict[int, float]] = {}
+        for entry in json.loads(states[-1].read_text()).get("log_history", []):
+            for key in RL_CURVES:
+                if key in entry and "step" in entry:
+                    history.setdefault(key, {})[int(entry["step"])] = float(entry[key])
+        return history, str(states[-1].relative_to(run.folder))
+    run_id = run.manifest.get("stages", {}).get("rl", {}).get("mlflow_run_id")
+    if uri and run_id:
+        from workflows.tracking import metric_histories
+
+        try:
+            return metric_histories(uri, run_id, list(RL_CURVES)), f"MLflow run {run_id}"
+        except Exception as e:  # a store that is gone or unreachable: the report is still written
+            log.warning("report: no RL curves for %s from MLflow (%s: %s)", run.folder.name, type(e).__name__, e)
+    return {}, "none (no RL checkpoint kept and no MLflow run)"

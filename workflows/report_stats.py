@@ -1,0 +1,130 @@
+"""The report's statistics: pure functions of numbers, no files and no models.
+
+A cell of the report (a model on a task) rests on a matrix of per-problem scores, one row per seed
+(a run of the method) and one column per problem: a problem's score is its Avg@n (share of its n
+samples that are correct) or its unbiased Pass@k (evals/metrics.py). The cell's value is the mean
+of that matrix.
+
+Uncertainty is a 95% percentile bootstrap: each resample draws the seeds (rows) and the problems
+(columns) with replacement, independently, and takes the mean; the interval is the 2.5th and
+97.5th percentile of `RESAMPLES` such means, drawn from a generator seeded with `SEED`, so the
+report gives the same interval every time. With one seed only the problems vary.
+
+Two methods are compared paired: each resample draws ONE set of problems and scores both methods
+on it (their seeds are drawn independently: seed s of one method and of another are different
+training runs). The difference is called a difference only when that interval excludes 0.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+
+import numpy as np
+
+from evals.metrics import pass_at_k
+
+RESAMPLES = 2000
+SEED = 0
+LEVEL = 0.95
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A statistic and its bootstrap interval [lo, hi]."""
+
+    estimate: float
+    lo: float
+    hi: float
+
+    @property
+    def significant(self) -> bool:
+        """True when the interval excludes 0 (a difference is only called one then)."""
+        return self.lo > 0 or self.hi < 0
+
+
+def mean_std(values: list[float]) -> tuple[float, float | None]:
+    """The mean and the sample standard deviation (None for a single value: no spread claimed)."""
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def problem_scores(samples: list[float], metric: str) -> float:
+    """One problem's score from its samples' scores (0/1): `avg` (share correct) or `pass_at_<k>`
+    (unbiased Pass@k; `pass_at_n` is k = number of samples)."""
+    n, c = len(samples), int(round(sum(samples)))
+    if metric == "avg":
+        return c / n
+    k = n if metric == "pass_at_n" else int(metric.removeprefix("pass_at_"))
+    return pass_at_k(n, c, k)
+
+
+def score_matrix(per_seed: list[dict[str, list[float]]], metric: str, problems: list[str] | None = None) -> np.ndarray:
+    """[seeds, problems] float64 matrix of per-problem scores; `problems` (default: those every seed
+    has, sorted) fixes the columns, so two methods' matrices line up problem by problem."""
+    if problems is None:
+        problems = shared_problems(per_seed)
+    return np.array([[problem_scores(seed[p], metric) for p in problems] for seed in per_seed], dtype=np.float64)
+
+
+def shared_problems(*groups: list[dict[str, list[float]]]) -> list[str]:
+    """The problem ids present in every seed of every group, sorted."""
+    sets = [set(seed) for group in groups for seed in group]
+    return sorted(set.intersection(*sets)) if sets else []
+
+
+def _weights(rng: np.random.Generator, size: int, resamples: int) -> np.ndarray:
+    """[resamples, size] counts: how often each of `size` items is drawn in a resample of size `size`."""
+    return rng.multinomial(size, np.full(size, 1.0 / size), size=resamples)
+
+
+def _resampled_means(x: np.ndarray, seed_w: np.ndarray, problem_w: np.ndarray) -> np.ndarray:
+    """The mean of x over the drawn seeds and drawn problems, for each resample."""
+    s, p = x.shape
+    return np.einsum("bs,sp,bp->b", seed_w, x, problem_w) / (s * p)
+
+
+def _interval(estimate: float, draws: np.ndarray) -> Interval:
+    lo, hi = np.quantile(draws, [(1 - LEVEL) / 2, (1 + LEVEL) / 2])
+    return Interval(float(estimate), float(lo), float(hi))
+
+
+def bootstrap_mean(strata: list[np.ndarray], resamples: int = RESAMPLES, seed: int = SEED) -> Interval:
+    """The mean over strata of each [seeds, problems] matrix's mean, and its percentile interval.
+    One stratum is one task; several (a domain's tasks) are resampled each within itself."""
+    rng = np.random.default_rng(seed)
+    draws = np.zeros(resamples)
+    for x in strata:
+        draws += _resampled_means(x, _weights(rng, x.shape[0], resamples), _weights(rng, x.shape[1], resamples))
+    return _interval(np.mean([x.mean() for x in strata]), draws / len(strata))
+
+
+def bootstrap_resamples(x: np.ndarray, resamples: int = RESAMPLES, seed: int = SEED) -> np.ndarray:
+    """The bootstrap distribution itself (the resampled means of one matrix), for checks."""
+    rng = np.random.default_rng(seed)
+    return _resampled_means(x, _weights(rng, x.shape[0], resamples), _weights(rng, x.shape[1], resamples))
+
+
+def paired_difference(a: np.ndarray, b: np.ndarray, resamples: int = RESAMPLES, seed: int = SEED) -> Interval:
+    """mean(a) - mean(b) for two [seeds, problems] matrices with the same problem columns, and its
+    paired percentile interval: the same problems drawn for both, the seeds of each drawn apart."""
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"paired comparison needs the same problems: {a.shape[1]} vs {b.shape[1]} columns")
+    rng = np.random.default_rng(seed)
+    problem_w = _weights(rng, a.shape[1], resamples)
+    draws = (_resampled_means(a, _weights(rng, a.shape[0], resamples), problem_w)
+             - _resampled_means(b, _weights(rng, b.shape[0], resamples), problem_w))
+    return _interval(a.mean() - b.mean(), draws)
+
+
+def curve(histories: list[dict[int, float]]) -> tuple[list[int], list[float], list[float | None], list[int]]:
+    """Mean and sample std over runs of a logged curve, step by step: (steps, means, stds, runs
+    per step). A step only some runs logged is averaged over those (its count says how many)."""
+    steps = sorted({s for h in histories for s in h})
+    means, stds, counts = [], [], []
+    for step in steps:
+        values = [h[step] for h in histories if step in h]
+        mean, std = mean_std(values)
+        means.append(mean)
+        stds.append(std)
+        counts.append(len(values))
+    return steps, means, stds, counts
