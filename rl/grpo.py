@@ -282,7 +282,8 @@ def run_rl(model: str, cfg: RLStageConfig, out_dir: str | Path, eval_tasks=(), c
                     "prompts the model sometimes solves.", signal["reason"])
     summary = {"from": model, "rollout": rollout, "rollout_fallback": fallback, "learning_signal": signal,
                "config": asdict(cfg), "train": result.metrics, "steps": result.global_step,
-               "world_size": trainer.args.world_size, "sharding": sharding_summary(trainer, sharding)}
+               "world_size": trainer.args.world_size, "sharding": sharding_summary(trainer, sharding),
+               "log_history": trainer.state.log_history}  # the curves, also when checkpoints are deleted
     save_final(trainer, out_dir, "prift_rl.json", summary, keep_checkpoints=cfg.keep_checkpoints)
     log.info("RL finished: %s (%d steps)", final, result.global_step)
     return final

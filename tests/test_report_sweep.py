@@ -228,3 +228,18 @@ def test_rl_curves_come_from_the_rl_stage_mlflow_run_when_no_checkpoint_was_kept
     assert source == f"MLflow run {stage}"
     assert history == {"reward": {1: 0.4, 2: 0.5, 3: 0.7}, "completions/mean_length": {1: 24.0, 2: 22.0, 3: 20.0}}
     assert rl_history(run, None) == ({}, "none (no RL checkpoint kept and no MLflow run)")
+
+
+def test_rl_curves_come_from_the_finished_stage_summary_first(tmp_path):
+    from workflows.report_collect import Run, rl_history
+
+    final = tmp_path / "rl" / "final"
+    final.mkdir(parents=True)
+    logged = [{"step": 1, "reward": 0.25, "loss": 0.0}, {"step": 2, "reward": 0.5, "kl": 0.01}, {"train_runtime": 9.0}]
+    (final / "prift_rl.json").write_text(json.dumps({"learning_signal": {"ok": True}, "log_history": logged}))
+    stale = tmp_path / "rl" / "checkpoints" / "checkpoint-1"  # an older, shorter history: not the one read
+    stale.mkdir(parents=True)
+    (stale / "trainer_state.json").write_text(json.dumps({"log_history": logged[:1]}))
+    history, source = rl_history(Run(tmp_path, "sft", 0, {}, manifest={}), None)
+    assert source == "rl/final/prift_rl.json"
+    assert history == {"reward": {1: 0.25, 2: 0.5}, "kl": {2: 0.01}}

@@ -153,18 +153,23 @@ def eval_samples(eval_dir: Path) -> dict[str, dict[str, dict[str, list[float]]]]
 
 def rl_history(run: Run, uri: str | None) -> tuple[dict[str, dict[int, float]], str]:
     """The RL stage's logged curves {TRL log key: {step: value}} for the keys of `RL_CURVES`, and
-    where they came from. The trainer's own log_history (trainer_state.json of the newest RL
-    checkpoint) when the checkpoints were kept; else the metric history of the RL stage's MLflow
-    run (the pipeline logs every trainer log line there, by step) when `uri` is given; else {}."""
+    where they came from: the trainer's log_history that the finished stage keeps in
+    rl/final/prift_rl.json; for a run from before it did, trainer_state.json of the newest RL
+    checkpoint if kept, else the metric history of the RL stage's MLflow run (the pipeline logs
+    every trainer log line there, by step) when `uri` is given; else {}."""
+    summary = run.folder / "rl" / "final" / "prift_rl.json"
     states = sorted((run.folder / "rl" / "checkpoints").glob("checkpoint-*/trainer_state.json"),
                     key=lambda p: int(re.sub(r"\D", "", p.parent.name) or 0))
-    if states:
+    for source in ([summary] if summary.exists() else []) + states[-1:]:
+        entries = json.loads(source.read_text()).get("log_history")
+        if entries is None:
+            continue
         history: dict[str, dict[int, float]] = {}
-        for entry in json.loads(states[-1].read_text()).get("log_history", []):
+        for entry in entries:
             for key in RL_CURVES:
                 if key in entry and "step" in entry:
                     history.setdefault(key, {})[int(entry["step"])] = float(entry[key])
-        return history, str(states[-1].relative_to(run.folder))
+        return history, str(source.relative_to(run.folder))
     run_id = run.manifest.get("stages", {}).get("rl", {}).get("mlflow_run_id")
     if uri and run_id:
         from workflows.tracking import metric_histories
