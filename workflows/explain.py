@@ -16,10 +16,14 @@ import textwrap
 
 @functools.cache
 def field_docs(cls: type) -> dict[str, str]:
-    """{field name: the docstring under it} for one dataclass (fields without one are absent)."""
+    """{field name: the docstring under it} for one dataclass and the dataclasses it inherits from
+    (fields without one are absent)."""
+    docs = {}
+    for base in reversed(cls.__mro__[1:]):
+        if dataclasses.is_dataclass(base):
+            docs |= field_docs(base)
     tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
     body = tree.body[0].body
-    docs = {}
     for node, after in zip(body, body[1:]):
         if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
                 and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)

@@ -110,7 +110,7 @@ def hub_inputs(cfg: RunConfig) -> dict:
     rl_sets = [_hub_task(f"rl.prompts.tasks[{i}]", t) for i, t in enumerate(cfg.rl.prompts.tasks)]
     found = {
         check_models: [model, _hub_model("prior.reference", reference) if uses_reference else None],
-        check_sft_data: [_hub_data(cfg.data.path)] if on.sft or on.prior else [],
+        check_sft_data: [_hub_data(field, source.path) for field, source in _sft_sources(cfg)] if on.sft or on.prior else [],
         check_tasks: [model, *eval_sets] if on.eval else [],  # the eval check reads the model's tokenizer
         check_rl: [*rl_sets, *eval_sets] if on.rl else [],  # the overlap check reads every eval set
     }
@@ -124,10 +124,15 @@ def _hub_model(field: str, name: str) -> str | None:
     return f"{field} {name!r}" if hub else None
 
 
-def _hub_data(path: str) -> str | None:
-    local = (not path or path.startswith("reasoning_gym:") or Path(path).suffix in (".jsonl", ".json", ".parquet")
-             or Path(path).exists())
-    return None if local else f"data.path {path!r}"
+def _sft_sources(cfg: RunConfig) -> list[tuple[str, object]]:
+    """(field, source) of every SFT data source: `data` itself and each `data.mix` entry."""
+    return [("data.path", cfg.data)] + [(f"data.mix[{i}].path", s) for i, s in enumerate(cfg.data.mix)]
+
+
+def _hub_data(field: str, path: str) -> str | None:
+    local = (not path or path.startswith(("reasoning_gym:", "package:"))
+             or Path(path).suffix in (".jsonl", ".json", ".parquet", ".gz") or Path(path).exists())
+    return None if local else f"{field} {path!r}"
 
 
 def _hub_task(field: str, spec) -> str | None:
