@@ -35,6 +35,7 @@ import pyarrow as pa
 import torch
 
 from common import atomic
+from common.errors import InputError
 from common.precision import Precision, resolve_dtype
 from common.checks import at_least, require
 from prift.data import (
@@ -117,14 +118,14 @@ def check_same_vocab(policy: str, reference: str) -> None:
 
     sizes = [AutoConfig.from_pretrained(resolve_model_path(m)).vocab_size for m in (policy, reference)]
     if sizes[0] != sizes[1]:
-        raise ValueError(
+        raise InputError(
             f"prior.reference: {reference!r} has vocab size {sizes[1]}, the policy {policy!r} has {sizes[0]}; "
             "the reference must share the policy's tokenizer"
         )
     if reference != policy:
         fps = [fingerprint_tokenizer(load_tokenizer(m)) for m in (policy, reference)]
         if fps[0] != fps[1]:
-            raise ValueError(f"prior.reference: {reference!r} uses a different tokenizer than the policy {policy!r}")
+            raise InputError(f"prior.reference: {reference!r} uses a different tokenizer than the policy {policy!r}")
 
 
 def prepare_conversations(model_name: str, data: DataConfig):
@@ -216,7 +217,7 @@ class ShardScorer:
         if self._model is None:
             model = load_causal_lm(self.reference, dtype=self.dtype, device=self.device).eval()
             if model.config.vocab_size < len(self.tokenizer):
-                raise ValueError(
+                raise InputError(
                     f"prior.reference: vocab size {model.config.vocab_size} < tokenizer size {len(self.tokenizer)}"
                 )
             self._model = model

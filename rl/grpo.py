@@ -33,10 +33,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from common.errors import FieldErrors, InputError
 from common.precision import Precision
 from rl.learning_signal import learning_signal, weights_fingerprint
 from rl.prompts import PromptsConfig, build_rows, check_no_eval_overlap
-from rl.rewards import REWARDS, guarded
+from evals.sandbox import SandboxConfig
+from rl.rewards import REWARDS, RL_SANDBOX, guarded, use_sandbox
+from rl.vllm_server import VLLMServerConfig
 from rl.weight_sync import WeightSyncError, prepare_colocated_vllm, probe_in_subprocess, probe_trainer
 
 log = logging.getLogger(__name__)
@@ -52,25 +55,7 @@ class RewardSpec:
 
     def __post_init__(self):
         if self.name not in REWARDS:
-            raise ValueError(f"name: unknown reward {self.name!r}, expected one of {', '.join(REWARDS)}")
-
-
-@dataclass(frozen=True)
-class VLLMServerConfig:
-    """TRL's vLLM server for `rollout: vllm_server` (GPU only)."""
-
-    host: str = "127.0.0.1"
-    """Where the server listens."""
-    port: int = 8000
-    """Its HTTP port (TRL also uses `group_port` for the weight-sync NCCL group)."""
-    start: bool = True
-    """Start `trl vllm-serve` here (and stop it at the end); false: use a server already running."""
-    tensor_parallel_size: int = 1
-    """vLLM tensor parallelism: the GPUs a server started here gets. In the pipeline Ray reserves them
-    with the trainer's on one node; on its own the server takes the visible GPUs after the trainer's
-    (rl/vllm_server.py)."""
-    startup_timeout_s: float = 600.0
-    """How long to wait for the server's /health/ endpoint."""
+            raise FieldErrors([f"name: unknown reward {self.name!r}, expected one of {', '.join(REWARDS)}"])
 
 
 def _default_rewards() -> list[RewardSpec]:
@@ -86,6 +71,9 @@ class RLStageConfig:
     """Where the RL prompts come from (never from an evaluation set)."""
     rewards: list[RewardSpec] = field(default_factory=_default_rewards)
     """Reward functions and their weights (each answer reward scores only its own rows)."""
+    sandbox: SandboxConfig = field(default_factory=lambda: RL_SANDBOX)
+    """Limits of each program the code_tests reward runs (one unit test of one rollout): 5 s wall and
+    CPU by default; a field set in YAML replaces that field, the others take SandboxConfig's defaults."""
     rollout: Rollout = "auto"
     """Who samples the completions (see the module docstring)."""
     server: VLLMServerConfig = field(default_factory=VLLMServerConfig)
@@ -189,9 +177,9 @@ def choose_rollout(rollout: Rollout) -> str:
     has_vllm = importlib.util.find_spec("vllm") is not None
     chosen = ("vllm_colocate" if has_vllm else "hf") if rollout == "auto" else rollout
     if chosen.startswith("vllm") and not has_vllm:
-        raise RuntimeError(f"rl.rollout: {chosen} needs vLLM (pip install -e '.[gpu]', or '.[cpu]' on CPU)")
+        raise InputError(f"rl.rollout: {chosen} needs vLLM (pip install -e '.[gpu]', or '.[cpu]' on CPU)")
     if chosen == "vllm_server" and not torch.cuda.is_available():
-        raise RuntimeError("rl.rollout: vllm_server needs GPUs of its own; on CPU use vllm_colocate or hf")
+        raise InputError("rl.rollout: vllm_server needs GPUs of its own; on CPU use vllm_colocate or hf")
     return chosen
 
 
@@ -254,6 +242,7 @@ def run_rl(model: str, cfg: RLStageConfig, out_dir: str | Path, eval_tasks=(), c
         return final
     # setup: prompts, overlap and backend before any model loads
     rows = build_rows(cfg.prompts)
+    use_sandbox(cfg.sandbox)
     check_no_eval_overlap(rows, list(eval_tasks))
     rollout = choose_rollout(cfg.rollout)
     log.info("RL rollouts: %s; %d prompts; rewards %s", rollout, len(rows), [(r.name, r.weight) for r in cfg.rewards])

@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass, field
 
 from common.checks import at_least, require, seed
+from common.errors import FieldErrors
 from evals.tasks import MATH_PROMPT, TASKS, Example, TaskError, TaskSpec, load_examples
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ class PromptsConfig:
 
     def __post_init__(self):
         if "{problem}" not in self.template:
-            raise ValueError(f"template: must contain {{problem}}, got {self.template!r}")
+            raise FieldErrors([f"template: must contain {{problem}}, got {self.template!r}"])
 
 
 def _generated(spec: GeneratorSpec, template: str) -> list[Example]:

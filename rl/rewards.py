@@ -66,15 +66,25 @@ def boxed_format(prompts, completions, **_) -> list[float]:
     return [float(last_boxed(completion_text(c)) is not None) for c in completions]
 
 
-_SANDBOX = None
+RL_SANDBOX = SandboxConfig(timeout_s=5, cpu_s=5)
+"""The default limits of a code_tests program: one unit test of one rollout, so shorter than an
+evaluation's (RLStageConfig.sandbox overrides them)."""
+_SANDBOX: Sandbox | None = None
+
+
+def use_sandbox(config: SandboxConfig) -> None:
+    """Run code_tests programs under `config` (the RL stage sets its `sandbox` before training)."""
+    global _SANDBOX
+    if _SANDBOX is None or _SANDBOX.config != config:
+        _SANDBOX = Sandbox(config)
 
 
 def code_tests(prompts, completions, code, scorer=None, **_) -> list[float | None]:
     """Fraction of the task's tests that pass in the sandbox. `code` holds, per row, the prompt
     stub, the entry point and a list of tests; each test runs as its own program, after the
     solution, so one failing assert does not hide the others."""
-    global _SANDBOX
-    _SANDBOX = _SANDBOX or Sandbox(SandboxConfig(timeout_s=5, cpu_s=5))
+    if _SANDBOX is None:
+        use_sandbox(RL_SANDBOX)
     programs, owners = [], []
     for i, (c, meta, kind) in enumerate(zip(completions, code, _kinds(scorer, len(completions)))):
         if kind not in (None, "code"):

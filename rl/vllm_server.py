@@ -27,9 +27,30 @@ import sys
 import time
 import urllib.request
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
+from common.errors import InputError
+
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class VLLMServerConfig:
+    """TRL's vLLM server for `rollout: vllm_server` (GPU only)."""
+
+    host: str = "127.0.0.1"
+    """Where the server listens."""
+    port: int = 8000
+    """Its HTTP port (TRL also uses `group_port` for the weight-sync NCCL group)."""
+    start: bool = True
+    """Start `trl vllm-serve` here (and stop it at the end); false: use a server already running."""
+    tensor_parallel_size: int = 1
+    """vLLM tensor parallelism: the GPUs a server started here gets. In the pipeline Ray reserves them
+    with the trainer's on one node; on its own the server takes the visible GPUs after the trainer's
+    (see the module docstring)."""
+    startup_timeout_s: float = 600.0
+    """How long to wait for the server's /health/ endpoint."""
 
 TRAINER_BUNDLE, SERVER_BUNDLE = 0, 1
 GROUP_PREFIX = "prift-vllm-server-"
@@ -165,7 +186,7 @@ def _gpus_after_the_trainers(count: int) -> list[str]:
     ids = [i.strip() for i in visible.split(",") if i.strip()] if visible is not None else [
         str(i) for i in range(torch.cuda.device_count())]
     if len(ids) < 1 + count:
-        raise RuntimeError(
+        raise InputError(
             f"rl.rollout: vllm_server needs {count} GPU(s) besides the trainer's, and {len(ids)} GPU(s) are visible "
             f"({visible or 'all'}); make more visible (CUDA_VISIBLE_DEVICES), or run it in the pipeline, which reserves "
             "them through Ray")

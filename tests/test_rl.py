@@ -9,6 +9,7 @@ import yaml
 from transformers import TrainerCallback
 
 import rl.rewards
+from common.errors import InputError
 from evals.tasks import TaskError, TaskSpec
 from rl.grpo import RLStageConfig, RewardSpec, run_rl
 from rl.prompts import GeneratorSpec, PromptsConfig, build_rows
@@ -136,9 +137,28 @@ def test_code_reward_is_the_fraction_of_tests_passed():
     assert scores == pytest.approx([2 / 3, 0.0])
 
 
+def test_the_code_reward_runs_under_the_rl_stage_sandbox_limits():
+    import time
+
+    import rl.rewards
+    from evals.sandbox import SandboxConfig
+
+    meta = {"prompt": "", "entry_point": "f", "setup": "", "tests": ["assert f(1) == 2"]}
+    slow = "import time\ndef f(x):\n    time.sleep(4)\n    return x + 1\n"
+    try:
+        rl.rewards.use_sandbox(SandboxConfig(timeout_s=2, cpu_s=2))
+        start = time.monotonic()
+        assert code_tests(None, [slow], code=[meta], scorer=["code"]) == [0.0]  # killed at 2 s: the test never passes
+        assert time.monotonic() - start < 4
+        rl.rewards.use_sandbox(SandboxConfig(timeout_s=10, cpu_s=10))
+        assert code_tests(None, [slow], code=[meta], scorer=["code"]) == [1.0]  # the same program, given time
+    finally:
+        rl.rewards.use_sandbox(rl.rewards.RL_SANDBOX)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU refusal")
 def test_vllm_server_mode_is_refused_on_cpu_before_any_model(tmp_path):
-    with pytest.raises(RuntimeError, match="vllm_server needs GPUs of its own"):
+    with pytest.raises(InputError, match="vllm_server needs GPUs of its own"):
         run_rl(str(tmp_path / "no-model"), tiny_rl(rollout="vllm_server"), tmp_path)
 
 

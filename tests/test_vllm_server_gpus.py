@@ -8,8 +8,9 @@ import sys
 
 import pytest
 
-from rl.grpo import RLStageConfig, VLLMServerConfig
-from rl.vllm_server import _gpus_after_the_trainers, server_placement, vllm_server
+from common.errors import InputError
+from rl.grpo import RLStageConfig
+from rl.vllm_server import VLLMServerConfig, _gpus_after_the_trainers, server_placement, vllm_server
 from workflows.config import Resources, RunConfig, from_dict
 
 # Writes the CUDA_VISIBLE_DEVICES it was started with, then answers /health like the real server.
@@ -97,5 +98,5 @@ def test_preflight_counts_the_trainers_gpus_and_the_servers_together(two_gpus):
 def test_without_ray_the_server_takes_the_visible_gpus_after_the_trainers(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5,7")
     assert _gpus_after_the_trainers(2) == ["5", "7"]
-    with pytest.raises(RuntimeError, match="needs 3 GPU.s. besides the trainer's, and 3 GPU.s. are visible"):
+    with pytest.raises(InputError, match="needs 3 GPU.s. besides the trainer's, and 3 GPU.s. are visible"):
         _gpus_after_the_trainers(3)
