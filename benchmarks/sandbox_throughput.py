@@ -30,7 +30,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from evals.sandbox import Sandbox, SandboxConfig
-from evals.tasks import packaged_file
+from common.packaged import packaged_file
 
 
 def main() -> None:

