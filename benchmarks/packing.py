@@ -34,7 +34,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +43,7 @@ from common.models import default_device, load_tokenizer, resolve_model_path
 from prift.prior import PriorConfig
 from prift.sft import SFTStageConfig, build_trainer
 from prift.trainer import PriftCollator, labels_from_mask
-from prift_step import Stepper, peak_rss_mib, sync  # benchmarks/ is on the path of a script run from it
+from prift_step import Stepper, interleaved_seconds, peak_memory_of  # benchmarks/ is on the path of a script run from it
 
 VARIANTS = ("padded", "packed")
 
@@ -98,30 +97,16 @@ def time_steps(args, model: str, tmp: Path, rows, pad_token_id: int) -> dict[str
     """tokens/s (real tokens) of each timed step, per variant."""
     steppers = {v: make_stepper(v, model, tmp, rows) for v in VARIANTS}
     batches = {v: batches_for(rows, args.batch, v, pad_token_id) for v in VARIANTS}
-    tokens = real_tokens(rows, args.batch)
-    rates = {v: [] for v in VARIANTS}
-    for r in range(args.rounds):
-        for v in VARIANTS if r % 2 == 0 else reversed(VARIANTS):  # alternate order: no position bias
-            sync()
-            t0 = time.perf_counter()
-            steppers[v].step(batches[v][r])
-            sync()
-            if r >= args.warmup:
-                rates[v].append(tokens[r] / (time.perf_counter() - t0))
-        logging.getLogger(__name__).info("round %d done", r)
-    return rates
+    tokens = real_tokens(rows, args.batch)[args.warmup : args.rounds]
+    times = interleaved_seconds(steppers, batches, args.rounds, args.warmup)
+    return {v: [n / t for n, t in zip(tokens, ts, strict=True)] for v, ts in times.items()}
 
 
 def peak_memory_child(args, variant: str, tmp: Path) -> dict:
     """Run in a fresh process: `--memory-steps` steps of one variant, then its peak memory."""
     rows = json.loads(Path(args.rows_file).read_text())
     stepper = make_stepper(variant, args.model_dir, tmp, rows)
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-    for b in batches_for(rows, args.batch, variant, args.pad_token_id)[: args.memory_steps]:
-        stepper.step(b)
-    cuda = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
-    return {"rss_mib": peak_rss_mib(), "cuda_mib": cuda}
+    return peak_memory_of(stepper, batches_for(rows, args.batch, variant, args.pad_token_id)[: args.memory_steps])
 
 
 def peak_memory(args, model_dir: str, rows_file: Path, pad_token_id: int) -> dict[str, dict]:

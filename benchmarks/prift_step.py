@@ -126,19 +126,36 @@ def label_dataset(rows):
     )
 
 
-def time_steps(args, tmp: Path, tokenizer, rows) -> dict[str, float]:
-    dataset = label_dataset(rows)
-    steppers = {v: Stepper(make_trainer(v, args.model, tmp, dataset, args.optim)) for v in VARIANTS}
-    batches = {v: batches_for(rows, args.batch, tokenizer, with_prior=v == "prift_cached") for v in VARIANTS}
-    times = {v: [] for v in VARIANTS}
-    for r in range(args.rounds):
-        for v in VARIANTS if r % 2 == 0 else reversed(VARIANTS):  # alternate order: no position bias
+def interleaved_seconds(steppers: dict, batches: dict, rounds: int, warmup: int) -> dict[str, list[float]]:
+    """Seconds of each round after `warmup`, per variant: round r steps every variant on its batch r,
+    in an order that alternates every round (no position bias), so machine noise hits all alike."""
+    names, times = list(steppers), {v: [] for v in steppers}
+    for r in range(rounds):
+        for v in names if r % 2 == 0 else reversed(names):
             sync()
             t0 = time.perf_counter()
             steppers[v].step(batches[v][r])
             sync()
-            if r >= args.warmup:
+            if r >= warmup:
                 times[v].append(time.perf_counter() - t0)
+    return times
+
+
+def peak_memory_of(stepper, batches) -> dict:
+    """Step through `batches` (in a fresh process), then its peak memory: RSS (VmHWM) and CUDA."""
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    for b in batches:
+        stepper.step(b)
+    cuda = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
+    return {"rss_mib": peak_rss_mib(), "cuda_mib": cuda}
+
+
+def time_steps(args, tmp: Path, tokenizer, rows) -> dict[str, float]:
+    dataset = label_dataset(rows)
+    steppers = {v: Stepper(make_trainer(v, args.model, tmp, dataset, args.optim)) for v in VARIANTS}
+    batches = {v: batches_for(rows, args.batch, tokenizer, with_prior=v == "prift_cached") for v in VARIANTS}
+    times = interleaved_seconds(steppers, batches, args.rounds, args.warmup)
     return {v: statistics.median(ts) for v, ts in times.items()}
 
 
@@ -176,12 +193,7 @@ def peak_memory_child(args, variant: str, tmp: Path) -> dict:
     tokenizer = load_tokenizer(args.model)
     rows = json.loads(Path(args.rows_file).read_text())
     stepper = Stepper(make_trainer(variant, args.model, tmp, label_dataset(rows), args.optim))
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-    for b in batches_for(rows, args.batch, tokenizer, with_prior=variant == "prift_cached")[:3]:
-        stepper.step(b)
-    cuda = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
-    return {"rss_mib": peak_rss_mib(), "cuda_mib": cuda}
+    return peak_memory_of(stepper, batches_for(rows, args.batch, tokenizer, with_prior=variant == "prift_cached")[:3])
 
 
 def peak_rss_mib() -> float:
