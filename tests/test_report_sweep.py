@@ -29,7 +29,8 @@ def scores(solved: int) -> list[list[float]]:
 
 def write_eval(folder, table: list[list[float]]):
     (folder / "gsm8k").mkdir(parents=True)
-    rows = [{"id": f"gsm8k-{p:03d}", "sample": i, "score": s} for p, row in enumerate(table) for i, s in enumerate(row)]
+    rows = [{"id": f"gsm8k-{p:03d}", "sample": i, "score": s, "extracted": "gold" if s else f"wrong-{i}"}
+            for p, row in enumerate(table) for i, s in enumerate(row)]  # each wrong sample states its own answer
     (folder / "gsm8k" / "samples.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     metrics = task_metrics(table)
     (folder / "summary.json").write_text(json.dumps({"tasks": {"gsm8k": metrics}, "domains": {"math": metrics}}))
@@ -243,3 +244,20 @@ def test_rl_curves_come_from_the_finished_stage_summary_first(tmp_path):
     history, source = rl_history(Run(tmp_path, "sft", 0, {}, manifest={}), None)
     assert source == "rl/final/prift_rl.json"
     assert history == {"reward": {1: 0.25, 2: 0.5}, "kl": {2: 0.01}}
+
+
+def test_room_for_rl_shows_pass_at_k_curves_and_the_answers_each_problem_gets(report):
+    from workflows.report_stats import pass_at_k_curve
+
+    sweep, text, _ = report
+    assert (sweep / "report" / "pass_at_k.png").stat().st_size > 0
+    # 2 samples: Pass@1 = the share of correct samples, Pass@2 = problems with at least one correct
+    solved = SOLVED[("prift_mass", 0, "sft")]
+    per_seed = [{f"p{p}": row for p, row in enumerate(scores(solved))}] * 2
+    ks, values = pass_at_k_curve(per_seed)
+    assert ks == [1, 2] and values == pytest.approx([avg(solved) / 100, (solved + 3) / PROBLEMS])
+    # a problem both samples solve states one answer; any other states two (each wrong one differs)
+    distinct = table_rows(text, "Pass@n and Pass@1 is what RL can turn into first-try answers. Mean different final "
+                                "answers per problem among its samples (a sample with no answer adds none):")
+    expected = (solved * 1 + (PROBLEMS - solved) * 2) / PROBLEMS
+    assert distinct["prift_mass (sft)"] == [f"{expected:.2f}"]

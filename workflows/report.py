@@ -10,6 +10,8 @@ Reads the run directory (the source of truth for what finished) and writes <swee
                   the SFT -> RL change per task, and the drift table
   comparison.png  the Avg@n table as grouped bars, one colour per method
   rl_curves.png   GRPO reward, KL to the SFT start and completion length by step, per method
+  pass_at_k.png   Pass@k for k = 1..n per model (room for RL), beside each model's mean number of
+                  different final answers per problem
   drift           mean per-token KL(fine-tuned || base) on general text and on the eval prompts
                   (workflows/report_drift.py)
   tokens.html     workflows/token_view.py: training tokens coloured by their PriFT weight
@@ -27,10 +29,12 @@ from __future__ import annotations
 
 import json
 import logging
+import statistics
 from pathlib import Path
 
 from common import atomic
-from workflows.report_collect import RL_CURVES, Run, base_samples, collect, resolve_sweep, rl_history
+from workflows.report_collect import RL_CURVES, Run, base_samples, collect, distinct_answers, resolve_sweep, rl_history
+from workflows.report_stats import pass_at_k_curve
 from workflows.report_tables import (BOOTSTRAP_NOTE, SCORING_NOTE, comparison_table, comparisons, domain_interval_table,
                                      drift_table, findings, groups, interval_of_run, markdown_table, method_table,
                                      pick, rests_on, rl_change_tables, rl_changes, run_change, runs_section,
@@ -63,6 +67,7 @@ def write_report(sweep: Path, *, kl_texts: int = 8, kl_max_tokens: int = 96, tok
     parts += tables_section(runs, base, rows, out)
     parts += comparisons_section(found)
     parts += rl_section(runs, config, changes, sample_sizes(rows), out, tracking_uri(sweep.parent))
+    parts += headroom_section(rows, sample_sizes(rows), out, {(r.method, r.seed): r.folder for r in runs})
     texts = drift_texts(config["model"], config["eval"]["tasks"], kl_texts, kl_max_tokens)
     kl = drift(runs, config["model"], texts)
     parts += ["", "## Drift from the base model", "",
@@ -145,6 +150,40 @@ def rl_section(runs: list[Run], config: dict, changes, sizes: dict, out: Path, u
     else:
         parts += ["", "No SFT -> RL table: the SFT models were not evaluated (add sft to pipeline.eval_models)."]
     return parts
+
+
+def headroom_section(rows, sizes: dict, out: Path, folders: dict) -> list[str]:
+    """Room for RL: Pass@k curves k = 1..n per model row, and how many different final answers the
+    samples of a problem state (the diversity RL can sharpen into Pass@1)."""
+    from workflows.report_figures import pass_at_k_figure, save
+
+    curves: dict[str, list[dict]] = {}
+    for g in rows:
+        for task in sorted({t for s in g.samples for t in s}):
+            per_seed = [s[task]["score"] for s in g.samples if task in s]
+            ks, values = pass_at_k_curve(per_seed)
+            if len(ks) > 1:
+                curves.setdefault(task, []).append({"label": g.label, "method": g.method, "stage": g.stage,
+                                                    "flagged": g.flagged, "ks": ks, "values": values})
+    if not curves:
+        return []
+    save(pass_at_k_figure(curves, sizes), out / "pass_at_k.png")
+    lines = ["", "## Room for RL", "", "![Pass@k](pass_at_k.png)", "",
+             "Pass@k for k = 1..n: what a model solves when any of k samples may count. The gap between "
+             "Pass@n and Pass@1 is what RL can turn into first-try answers. Mean different final answers "
+             "per problem among its samples (a sample with no answer adds none):", "",
+             "| model | " + " | ".join(sorted(curves)) + " |", "|---|" + "---|" * len(curves)]
+    for g in rows:
+        if g.method == "base":
+            continue
+        cells = []
+        for task in sorted(curves):
+            counts = [n for seed in g.seeds for n in distinct_answers(folders[(g.method, seed)] / "eval" / g.stage)
+                      .get(task, {}).values()]
+            cells.append(f"{statistics.fmean(counts):.2f}" if counts else "n/a")
+        lines.append(f"| {g.label} | " + " | ".join(cells) + " |")
+    lines += ["", "Token entropy of the samples is not reported: the eval stage does not record it yet."]
+    return lines
 
 
 def tokens_section(sweep: Path, runs: list[Run], out: Path, examples: int) -> list[str]:

@@ -151,6 +151,23 @@ def eval_samples(eval_dir: Path) -> dict[str, dict[str, dict[str, list[float]]]]
     return out
 
 
+def distinct_answers(eval_dir: Path) -> dict[str, dict[str, int]]:
+    """{task: {problem id: how many different final answers its samples state}} from the
+    `extracted` field of samples.jsonl (a sample with no answer adds none). One answer on every
+    sample: the model has settled; many: it still explores, which RL can sharpen."""
+    out: dict[str, dict[str, int]] = {}
+    for path in sorted(eval_dir.glob("*/samples.jsonl")) if eval_dir.is_dir() else ():
+        answers: dict[str, set] = {}
+        for line in path.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                seen = answers.setdefault(str(row.get("id")), set())
+                if row.get("extracted") is not None:
+                    seen.add(str(row["extracted"]))
+        out[path.parent.name] = {pid: len(a) for pid, a in answers.items()}
+    return out
+
+
 def rl_history(run: Run, uri: str | None) -> tuple[dict[str, dict[int, float]], str]:
     """The RL stage's logged curves {TRL log key: {step: value}} for the keys of `RL_CURVES`, and
     where they came from: the trainer's log_history that the finished stage keeps in

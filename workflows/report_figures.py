@@ -131,6 +131,31 @@ def rl_curves_figure(per_method: dict[str, dict], labels: dict[str, str], beta: 
     return fig
 
 
+STAGE_STYLE = {"base": ":", "sft": "--", "rl": "-"}
+
+
+def pass_at_k_figure(curves: dict[str, list[dict]], sizes: dict[str, tuple[int, int]]):
+    """One panel per task: Pass@k against k = 1..n, one line per model row (colour: its method;
+    dotted base, dashed SFT, solid RL). `curves`: {task: [{"label", "method", "stage", "ks", "values"}]};
+    `sizes`: {task: (problems, samples)}."""
+    tasks = sorted(curves)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(max(6.4, 4.4 * len(tasks)), 4.0), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        for c in curves[task]:
+            colour = "#555555" if c["method"] == "base" else method_colour(c["method"])
+            style = "-." if c.get("flagged") else STAGE_STYLE.get(c["stage"], "-")  # RL without a learning signal
+            ax.plot(c["ks"], [100 * v for v in c["values"]], color=colour, ls=style, marker="o", ms=3, label=c["label"])
+        problems, samples = sizes.get(task, (0, 0))
+        ax.set_title(f"{task}: {problems} problems x {samples} samples", fontsize=9)
+        ax.set_xlabel("k (samples kept)")
+        ax.set_ylabel("Pass@k (%)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend(fontsize=7)
+    fig.suptitle("Room for RL: Pass@k, k = 1..n, mean over problems and seeds", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 def weights_figure(weights: dict[str, np.ndarray]):
     """One histogram per method of its per-token weights on the same response tokens, as shares of
     those tokens, on one shared y-axis."""

@@ -58,6 +58,15 @@ def problem_scores(samples: list[float], metric: str) -> float:
     return pass_at_k(n, c, k)
 
 
+def pass_at_k_curve(per_seed: list[dict[str, list[float]]]) -> tuple[list[int], list[float]]:
+    """k = 1..n and the mean unbiased Pass@k over the problems every seed has, and over the seeds:
+    how much the model solves when k tries may be kept, the headroom RL can turn into Pass@1."""
+    problems = shared_problems(per_seed)
+    n = min(len(seed[p]) for seed in per_seed for p in problems) if problems else 0
+    ks = list(range(1, n + 1))
+    return ks, [float(score_matrix(per_seed, f"pass_at_{k}", problems).mean()) for k in ks]
+
+
 def score_matrix(per_seed: list[dict[str, list[float]]], metric: str, problems: list[str] | None = None) -> np.ndarray:
     """[seeds, problems] float64 matrix of per-problem scores; `problems` (default: those every seed
     has, sorted) fixes the columns, so two methods' matrices line up problem by problem."""
