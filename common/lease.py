@@ -31,7 +31,7 @@ import uuid
 from pathlib import Path
 
 from common import atomic
-from common.errors import InputError
+from common.errors import InputError, RunsFailed
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +80,13 @@ class DriverLease:
         self._thread.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
         self._stop.set()
         self._thread.join()
+        # every task has ended (a sweep with failed runs too): idle workers may exit quietly; an
+        # interrupted driver leaves no such mark, so its workers stop as for a lost driver
+        if exc_type is None or issubclass(exc_type, RunsFailed):
+            self._beat(-1, finished=True)
         os.close(self._fd)  # releases the lock
 
     def _beating(self) -> None:
@@ -91,8 +95,8 @@ class DriverLease:
             n += 1
             self._beat(n)
 
-    def _beat(self, n: int) -> None:
-        atomic.write_text(self.beat_path, json.dumps({"token": self.token, "beat": n}))
+    def _beat(self, n: int, finished: bool = False) -> None:
+        atomic.write_text(self.beat_path, json.dumps({"token": self.token, "beat": n, "finished": finished}))
 
 
 def _lock(path: Path, wait_s: float) -> int:
@@ -129,6 +133,14 @@ class LeaseWatch:
         self.same_host = ticket["host"] == socket.gethostname()
         self._seen: str | None = None
         self._seen_at = time.monotonic()
+
+    def finished(self) -> bool:
+        """Whether this ticket's driver ended its sweep (not interrupted, not lost)."""
+        try:
+            beat = json.loads(Path(self.ticket["heartbeat"]).read_text())
+        except (OSError, ValueError):
+            return False
+        return beat.get("token") == self.ticket["token"] and beat.get("finished") is True
 
     def lost(self) -> str | None:
         if self.same_host and _exiting(self.ticket.get("pid")):
@@ -216,6 +228,10 @@ def _watching() -> None:
         try:
             check_driver()
         except DriverLost as e:
+            if _current().finished():  # a worker Ray kept for reuse, idle since the sweep ended
+                log.info("the driver finished its sweep: this idle worker exits")
+                logging.shutdown()
+                os._exit(0)
             log.error("stopping this worker now: %s", e)
             logging.shutdown()
             os._exit(LOST_EXIT_CODE)

@@ -96,6 +96,22 @@ def test_a_newer_driver_of_the_sweep_makes_the_old_ones_workers_stop(tmp_path):
         assert "another driver has taken over" in watch.lost()
 
 
+def test_idle_workers_of_a_finished_sweep_know_it_from_an_interrupted_one(tmp_path):
+    from common.errors import RunsFailed
+
+    for ending, finished in ((None, True), (RunsFailed, True), (KeyboardInterrupt, False)):
+        lease = DriverLease(tmp_path / str(ending))
+        watch = LeaseWatch(json.loads(lease.ticket()[ENV]))
+        try:
+            with lease:
+                assert not watch.finished() and watch.lost() is None
+                if ending:
+                    raise ending("stop")
+        except BaseException as e:  # noqa: BLE001 - the endings raised on purpose
+            assert isinstance(e, ending)
+        assert watch.lost() and watch.finished() is finished  # the lock is free either way
+
+
 def test_outside_a_pipeline_the_checks_do_nothing(monkeypatch):
     monkeypatch.delenv(ENV, raising=False)
     check_driver()
