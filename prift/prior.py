@@ -36,8 +36,8 @@ import torch
 
 from common import atomic
 from common.errors import InputError
-from common.precision import Precision, resolve_dtype
-from common.checks import at_least, require
+from common.precision import PRECISIONS, Precision, resolve_dtype
+from common.checks import at_least, one_of, require
 from prift.data import (
     DataConfig,
     DataError,
@@ -106,6 +106,7 @@ class PriorConfig:
             at_least("vocab_chunk", self.vocab_chunk, 1),
             at_least("workers", self.workers, 0),
             at_least("shard_rows", self.shard_rows, 1),
+            one_of("precision", self.precision, PRECISIONS),
         )
 
 

