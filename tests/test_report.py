@@ -181,7 +181,7 @@ def test_drift_table_averages_the_seeds_of_each_method_and_stage():
 
 
 def test_pick_finds_avg_at_n_and_the_largest_pass_at_k():
-    from workflows.report import pick
+    from workflows.report_tables import pick
 
     metrics = {"avg_at_16": 0.3, "pass_at_1": 0.3, "pass_at_2": 0.4, "pass_at_16": 0.7, "pass_at_4": 0.5}
     assert pick(metrics, "avg_at_n") == "avg_at_16" and pick(metrics, "pass_at_n") == "pass_at_16"
@@ -189,7 +189,7 @@ def test_pick_finds_avg_at_n_and_the_largest_pass_at_k():
 
 
 def test_pick_keeps_the_strict_and_the_flexible_metric_apart():
-    from workflows.report import pick
+    from workflows.report_tables import pick
 
     metrics = {"avg_at_16": 0.3, "avg_at_16_flexible": 0.4, "pass_at_2_flexible": 0.5, "pass_at_16_flexible": 0.6}
     assert pick(metrics, "avg_at_n") == "avg_at_16" and pick(metrics, "avg_at_n_flexible") == "avg_at_16_flexible"

@@ -400,7 +400,7 @@ def comparison_table(results: dict, tasks: list[str]) -> str:
     if not rows:
         return "(no evaluation ran)"
 
-    from workflows.report import pick
+    from workflows.report_tables import pick
 
     def avg(metrics: dict) -> str:  # strict (primary) / flexible where a task has both
         keys = [k for k in (pick(metrics, "avg_at_n"), pick(metrics, "avg_at_n_flexible")) if k]

@@ -33,15 +33,12 @@ import statistics
 from pathlib import Path
 
 from common import atomic
-from workflows.report_collect import RL_CURVES, Run, base_samples, collect, distinct_answers, resolve_sweep, rl_history
+from workflows.report_collect import RL_CURVES, Run, base_samples, collect, distinct_answers, rl_history
 from workflows.report_stats import pass_at_k_curve
 from workflows.report_tables import (BOOTSTRAP_NOTE, SCORING_NOTE, comparison_table, comparisons, domain_interval_table,
                                      drift_table, findings, groups, interval_of_run, markdown_table, method_table,
                                      pick, rests_on, rl_change_tables, rl_changes, run_change, runs_section,
                                      sample_sizes, task_interval_tables)
-
-__all__ = ["Run", "log_to_mlflow", "pick", "resolve_sweep", "run_metrics", "write_report"]
-# Run and pick are imported from here by workflows/pipeline.py and the MLflow tests.
 
 log = logging.getLogger(__name__)
 
