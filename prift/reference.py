@@ -14,17 +14,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from common.batching import pad
+from common.batching import length_batches, pad
+from common.lm_head import check_head_matches_forward, hidden_to_logits
 from prift.signals import DEFAULT_ROW_CHUNK, DEFAULT_VOCAB_CHUNK, token_signals
-
-
-def hidden_to_logits(model, hidden: torch.Tensor) -> torch.Tensor:
-    """The model's output head applied to hidden states (with Gemma-style final soft-capping)."""
-    logits = model.get_output_embeddings()(hidden)
-    cap = getattr(model.config, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    return logits
 
 
 @torch.no_grad()
@@ -57,35 +49,6 @@ def reference_signals(
     out_lp[:, 1:][predicts] = lp
     out_u[:, 1:][predicts] = u
     return out_lp, out_u
-
-
-@torch.no_grad()
-def check_head_matches_forward(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
-    """Raise if `hidden_to_logits(decoder(x))` disagrees with the model's own forward on one row."""
-    ids, mask = input_ids[:1], attention_mask[:1]
-    full = model(input_ids=ids, attention_mask=mask).logits.float()
-    ours = hidden_to_logits(model, model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state)
-    tol = 1e-3 if full.dtype == torch.float32 and model.dtype == torch.float32 else 5e-2
-    err = (full - ours.float()).abs().max().item()
-    if not err <= tol * max(1.0, full.abs().max().item()):
-        raise RuntimeError(
-            f"{type(model).__name__}: output head disagrees with the full forward (max |diff| {err:.3g}); "
-            "the prior scorer does not know this model's logit transform"
-        )
-
-
-def length_batches(lengths: list[int], batch_tokens: int) -> list[list[int]]:
-    """Indices grouped into batches of similar length whose padded size stays within batch_tokens."""
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    batches, current = [], []
-    for i in order:
-        if current and lengths[i] * (len(current) + 1) > batch_tokens:
-            batches.append(current)
-            current = []
-        current.append(i)
-    if current:
-        batches.append(current)
-    return batches
 
 
 def score_rows(model, rows: list[dict], cfg, *, progress: bool = True) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -29,7 +29,8 @@ from trl import SFTTrainer
 
 from prift.loss import LossStats, to_label_space, weighted_nll
 from common.batching import pad
-from prift.reference import check_head_matches_forward, reference_signals
+from common.lm_head import check_head_matches_forward
+from prift.reference import reference_signals
 from prift.weights import WeightRule
 
 log = logging.getLogger(__name__)

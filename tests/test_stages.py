@@ -86,7 +86,7 @@ def test_stored_signals_equal_the_full_forward_scored_row_by_row(tmp_path, model
 
 
 def test_reference_signals_reject_an_unknown_logit_transform(tiny_model):
-    from prift.reference import check_head_matches_forward
+    from common.lm_head import check_head_matches_forward
 
     model = load_causal_lm(tiny_model).eval()
     original = model.forward
