@@ -58,6 +58,9 @@ class Completion:
     num_tokens: int
     finish_reason: str
     """"stop" (EOS or a stop sequence) or "length"."""
+    token_ids: tuple[int, ...]
+    """The generated tokens num_tokens counts (HF: up to EOS; vLLM: as the engine returns them),
+    kept so the eval stage can score their entropy (evals/entropy.py)."""
 
 
 class Generator:
@@ -142,7 +145,7 @@ class HFGenerator(Generator):
         end = next((i for i, t in enumerate(seq) if t in eos), None)
         tokens = seq if end is None else seq[:end]
         text, stopped = cut_at_stop(self.tokenizer.decode(tokens, skip_special_tokens=True), stop)
-        return Completion(text, len(tokens), "stop" if end is not None or stopped else "length")
+        return Completion(text, len(tokens), "stop" if end is not None or stopped else "length", tuple(tokens))
 
     def close(self):
         del self.lm
@@ -176,7 +179,8 @@ class VLLMGenerator(Generator):
         )
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=True)
         return [
-            [Completion(o.text, len(o.token_ids), "length" if o.finish_reason == "length" else "stop") for o in out.outputs]
+            [Completion(o.text, len(o.token_ids), "length" if o.finish_reason == "length" else "stop", tuple(o.token_ids))
+             for o in out.outputs]
             * (sampling.n // copies)
             for out in outputs
         ]

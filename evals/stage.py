@@ -11,11 +11,15 @@ run:     one generator (vLLM or HF) for all remaining tasks; n samples per promp
          sandbox, in parallel).
 outputs: <out>/<task>/samples.jsonl  one row per (problem, sample): prompt, completion, extracted
                                      answer, extractor, score, reason for failure, tokens, finish
-                                     reason, truncated; math also the flexible extraction and score
+                                     reason, truncated, the generated token ids and their mean
+                                     token entropy; math also the flexible extraction and score
          <out>/<task>/metrics.json   avg_at_n, pass_at_k for k = 1, 2, 4, ..., n (primary: strict
                                      for math), math also avg_at_n_flexible, pass_at_k_flexible;
-                                     truncated_frac; key, timings
+                                     truncated_frac; mean_token_entropy; key, timings
          <out>/summary.json          every task's metrics and per-domain means
+entropy: once the generator is closed, the model scores the tokens of every sample (one
+         teacher-forced forward, evals/entropy.py) for its mean token entropy: the spread of the
+         model's next-token distribution where it wrote them, the diversity RL can still use.
 Each file is written to a temporary name and renamed, so an interrupted run leaves finished tasks
 finished and nothing half-written; the rerun resumes at the first unfinished task. In a pipeline,
 the loop checks that the driver still runs (common/lease.py) before each task, each HF batch and
@@ -27,20 +31,25 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import torch
+
 from common import atomic
 from common.checks import at_least, items, require
 from common.lease import check_driver
+from evals.entropy import completion_entropies
 from evals.generate import Completion, SamplingConfig, chat_ids, context_length
 from evals.metrics import task_metrics
 from evals.sandbox import Sandbox, SandboxConfig
 from evals.scoring import Score, score_code, score_math
 from evals.tasks import TASKS, Example, Task, TaskError, TaskSpec, load_examples
-from common.models import fingerprint_model, load_tokenizer
+from common.models import default_device, fingerprint_model, load_causal_lm, load_tokenizer
+from common.precision import resolve_dtype
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +77,10 @@ class EvalStageConfig:
     """vLLM context length (None: the model's); lower it to save KV-cache memory."""
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
     """Limits for running generated code (code tasks)."""
+    token_entropy: bool = True
+    """After generation, score every sample's tokens with the model for their mean token entropy
+    (the Room-for-RL diversity of the report). Costs one teacher-forced forward over all samples,
+    about a prefill of them; false skips it and the report shows n/a."""
 
     def __post_init__(self):
         names = [t.name for t in items(self.tasks) if isinstance(t, TaskSpec)]
@@ -106,6 +119,7 @@ def sample_row(ex: Example, index: int, c: Completion, s: Score, flexible: Score
         "id": ex.id, "sample": index, "prompt": ex.prompt, "completion": c.text, "gold": ex.gold,
         "extracted": s.extracted, "extractor": s.extractor, "score": s.value, "reason": s.reason,
         "num_tokens": c.num_tokens, "finish_reason": c.finish_reason, "truncated": c.finish_reason == "length",
+        "completion_ids": list(c.token_ids),
     }
     if flexible is not None:
         row |= {"extracted_flexible": flexible.extracted, "extractor_flexible": flexible.extractor,
@@ -127,7 +141,8 @@ def domain_means(per_task: dict[str, dict]) -> dict[str, dict]:
     for domain in sorted({TASKS[t].domain for t in per_task}):
         rows = [m for t, m in per_task.items() if TASKS[t].domain == domain]
         keys = set.intersection(*(set(m) for m in rows)) - {"num_problems", "num_samples"}
-        out[domain] = {k: sum(m[k] for m in rows) / len(rows) for k in sorted(keys) if isinstance(rows[0][k], float)}
+        out[domain] = {k: sum(m[k] for m in rows) / len(rows) for k in sorted(keys)
+                       if all(isinstance(m[k], float) for m in rows)}
     return out
 
 
@@ -169,10 +184,64 @@ def run_eval(model: str, cfg: EvalStageConfig, out_dir: str | Path, write_summar
                 _run_task(generator, sandbox, spec, examples, prompts, key, cfg, out_dir / spec.name)
         finally:
             generator.close()
+    if cfg.token_entropy:
+        add_token_entropy(model, cfg, out_dir, loaded, tokenizer)
 
     if write_summary:
         return summarize(model, out_dir, [spec.name for spec in cfg.tasks])
     return {spec.name: json.loads((out_dir / spec.name / "metrics.json").read_text())["metrics"] for spec in cfg.tasks}
+
+
+ENTROPY = "mean_token_entropy"
+
+
+def add_token_entropy(model: str, cfg: EvalStageConfig, out_dir: Path, loaded: list[tuple[TaskSpec, list[Example]]],
+                      tokenizer) -> None:
+    """The entropy pass: every finished task whose metrics.json lacks mean_token_entropy gets it.
+
+    The model (HF, loaded once, after the generator has freed its memory) scores each sample's
+    generated tokens (evals/entropy.py). Each row of samples.jsonl gains its mean over tokens (null
+    for an empty completion); metrics.json gains the mean over problems of the mean over their
+    samples, so every problem weighs the same whatever its sample lengths. samples.jsonl is
+    rewritten first and metrics.json last: an interrupted pass is redone by the rerun."""
+    pending = []
+    for spec, examples in loaded:
+        record = json.loads((out_dir / spec.name / "metrics.json").read_text())
+        if ENTROPY not in record["metrics"]:
+            pending.append((spec, examples, record))
+    if not pending:
+        return
+    device = default_device()
+    lm = load_causal_lm(model, dtype=resolve_dtype("auto", device), device=device).eval()
+    try:
+        for spec, examples, record in pending:
+            check_driver()
+            folder = out_dir / spec.name
+            rows = [json.loads(line) for line in (folder / "samples.jsonl").read_text().splitlines() if line.strip()]
+            if any("completion_ids" not in r for r in rows):
+                log.warning("eval %s: samples.jsonl has no token ids (written by an older version), so no token "
+                            "entropy; delete %s to rerun the task with it", spec.name, folder)
+                continue
+            prompts = chat_ids(tokenizer, [e.prompt for e in examples], cfg.system_prompt)
+            prompt_of = {str(e.id): p for e, p in zip(examples, prompts)}
+            t0 = time.perf_counter()
+            per_token = completion_entropies(lm, [prompt_of[str(r["id"])] for r in rows], [r["completion_ids"] for r in rows])
+            per_problem: dict[str, list[float]] = {}
+            for row, h in zip(rows, per_token):
+                row[ENTROPY] = float(h.mean()) if len(h) else None
+                if len(h):
+                    per_problem.setdefault(str(row["id"]), []).append(row[ENTROPY])
+            means = [statistics.fmean(v) for v in per_problem.values()]
+            record["metrics"][ENTROPY] = statistics.fmean(means) if means else None
+            record["timing_s"]["entropy"] = time.perf_counter() - t0
+            check_driver()  # a pipeline worker whose driver is gone writes nothing
+            atomic.write_text(folder / "samples.jsonl", "\n".join(json.dumps(r) for r in rows) + "\n")
+            atomic.write_text(folder / "metrics.json", json.dumps(record, indent=2))
+            log.info("eval %s: mean token entropy %s nats", spec.name, record["metrics"][ENTROPY])
+    finally:
+        del lm
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
 def check_context_budget(name: str, examples: list[Example], prompts: list[list[int]], context: int | None,

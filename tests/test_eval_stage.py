@@ -16,6 +16,12 @@ from common.models import load_tokenizer
 from workflows.cli import main
 
 
+def written(tokenizer, text: str, finish: str = "stop") -> Completion:
+    """A completion as a backend returns it: the text with the token ids it was decoded from."""
+    ids = tuple(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return Completion(text, len(ids), finish, ids)
+
+
 class Oracle(Generator):
     """Answers every prompt with a fixed function of its gold answer: checks the plumbing from
     prompts to scores without a model that knows anything."""
@@ -28,7 +34,7 @@ class Oracle(Generator):
 
     def generate(self, prompts, sampling, stop=()):
         texts = [self.tokenizer.decode(p) for p in prompts]
-        return [[Completion(c, 3, "stop") for c in self._for(t, sampling.n)] for t in texts]
+        return [[written(self.tokenizer, c) for c in self._for(t, sampling.n)] for t in texts]
 
     def _for(self, text, n):
         return next(v for k, v in self.answers.items() if k in text)[:n]
@@ -63,7 +69,7 @@ class Scripted(Generator):
         self.outs = outs
 
     def generate(self, prompts, sampling, stop=()):
-        return [[Completion(text, 5, finish) for text, finish in self.outs] for _ in prompts]
+        return [[written(self.tokenizer, text, finish) for text, finish in self.outs] for _ in prompts]
 
 
 def test_math_reports_strict_and_flexible_and_credits_no_truncated_guess(tiny_model, tmp_path, monkeypatch):
