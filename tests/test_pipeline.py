@@ -2,11 +2,13 @@
 
 import hashlib
 import json
+import math
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
+from transformers import AutoConfig
 
 from workflows.cli import main
 
@@ -91,6 +93,7 @@ def test_whole_pipeline_outputs_manifest_and_mlflow(tiny_model, sft_file, tmp_pa
         assert "eval/rl/gsm8k/avg_at_2" in parent.data.metrics
         assert not [k for k in parent.data.metrics if k.startswith("eval/base/")]  # the base's scores are not the method's
         assert "eval/rl/gsm8k/avg_at_2_flexible" in parent.data.metrics  # math: strict and flexible
+        assert 0 < parent.data.metrics["eval/rl/gsm8k/mean_token_entropy"] < math.log(AutoConfig.from_pretrained(tiny_model).vocab_size)
         assert "eval/rl/mmlu_medical/avg_at_2_flexible" not in parent.data.metrics
         inputs = {r.data.tags["stage"]: {(i.dataset.name, {t.key: t.value for t in i.tags}["mlflow.data.context"])
                                          for i in client.get_run(r.info.run_id).inputs.dataset_inputs} for r in children}
@@ -170,12 +173,20 @@ def check_report(root, runs, storage):
     for name in ("comparison.png", "weights.png", "tokens.html"):
         assert (root / "report" / name).stat().st_size > 1000, name
     table = markdown_rows(report, "Avg@n per task")
+    entropy = markdown_rows(report.replace("it has settled on one way to write the answer:", "## entropy"), "entropy")
     for run in runs:
         method = run.name.split("-")[0]
         for model, label in (("sft", "sft"), ("rl", "rl: no learning signal")):
             for task in ("gsm8k", "mmlu_medical"):
                 value = json.loads((run / "eval" / model / task / "metrics.json").read_text())["metrics"]["avg_at_2"]
                 assert table[f"{method} ({label})"][task] == f"{100 * value:.1f}"
+                rows = [json.loads(line) for line in (run / "eval" / model / task / "samples.jsonl").read_text().splitlines()]
+                per_problem = {}
+                for row in rows:
+                    if row["mean_token_entropy"] is not None:
+                        per_problem.setdefault(row["id"], []).append(row["mean_token_entropy"])
+                expected = sum(sum(v) / len(v) for v in per_problem.values()) / len(per_problem)
+                assert entropy[f"{method} ({label})"][task] == f"{expected:.2f}"
         assert f"| {run.name} | done; rl: no learning signal" in report
     drift = json.loads((root / "report" / "drift.json").read_text())
     assert sorted((d["method"], d["stage"]) for d in drift) == [("prift_mass", "rl"), ("prift_mass", "sft"), ("sft", "rl"), ("sft", "sft")]

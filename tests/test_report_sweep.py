@@ -27,9 +27,18 @@ def scores(solved: int) -> list[list[float]]:
     return [[float(p < solved), float(p < solved + 3)] for p in range(PROBLEMS)]
 
 
+def entropy(problem: int, sample: int, score: float) -> float | None:
+    """Right samples were written surely (0.5 nats a token), wrong ones unsurely (2.0); the last
+    problem's second sample is empty, so it has no entropy (left out, not counted as 0)."""
+    if (problem, sample) == (PROBLEMS - 1, 1):
+        return None
+    return 0.5 if score else 2.0
+
+
 def write_eval(folder, table: list[list[float]]):
     (folder / "gsm8k").mkdir(parents=True)
-    rows = [{"id": f"gsm8k-{p:03d}", "sample": i, "score": s, "extracted": "gold" if s else f"wrong-{i}"}
+    rows = [{"id": f"gsm8k-{p:03d}", "sample": i, "score": s, "extracted": "gold" if s else f"wrong-{i}",
+             "mean_token_entropy": entropy(p, i, s)}
             for p, row in enumerate(table) for i, s in enumerate(row)]  # each wrong sample states its own answer
     (folder / "gsm8k" / "samples.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     metrics = task_metrics(table)
@@ -261,3 +270,10 @@ def test_room_for_rl_shows_pass_at_k_curves_and_the_answers_each_problem_gets(re
                                 "answers per problem among its samples (a sample with no answer adds none):")
     expected = (solved * 1 + (PROBLEMS - solved) * 2) / PROBLEMS
     assert distinct["prift_mass (sft)"] == [f"{expected:.2f}"]
+    # per problem the mean over its samples, then over problems: both right 0.5, one right 1.25,
+    # none right 2.0 (the last problem's empty sample left out: 2.0, not 1.0)
+    entropies = table_rows(text, "then the problems. Higher: the model still spreads its mass where it writes; near 0: "
+                                 "it has settled on one way to write the answer:")
+    expected = (solved * 0.5 + 3 * 1.25 + (PROBLEMS - solved - 3) * 2.0) / PROBLEMS
+    assert entropies["prift_mass (sft)"] == [f"{expected:.2f}"]
+    assert set(entropies) == set(distinct) and "base" not in entropies

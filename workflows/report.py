@@ -33,7 +33,7 @@ import statistics
 from pathlib import Path
 
 from common import atomic
-from workflows.report_collect import RL_CURVES, Run, base_samples, collect, distinct_answers, rl_history
+from workflows.report_collect import RL_CURVES, Run, base_samples, collect, distinct_answers, rl_history, token_entropy
 from workflows.report_stats import pass_at_k_curve
 from workflows.report_tables import (BOOTSTRAP_NOTE, SCORING_NOTE, comparison_table, comparisons, domain_interval_table,
                                      drift_table, findings, groups, interval_of_run, markdown_table, method_table,
@@ -150,8 +150,9 @@ def rl_section(runs: list[Run], config: dict, changes, sizes: dict, out: Path, u
 
 
 def headroom_section(rows, sizes: dict, out: Path, folders: dict) -> list[str]:
-    """Room for RL: Pass@k curves k = 1..n per model row, and how many different final answers the
-    samples of a problem state (the diversity RL can sharpen into Pass@1)."""
+    """Room for RL: Pass@k curves k = 1..n per model row, and per problem how many different final
+    answers its samples state and how uncertain the model was while writing them (mean token
+    entropy): the diversity RL can sharpen into Pass@1."""
     from workflows.report_figures import pass_at_k_figure, save
 
     curves: dict[str, list[dict]] = {}
@@ -165,22 +166,28 @@ def headroom_section(rows, sizes: dict, out: Path, folders: dict) -> list[str]:
     if not curves:
         return []
     save(pass_at_k_figure(curves, sizes), out / "pass_at_k.png")
-    lines = ["", "## Room for RL", "", "![Pass@k](pass_at_k.png)", "",
-             "Pass@k for k = 1..n: what a model solves when any of k samples may count. The gap between "
-             "Pass@n and Pass@1 is what RL can turn into first-try answers. Mean different final answers "
-             "per problem among its samples (a sample with no answer adds none):", "",
-             "| model | " + " | ".join(sorted(curves)) + " |", "|---|" + "---|" * len(curves)]
-    for g in rows:
-        if g.method == "base":
-            continue
-        cells = []
-        for task in sorted(curves):
-            counts = [n for seed in g.seeds for n in distinct_answers(folders[(g.method, seed)] / "eval" / g.stage)
-                      .get(task, {}).values()]
-            cells.append(f"{statistics.fmean(counts):.2f}" if counts else "n/a")
-        lines.append(f"| {g.label} | " + " | ".join(cells) + " |")
-    lines += ["", "Token entropy of the samples is not reported: the eval stage does not record it yet."]
-    return lines
+
+    def per_problem_table(read) -> list[str]:
+        """Per model row and task, the mean over problems (and seeds) of read(eval dir)[task]."""
+        lines = ["| model | " + " | ".join(sorted(curves)) + " |", "|---|" + "---|" * len(curves)]
+        for g in rows:
+            if g.method == "base":
+                continue
+            found = [read(folders[(g.method, seed)] / "eval" / g.stage) for seed in g.seeds]
+            cells = [[v for f in found for v in f.get(task, {}).values()] for task in sorted(curves)]
+            lines.append(f"| {g.label} | " + " | ".join(f"{statistics.fmean(c):.2f}" if c else "n/a" for c in cells) + " |")
+        return lines
+
+    return ["", "## Room for RL", "", "![Pass@k](pass_at_k.png)", "",
+            "Pass@k for k = 1..n: what a model solves when any of k samples may count. The gap between "
+            "Pass@n and Pass@1 is what RL can turn into first-try answers. Mean different final answers "
+            "per problem among its samples (a sample with no answer adds none):", "",
+            *per_problem_table(distinct_answers), "",
+            "Mean token entropy (nats) of the samples: at each generated token, the entropy of the model's "
+            "next-token distribution (temperature 1), averaged over the sample's tokens, its problem's "
+            "samples, then the problems. Higher: the model still spreads its mass where it writes; near 0: "
+            "it has settled on one way to write the answer:", "",
+            *per_problem_table(token_entropy)]
 
 
 def tokens_section(sweep: Path, runs: list[Run], out: Path, examples: int) -> list[str]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import statistics
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -151,20 +152,38 @@ def eval_samples(eval_dir: Path) -> dict[str, dict[str, dict[str, list[float]]]]
     return out
 
 
+def _rows_by_problem(eval_dir: Path) -> dict[str, dict[str, list[dict]]]:
+    """{task: {problem id: its rows of samples.jsonl}} under eval_dir."""
+    out: dict[str, dict[str, list[dict]]] = {}
+    for path in sorted(eval_dir.glob("*/samples.jsonl")) if eval_dir.is_dir() else ():
+        problems: dict[str, list[dict]] = {}
+        for line in path.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                problems.setdefault(str(row.get("id")), []).append(row)
+        out[path.parent.name] = problems
+    return out
+
+
 def distinct_answers(eval_dir: Path) -> dict[str, dict[str, int]]:
     """{task: {problem id: how many different final answers its samples state}} from the
     `extracted` field of samples.jsonl (a sample with no answer adds none). One answer on every
     sample: the model has settled; many: it still explores, which RL can sharpen."""
-    out: dict[str, dict[str, int]] = {}
-    for path in sorted(eval_dir.glob("*/samples.jsonl")) if eval_dir.is_dir() else ():
-        answers: dict[str, set] = {}
-        for line in path.read_text().splitlines():
-            if line.strip():
-                row = json.loads(line)
-                seen = answers.setdefault(str(row.get("id")), set())
-                if row.get("extracted") is not None:
-                    seen.add(str(row["extracted"]))
-        out[path.parent.name] = {pid: len(a) for pid, a in answers.items()}
+    return {task: {pid: len({str(r["extracted"]) for r in rows if r.get("extracted") is not None})
+                   for pid, rows in problems.items()}
+            for task, problems in _rows_by_problem(eval_dir).items()}
+
+
+def token_entropy(eval_dir: Path) -> dict[str, dict[str, float]]:
+    """{task: {problem id: the mean over its samples of their mean token entropy (nats)}} from
+    samples.jsonl (evals/entropy.py); samples without one (empty, or written before the eval stage
+    recorded it) are left out, and so is a problem with none."""
+    out: dict[str, dict[str, float]] = {}
+    for task, problems in _rows_by_problem(eval_dir).items():
+        for pid, rows in problems.items():
+            values = [r["mean_token_entropy"] for r in rows if isinstance(r.get("mean_token_entropy"), (int, float))]
+            if values:
+                out.setdefault(task, {})[pid] = statistics.fmean(values)
     return out
 
 
