@@ -73,7 +73,7 @@ class RLStageConfig:
     """Reward functions and their weights (each answer reward scores only its own rows)."""
     sandbox: SandboxConfig = field(default_factory=lambda: RL_SANDBOX)
     """Limits of each program the code_tests reward runs (one unit test of one rollout): 5 s wall and
-    CPU by default; a field set in YAML replaces that field, the others take SandboxConfig's defaults."""
+    CPU by default; a field set in YAML replaces that field, the others keep these RL defaults."""
     rollout: Rollout = "auto"
     """Who samples the completions (see the module docstring)."""
     server: VLLMServerConfig = field(default_factory=VLLMServerConfig)

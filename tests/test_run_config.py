@@ -63,3 +63,15 @@ def test_every_stage_spells_precision_alike_and_names_the_choices():
     assert "auto, bf16, fp32" in str(e.value)
     with pytest.raises(ConfigError, match=r"prior\.dtype: unknown key"):  # the old spelling is refused, not ignored
         config(prior={"dtype": "bfloat16"})
+
+
+def test_a_section_given_in_part_keeps_the_defaults_of_the_field_that_holds_it():
+    from evals.sandbox import SandboxConfig
+    from rl.rewards import RL_SANDBOX
+
+    assert RL_SANDBOX.timeout_s != SandboxConfig().timeout_s  # else this test could not tell them apart
+    cfg = config(rl={"sandbox": {"memory_mb": 512}}, eval={"sandbox": {"memory_mb": 512}})
+    assert (cfg.rl.sandbox.memory_mb, cfg.rl.sandbox.timeout_s, cfg.rl.sandbox.cpu_s) == (512, RL_SANDBOX.timeout_s, RL_SANDBOX.cpu_s)
+    assert cfg.eval.sandbox == SandboxConfig(memory_mb=512)
+    with pytest.raises(ConfigError, match=r"rl\.sandbox\.cpu_s: .*at least 1"):  # the overlay is still checked
+        config(rl={"sandbox": {"cpu_s": 0}})

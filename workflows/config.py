@@ -258,10 +258,24 @@ def from_dict(cls, data, path: str = ""):
     return value
 
 
-def _build(cls, data, path, problems):
+def _default(f: dataclasses.Field, base):
+    """What field f is when YAML leaves it out: its value in `base` (the enclosing section's default)
+    when there is one, else the field's own default (None when it has none)."""
+    if base is not None:
+        return getattr(base, f.name)
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+
+
+def _build(cls, data, path, problems, base=None):
     """The dataclass for `data`, or None with its problems appended. The section is built even when
     some of its fields have the wrong type, so its own checks (`__post_init__`) still report the
-    other fields' range and name problems."""
+    other fields' range and name problems.
+
+    A section given in part overlays the default of the field that holds it (`base`): the keys
+    given replace those fields, the others keep that default's values, at every depth. So
+    `rl.sandbox: {memory_mb: 512}` keeps the RL stage's 5 s limits, not SandboxConfig's 10 s."""
     if not isinstance(data, dict):
         problems.append(f"{path or '<root>'}: got {data!r}, expected a mapping for {cls.__name__}")
         return None
@@ -274,12 +288,13 @@ def _build(cls, data, path, problems):
             problems.append(f"{_join(path, key)}: unknown key (expected one of: {', '.join(sorted(names))})")
     required = [f.name for f in fields if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     problems += [f"{_join(path, name)}: missing (required)" for name in required if name not in data]
-    kwargs = {f.name: _check(hints[f.name], data[f.name], _join(path, f.name), problems) for f in fields if f.name in data}
-    if any(name not in data for name in required):
+    kwargs = {f.name: _check(hints[f.name], data[f.name], _join(path, f.name), problems, _default(f, base))
+              for f in fields if f.name in data}
+    if base is None and any(name not in data for name in required):
         return None
     typed = len(problems) == before
     try:
-        value = cls(**kwargs)
+        value = cls(**kwargs) if base is None else dataclasses.replace(base, **kwargs)
     except FieldErrors as e:
         problems += [_join(path, p) for p in e.problems]
         return None
@@ -290,15 +305,15 @@ def _build(cls, data, path, problems):
     return value if len(problems) == before else None
 
 
-def _check(tp, value, path, problems):
+def _check(tp, value, path, problems, default=None):
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if dataclasses.is_dataclass(tp):
-        return _build(tp, value, path, problems)
+        return _build(tp, value, path, problems, default if isinstance(default, tp) else None)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _check(inner[0], value, path, problems) if len(inner) == 1 else value
+        return _check(inner[0], value, path, problems, default) if len(inner) == 1 else value
     if origin is typing.Literal:
         if value not in args:
             problems.append(f"{path}: got {value!r}, expected one of {list(args)}")
