@@ -113,6 +113,15 @@ class HFGenerator(Generator):
         dtype = dtype or resolve_dtype("auto", self.device)
         self.lm = load_causal_lm(model, dtype=dtype, device=self.device).eval()
         self.batch_size = batch_size
+        # Only the model's special tokens carry over from its generation_config, as in vLLM (which
+        # takes only the EOS ids from it when given explicit SamplingParams): an instruct model's
+        # repetition_penalty, top_k or temperature there would otherwise change HF's samples
+        # (generate fills every setting not passed from the model's own config).
+        from transformers import GenerationConfig
+
+        own = self.lm.generation_config
+        self.lm.generation_config = GenerationConfig(bos_token_id=own.bos_token_id, eos_token_id=own.eos_token_id,
+                                                     pad_token_id=own.pad_token_id)
 
     @torch.no_grad()
     def generate(self, prompts, sampling, stop=()):

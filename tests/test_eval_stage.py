@@ -1,5 +1,6 @@
 """The eval stage: outputs that agree with their samples, resume, bad data before any model, backends."""
 
+import itertools
 import json
 from dataclasses import replace
 
@@ -168,6 +169,31 @@ def test_hf_greedy_is_deterministic_and_cut_at_stop(tiny_model):
     if len(text) > 2:
         cut = gen.generate(prompts[:1], SamplingConfig(max_new_tokens=12), stop=(text[1:3],))[0][0]
         assert cut.text == text[: text.find(text[1:3])]
+
+
+def test_hf_ignores_sampling_defaults_in_the_models_generation_config(tiny_model, tmp_path):
+    """An instruct model's generation_config may set repetition_penalty, top_k, temperature; vLLM
+    ignores them under explicit SamplingParams, so HF must too. The reference: argmax decoding by
+    full forwards."""
+    import shutil
+
+    import torch
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model, folder)
+    own = json.loads((folder / "generation_config.json").read_text()) if (folder / "generation_config.json").exists() else {}
+    (folder / "generation_config.json").write_text(json.dumps(own | {"repetition_penalty": 50.0, "no_repeat_ngram_size": 1}))
+    gen = HFGenerator(str(folder))
+    prompt = gen.chat(["What is 3 plus 4?"])[0]
+    ids = list(prompt)
+    with torch.no_grad():
+        for _ in range(12):
+            ids.append(int(gen.lm(input_ids=torch.tensor([ids])).logits[0, -1].argmax()))
+    greedy = ids[len(prompt):]
+    assert len(set(greedy)) < len(greedy)  # greedy repeats a token: the model's own config would forbid it
+    (out,) = gen.generate([prompt], SamplingConfig(max_new_tokens=12))
+    eos = {gen.tokenizer.eos_token_id, gen.tokenizer.pad_token_id}
+    assert list(out[0].token_ids) == list(itertools.takewhile(lambda t: t not in eos, greedy))
 
 
 @pytest.mark.slow
