@@ -274,6 +274,10 @@ def test_room_for_rl_shows_pass_at_k_curves_and_the_answers_each_problem_gets(re
     # none right 2.0 (the last problem's empty sample left out: 2.0, not 1.0)
     entropies = table_rows(text, "then the problems. Higher: the model still spreads its mass where it writes; near 0: "
                                  "it has settled on one way to write the answer:")
-    expected = (solved * 0.5 + 3 * 1.25 + (PROBLEMS - solved - 3) * 2.0) / PROBLEMS
-    assert entropies["prift_mass (sft)"] == [f"{expected:.2f}"]
-    assert set(entropies) == set(distinct) and "base" not in entropies
+    def expected_entropy(solved: int) -> float:
+        return (solved * 0.5 + 3 * 1.25 + (PROBLEMS - solved - 3) * 2.0) / PROBLEMS
+
+    assert entropies["prift_mass (sft)"] == [f"{expected_entropy(solved):.2f}"]
+    # the base row too (solved = 0: every problem states two answers), the pretrained reference point
+    assert set(entropies) == set(distinct) and "base" in distinct
+    assert (distinct["base"], entropies["base"]) == (["2.00"], [f"{expected_entropy(0):.2f}"])

@@ -64,7 +64,8 @@ def write_report(sweep: Path, *, kl_texts: int = 8, kl_max_tokens: int = 96, tok
     parts += tables_section(runs, base, rows, out)
     parts += comparisons_section(found)
     parts += rl_section(runs, config, changes, sample_sizes(rows), out, tracking_uri(sweep.parent))
-    parts += headroom_section(rows, sample_sizes(rows), out, {(r.method, r.seed): r.folder for r in runs})
+    eval_dirs = {(r.method, r.seed): r.folder / "eval" for r in runs} | {("base", None): sweep / "base" / "eval"}
+    parts += headroom_section(rows, sample_sizes(rows), out, eval_dirs)
     texts = drift_texts(config["model"], config["eval"]["tasks"], kl_texts, kl_max_tokens)
     kl = drift(runs, config["model"], texts)
     parts += ["", "## Drift from the base model", "",
@@ -149,10 +150,11 @@ def rl_section(runs: list[Run], config: dict, changes, sizes: dict, out: Path, u
     return parts
 
 
-def headroom_section(rows, sizes: dict, out: Path, folders: dict) -> list[str]:
+def headroom_section(rows, sizes: dict, out: Path, eval_dirs: dict) -> list[str]:
     """Room for RL: Pass@k curves k = 1..n per model row, and per problem how many different final
     answers its samples state and how uncertain the model was while writing them (mean token
-    entropy): the diversity RL can sharpen into Pass@1."""
+    entropy): the diversity RL can sharpen into Pass@1, beside the base model's own.
+    `eval_dirs[(method, seed)]` holds a run's eval/<stage>/ folders (("base", None): the base's)."""
     from workflows.report_figures import pass_at_k_figure, save
 
     curves: dict[str, list[dict]] = {}
@@ -171,9 +173,7 @@ def headroom_section(rows, sizes: dict, out: Path, folders: dict) -> list[str]:
         """Per model row and task, the mean over problems (and seeds) of read(eval dir)[task]."""
         lines = ["| model | " + " | ".join(sorted(curves)) + " |", "|---|" + "---|" * len(curves)]
         for g in rows:
-            if g.method == "base":
-                continue
-            found = [read(folders[(g.method, seed)] / "eval" / g.stage) for seed in g.seeds]
+            found = [read(eval_dirs[(g.method, seed)] / g.stage) for seed in g.seeds]
             cells = [[v for f in found for v in f.get(task, {}).values()] for task in sorted(curves)]
             lines.append(f"| {g.label} | " + " | ".join(f"{statistics.fmean(c):.2f}" if c else "n/a" for c in cells) + " |")
         return lines
