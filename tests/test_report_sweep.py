@@ -267,7 +267,8 @@ def test_room_for_rl_shows_pass_at_k_curves_and_the_answers_each_problem_gets(re
     assert ks == [1, 2] and values == pytest.approx([avg(solved) / 100, (solved + 3) / PROBLEMS])
     # a problem both samples solve states one answer; any other states two (each wrong one differs)
     distinct = table_rows(text, "Pass@n and Pass@1 is what RL can turn into first-try answers. Mean different final "
-                                "answers per problem among its samples (a sample with no answer adds none):")
+                                "answers per problem among its samples (a sample with no answer adds none; n/a for "
+                                "code, whose samples state programs):")
     expected = (solved * 1 + (PROBLEMS - solved) * 2) / PROBLEMS
     assert distinct["prift_mass (sft)"] == [f"{expected:.2f}"]
     # per problem the mean over its samples, then over problems: both right 0.5, one right 1.25,
@@ -281,3 +282,17 @@ def test_room_for_rl_shows_pass_at_k_curves_and_the_answers_each_problem_gets(re
     # the base row too (solved = 0: every problem states two answers), the pretrained reference point
     assert set(entropies) == set(distinct) and "base" in distinct
     assert (distinct["base"], entropies["base"]) == (["2.00"], [f"{expected_entropy(0):.2f}"])
+
+
+def test_code_samples_count_no_distinct_answers_but_keep_their_entropy(tmp_path):
+    """A code sample's `extracted` is the sandbox verdict ("passed", "failed"): counting those as
+    answers would call every model's code samples settled."""
+    from workflows.report_collect import distinct_answers, token_entropy
+
+    for task, extracted in (("humaneval", "failed"), ("gsm8k", "7")):
+        (tmp_path / task).mkdir()
+        rows = [{"id": "p0", "sample": i, "score": 0.0, "extracted": extracted, "mean_token_entropy": 1.0 + i}
+                for i in range(2)]
+        (tmp_path / task / "samples.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    assert distinct_answers(tmp_path) == {"gsm8k": {"p0": 1}}
+    assert token_entropy(tmp_path) == {"gsm8k": {"p0": 1.5}, "humaneval": {"p0": 1.5}}

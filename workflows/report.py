@@ -181,7 +181,8 @@ def headroom_section(rows, sizes: dict, out: Path, eval_dirs: dict) -> list[str]
     return ["", "## Room for RL", "", "![Pass@k](pass_at_k.png)", "",
             "Pass@k for k = 1..n: what a model solves when any of k samples may count. The gap between "
             "Pass@n and Pass@1 is what RL can turn into first-try answers. Mean different final answers "
-            "per problem among its samples (a sample with no answer adds none):", "",
+            "per problem among its samples (a sample with no answer adds none; n/a for code, whose samples "
+            "state programs):", "",
             *per_problem_table(distinct_answers), "",
             "Mean token entropy (nats) of the samples: at each generated token, the entropy of the model's "
             "next-token distribution (temperature 1), averaged over the sample's tokens, its problem's "

@@ -20,6 +20,7 @@ from pathlib import Path
 import yaml
 
 from common.errors import InputError
+from evals.tasks import TASKS
 from workflows.rundir import rl_signal
 
 log = logging.getLogger(__name__)
@@ -168,10 +169,12 @@ def _rows_by_problem(eval_dir: Path) -> dict[str, dict[str, list[dict]]]:
 def distinct_answers(eval_dir: Path) -> dict[str, dict[str, int]]:
     """{task: {problem id: how many different final answers its samples state}} from the
     `extracted` field of samples.jsonl (a sample with no answer adds none). One answer on every
-    sample: the model has settled; many: it still explores, which RL can sharpen."""
+    sample: the model has settled; many: it still explores, which RL can sharpen. Code tasks are
+    left out: their samples state programs, and their `extracted` is the sandbox's verdict."""
     return {task: {pid: len({str(r["extracted"]) for r in rows if r.get("extracted") is not None})
                    for pid, rows in problems.items()}
-            for task, problems in _rows_by_problem(eval_dir).items()}
+            for task, problems in _rows_by_problem(eval_dir).items()
+            if task not in TASKS or TASKS[task].scorer != "code"}
 
 
 def token_entropy(eval_dir: Path) -> dict[str, dict[str, float]]:
