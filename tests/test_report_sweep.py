@@ -287,12 +287,13 @@ def test_room_for_rl_shows_pass_at_k_curves_and_the_answers_each_problem_gets(re
 def test_code_samples_count_no_distinct_answers_but_keep_their_entropy(tmp_path):
     """A code sample's `extracted` is the sandbox verdict ("passed", "failed"): counting those as
     answers would call every model's code samples settled."""
-    from workflows.report_collect import distinct_answers, token_entropy
+    from workflows.report_collect import distinct_answers, rows_by_problem, token_entropy
 
     for task, extracted in (("humaneval", "failed"), ("gsm8k", "7")):
         (tmp_path / task).mkdir()
         rows = [{"id": "p0", "sample": i, "score": 0.0, "extracted": extracted, "mean_token_entropy": 1.0 + i}
                 for i in range(2)]
         (tmp_path / task / "samples.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    assert distinct_answers(tmp_path) == {"gsm8k": {"p0": 1}}
-    assert token_entropy(tmp_path) == {"gsm8k": {"p0": 1.5}, "humaneval": {"p0": 1.5}}
+    rows = rows_by_problem(tmp_path)
+    assert distinct_answers(rows) == {"gsm8k": {"p0": 1}}
+    assert token_entropy(rows) == {"gsm8k": {"p0": 1.5}, "humaneval": {"p0": 1.5}}

@@ -33,7 +33,8 @@ import statistics
 from pathlib import Path
 
 from common import atomic
-from workflows.report_collect import RL_CURVES, Run, base_samples, collect, distinct_answers, rl_history, token_entropy
+from workflows.report_collect import (RL_CURVES, Run, base_samples, collect, distinct_answers, rl_history, rows_by_problem,
+                                      token_entropy)
 from workflows.report_stats import pass_at_k_curve
 from workflows.report_tables import (BOOTSTRAP_NOTE, SCORING_NOTE, comparison_table, comparisons, domain_interval_table,
                                      drift_table, findings, groups, interval_of_run, markdown_table, method_table,
@@ -169,11 +170,13 @@ def headroom_section(rows, sizes: dict, out: Path, eval_dirs: dict) -> list[str]
         return []
     save(pass_at_k_figure(curves, sizes), out / "pass_at_k.png")
 
-    def per_problem_table(read) -> list[str]:
-        """Per model row and task, the mean over problems (and seeds) of read(eval dir)[task]."""
+    samples = {g.label: [rows_by_problem(eval_dirs[(g.method, seed)] / g.stage) for seed in g.seeds] for g in rows}
+
+    def per_problem_table(measure) -> list[str]:
+        """Per model row and task, the mean over problems (and seeds) of measure(rows)[task]."""
         lines = ["| model | " + " | ".join(sorted(curves)) + " |", "|---|" + "---|" * len(curves)]
         for g in rows:
-            found = [read(eval_dirs[(g.method, seed)] / g.stage) for seed in g.seeds]
+            found = [measure(seed_rows) for seed_rows in samples[g.label]]
             cells = [[v for f in found for v in f.get(task, {}).values()] for task in sorted(curves)]
             lines.append(f"| {g.label} | " + " | ".join(f"{statistics.fmean(c):.2f}" if c else "n/a" for c in cells) + " |")
         return lines

@@ -153,8 +153,9 @@ def eval_samples(eval_dir: Path) -> dict[str, dict[str, dict[str, list[float]]]]
     return out
 
 
-def _rows_by_problem(eval_dir: Path) -> dict[str, dict[str, list[dict]]]:
-    """{task: {problem id: its rows of samples.jsonl}} under eval_dir."""
+def rows_by_problem(eval_dir: Path) -> dict[str, dict[str, list[dict]]]:
+    """{task: {problem id: its rows of samples.jsonl}} under eval_dir: read once, then measured by
+    `distinct_answers` and `token_entropy`."""
     out: dict[str, dict[str, list[dict]]] = {}
     for path in sorted(eval_dir.glob("*/samples.jsonl")) if eval_dir.is_dir() else ():
         problems: dict[str, list[dict]] = {}
@@ -166,25 +167,25 @@ def _rows_by_problem(eval_dir: Path) -> dict[str, dict[str, list[dict]]]:
     return out
 
 
-def distinct_answers(eval_dir: Path) -> dict[str, dict[str, int]]:
+def distinct_answers(rows: dict[str, dict[str, list[dict]]]) -> dict[str, dict[str, int]]:
     """{task: {problem id: how many different final answers its samples state}} from the
-    `extracted` field of samples.jsonl (a sample with no answer adds none). One answer on every
+    `extracted` field of the rows (`rows_by_problem`) (a sample with no answer adds none). One answer on every
     sample: the model has settled; many: it still explores, which RL can sharpen. Code tasks are
     left out: their samples state programs, and their `extracted` is the sandbox's verdict."""
     return {task: {pid: len({str(r["extracted"]) for r in rows if r.get("extracted") is not None})
                    for pid, rows in problems.items()}
-            for task, problems in _rows_by_problem(eval_dir).items()
+            for task, problems in rows.items()
             if task not in TASKS or TASKS[task].scorer != "code"}
 
 
-def token_entropy(eval_dir: Path) -> dict[str, dict[str, float]]:
-    """{task: {problem id: the mean over its samples of their mean token entropy (nats)}} from
-    samples.jsonl (evals/entropy.py); samples without one (empty, or written before the eval stage
+def token_entropy(rows: dict[str, dict[str, list[dict]]]) -> dict[str, dict[str, float]]:
+    """{task: {problem id: the mean over its samples of their mean token entropy (nats)}} from the
+    rows (`rows_by_problem`; evals/entropy.py); samples without one (empty, or written before the eval stage
     recorded it) are left out, and so is a problem with none."""
     out: dict[str, dict[str, float]] = {}
-    for task, problems in _rows_by_problem(eval_dir).items():
-        for pid, rows in problems.items():
-            values = [r["mean_token_entropy"] for r in rows if isinstance(r.get("mean_token_entropy"), (int, float))]
+    for task, problems in rows.items():
+        for pid, samples in problems.items():
+            values = [r["mean_token_entropy"] for r in samples if isinstance(r.get("mean_token_entropy"), (int, float))]
             if values:
                 out.setdefault(task, {})[pid] = statistics.fmean(values)
     return out
