@@ -175,7 +175,15 @@ class VLLMGenerator(Generator):
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         from vllm import LLM
 
-        kwargs = {"gpu_memory_utilization": gpu_memory_utilization} if on_gpu else {"dtype": "float32", "enforce_eager": True}
+        kwargs = {"gpu_memory_utilization": gpu_memory_utilization} if on_gpu else {
+            "dtype": "float32", "enforce_eager": True,
+            # A seeded request whose prompt is prefilled in chunks gets a sampled token that vLLM
+            # discards, and vLLM then rewinds that request's generator by its offset
+            # (`_bookkeeping_sync`): CUDA generators have one, CPU generators raise "CPU Generator
+            # does not use offset". Whole-prompt prefills never discard, and keep one seeded stream
+            # per request (same seed, same completions, whatever the batch).
+            "enable_chunked_prefill": False,
+        }
         self.llm = LLM(model=resolve_model_path(model), max_model_len=max_model_len, seed=0, **kwargs)
 
     def generate(self, prompts, sampling, stop=()):
