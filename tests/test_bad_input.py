@@ -213,6 +213,15 @@ def test_rl_prompts_that_are_eval_prompts_are_refused(command, config, tmp_path,
 
 
 @COMMANDS
+def test_eval_problems_that_are_sft_prompts_are_refused(command, config, tmp_path, capsys):
+    """The SFT rows' problems (seed 0 of the generator) evaluated again: refused, naming task and row."""
+    config["data"] = {"path": "reasoning_gym:gsm_symbolic", "limit": 8}
+    config["eval"]["tasks"] = [{"name": "rg_gsm_symbolic", "limit": 4, "seed": 0}]
+    err = refused(command, config, tmp_path, capsys)
+    assert "4 evaluation problem(s) are SFT prompts: rg_gsm_symbolic row gsm_symbolic/0/0 = SFT row 0" in err
+
+
+@COMMANDS
 def test_gpus_the_cluster_lacks_are_refused(command, config, tmp_path, capsys):
     config["pipeline"]["resources"] = {"sft": {"gpus": 1, "workers": 64}}
     assert "pipeline.resources.sft: 64 worker(s) x 1 GPU" in refused(command, config, tmp_path, capsys)
@@ -347,6 +356,6 @@ def test_hub_inputs_names_exactly_what_is_not_local(config, tmp_path, tiny_model
     config["rl"]["prompts"] = {"tasks": [{"name": "gsm8k", "source": str(tmp_path / "local.jsonl")}]}
     hub = hub_inputs(from_dict(RunConfig, config))
     assert hub[check_models] == ["model 'org/model'"]
-    assert hub[check_sft_data] == ["data.path 'org/sft-data'"]
+    assert hub[check_sft_data] == ["data.path 'org/sft-data'", "eval.tasks[1] 'org/mmlu'"]  # overlap check
     assert hub[check_tasks] == ["model 'org/model'", "eval.tasks[1] 'org/mmlu'"]
     assert hub[check_rl] == ["eval.tasks[1] 'org/mmlu'"]

@@ -1,6 +1,7 @@
 """Benchmarks load from the installed packages, hub-schema rows normalise, bad rows are named."""
 
 import json
+import re
 
 import pytest
 
@@ -78,3 +79,40 @@ def test_unknown_task_and_bad_limit_are_config_errors():
         TaskSpec("gsm9k")
     with pytest.raises(ValueError, match="limit"):
         TaskSpec("gsm8k", limit=0)
+
+
+def test_generated_tasks_are_seeded_sized_and_scored_by_the_generators_own_answers():
+    import reasoning_gym
+
+    options = {"min_terms": 2, "max_terms": 2, "max_digits": 2, "operators": ["+"]}
+    spec = TaskSpec("rg_basic_arithmetic", limit=20, seed=7, options=options)
+    examples = load_examples(spec)
+    assert len(examples) == 20 and examples == load_examples(spec)
+    assert [e.gold for e in examples] != [e.gold for e in load_examples(TaskSpec("rg_basic_arithmetic", limit=20, seed=8, options=options))]
+    direct = reasoning_gym.create_dataset("basic_arithmetic", size=20, seed=7, min_terms=2, max_terms=2, max_digits=2, operators=("+",))
+    for ex, row in zip(examples, direct):
+        assert ex.meta["problem"] == row["question"] and ex.prompt.endswith("within \\boxed{}.")
+        assert direct.score_answer(ex.gold, row) == 1.0  # reasoning-gym's own scorer takes our gold
+        expression = row["question"].removeprefix("Calculate ").rstrip(".")
+        assert re.fullmatch(r"[\d\s()+-]+", expression)
+        assert int(ex.gold) == eval(expression)  # and the gold is Python's value of the sum itself
+    assert len(load_examples(TaskSpec("rg_chain_sum"))) == 100  # the default size
+
+
+def test_generator_options_are_refused_where_they_mean_nothing_and_named_where_wrong():
+    with pytest.raises(ValueError, match="options: only generated tasks"):
+        TaskSpec("gsm8k", options={"max_digits": 2})
+    with pytest.raises(TaskError, match=r"rg_chain_sum: reasoning-gym dataset 'chain_sum'.*no_such_option"):
+        load_examples(TaskSpec("rg_chain_sum", limit=2, options={"no_such_option": 1}))
+
+
+def test_a_generated_eval_problem_that_is_an_rl_prompt_is_refused_under_any_template():
+    from rl.prompts import GeneratorSpec, PromptsConfig, build_rows, check_no_eval_overlap
+
+    one_digit = {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1, "operators": ["+"]}
+    rows = build_rows(PromptsConfig(generators=[GeneratorSpec(size=64, options=one_digit)],
+                                    template="{problem}\nAnswer within \\boxed{}."))
+    # one-digit sums have 100 problems at most: 50 more from another seed must repeat some of the 64
+    with pytest.raises(TaskError, match=r"RL prompt\(s\) are evaluation prompts: rg_basic_arithmetic row basic_arithmetic/1000/"):
+        check_no_eval_overlap(rows, [TaskSpec("rg_basic_arithmetic", limit=50, options=one_digit)])
+    check_no_eval_overlap(rows, [TaskSpec("rg_simple_equations", limit=50)])  # another family: fine

@@ -110,7 +110,8 @@ def hub_inputs(cfg: RunConfig) -> dict:
     rl_sets = [_hub_task(f"rl.prompts.tasks[{i}]", t) for i, t in enumerate(cfg.rl.prompts.tasks)]
     found = {
         check_models: [model, _hub_model("prior.reference", reference) if uses_reference else None],
-        check_sft_data: [_hub_data(field, source.path) for field, source in _sft_sources(cfg)] if on.sft or on.prior else [],
+        check_sft_data: ([_hub_data(field, source.path) for field, source in _sft_sources(cfg)]
+                         + (eval_sets if on.eval else [])) if on.sft or on.prior else [],  # + the overlap check
         check_tasks: [model, *eval_sets] if on.eval else [],  # the eval check reads the model's tokenizer
         check_rl: [*rl_sets, *eval_sets] if on.rl else [],  # the overlap check reads every eval set
     }
@@ -139,7 +140,7 @@ def _hub_task(field: str, spec) -> str | None:
     from evals.tasks import TASKS
 
     source = spec.source or TASKS[spec.name].default_source
-    local = (source.startswith(("package:", ".", "/")) or Path(source).exists()
+    local = (source.startswith(("package:", "reasoning_gym:", ".", "/")) or Path(source).exists()
              or Path(source).suffix in (".jsonl", ".json", ".parquet", ".gz"))
     return None if local else f"{field} {source!r}"
 
@@ -166,11 +167,31 @@ def _uses_prior(cfg: RunConfig) -> bool:
 
 
 def check_sft_data(cfg: RunConfig) -> None:
+    """Every SFT row; and, when the pipeline evaluates, no evaluation problem among their prompts."""
     from prift.data import check_data
 
     on = cfg.pipeline.stages
     if on.sft or on.prior:
         check_data(cfg.data)
+        if on.eval:
+            check_no_sft_eval_overlap(cfg)
+
+
+def check_no_sft_eval_overlap(cfg: RunConfig) -> None:
+    """Refuse evaluation rows whose problem is the prompt (last user turn) of an SFT row: a model
+    trained on its answer would be scored on it."""
+    from evals.tasks import TaskError, eval_overlaps, problem_keys
+    from prift.data import load_rows, validate_rows
+
+    train = {}
+    for i, (prompt, _) in enumerate(validate_rows(load_rows(cfg.data), cfg.data)):
+        user = [m["content"] for m in prompt if m["role"] == "user"]
+        if user:
+            train |= dict.fromkeys(problem_keys(user[-1]), f"row {i}")
+    overlaps = eval_overlaps(train, cfg.eval.tasks)
+    if overlaps:
+        shown = "; ".join(f"{task} row {eid} = SFT {rid}" for task, eid, rid in overlaps[:5])
+        raise TaskError(f"data: {len(overlaps)} evaluation problem(s) are SFT prompts: {shown}")
 
 
 def check_tasks(cfg: RunConfig) -> None:
