@@ -42,9 +42,10 @@ class Score:
 # ---------------------------------------------------------------- math
 
 
-def score_math(completion: str, gold: str, *, flexible: bool = False, truncated: bool = False) -> Score:
+def score_math_unbounded(completion: str, gold: str, *, flexible: bool = False, truncated: bool = False) -> Score:
     """A math completion against its gold answer, read and compared as the Qwen2.5-Math harness does
-    (evals.math_grader).
+    (evals.math_grader), in this process and without a wall-time bound (sympy on model output):
+    what a scoring worker runs. Callers use `score_math`.
 
     Strict (the default, the primary metric and the RL reward): only a stated final answer counts
     (`\\boxed{}`, "the answer is", `####`, ...). Flexible: with no stated answer, the last number in
@@ -62,6 +63,50 @@ def score_math(completion: str, gold: str, *, flexible: bool = False, truncated:
     pred = clean_prediction(raw)
     ok = math_equal(pred, strip_string(gold))
     return Score(ok, pred, "" if ok else "wrong answer", extractor)
+
+
+@dataclass(frozen=True)
+class MathJob:
+    """One math answer to score: under the harness rules (`verify=False`, strict or flexible) or
+    under math-verify (`verify=True`)."""
+
+    completion: str
+    gold: str
+    flexible: bool = False
+    truncated: bool = False
+    verify: bool = False
+
+    def job(self) -> tuple:
+        if self.verify:
+            return ("verify", self.completion, self.gold)
+        return ("math", self.completion, self.gold, self.flexible, self.truncated)
+
+
+def score_math_many(jobs: list[MathJob], limit_s: float | None = None) -> list[Score]:
+    """Many math answers, each bounded in wall time on any thread (evals/bounded.py): an answer
+    whose scoring outlasts `limit_s` (default: the stage's `score_timeout_s`) scores 0 with
+    reason "timeout"; one that crashes its worker scores 0 with reason "scorer error: ..."."""
+    from evals import bounded
+
+    out = []
+    for result in bounded.run([j.job() for j in jobs], limit_s):
+        out.append(Score(*result) if isinstance(result, tuple) else Score(False, None, result))
+    return out
+
+
+def score_math(completion: str, gold: str, *, flexible: bool = False, truncated: bool = False,
+               limit_s: float | None = None) -> Score:
+    """`score_math_unbounded`, bounded in wall time (`score_math_many`)."""
+    return score_math_many([MathJob(completion, gold, flexible, truncated)], limit_s)[0]
+
+
+def score_math_verify(completion: str, gold: str, limit_s: float | None = None) -> Score:
+    """math-verify's verdict (evals/verify.py), bounded in wall time (`score_math_many`).
+
+    >>> score_math_verify("**Answer:** 12", "12").correct
+    True
+    """
+    return score_math_many([MathJob(completion, gold, verify=True)], limit_s)[0]
 
 
 # ---------------------------------------------------------------- multiple choice
