@@ -8,7 +8,8 @@ math-verify's plain-expression extractor, also anchored only ("The answer is 12 
 "**Answer:** 12", "the final answer is 3 - 5 = -2"), because a completion that states its answer
 in words and not in LaTeX is right and TRL's configuration finds no answer there. Anchorless
 extraction stays off, so a number merely mentioned ("she has 7 apples left") is no answer, as in
-the strict scorer. The gold, a bare answer here, is read as inline math (`$gold$`), with
+the strict scorer. A GSM8K answer line `#### 72` with no other anchored answer counts too, as in
+the strict scorer (math-verify finds it only by its anchorless search). The gold, a bare answer here, is read as inline math (`$gold$`), with
 math-verify's default extractors.
 
 These functions are unbounded (sympy on model output): `evals.scoring.score_math_verify` runs them
@@ -20,9 +21,11 @@ from __future__ import annotations
 import functools
 import logging
 
+from evals.math_grader import _GSM8K_LINE  # the `#### 72` line, read as the strict scorer reads it
 from evals.scoring import Score
 
 log = logging.getLogger(__name__)
+
 
 # math-verify's own limits (SIGALRM; on in the pool's workers, whose scoring runs on the main
 # thread): a slow parse or comparison is "no answer" / "not equal" without killing the worker.
@@ -53,8 +56,13 @@ def parse_answer(completion: str) -> list:
     """The completion's answer as math-verify objects ([sympy value, its text]), [] if none is stated."""
     from math_verify import parse
 
-    return parse(completion, extraction_config=_answer_config(), extraction_mode="first_match",
-                 parsing_timeout=PARSE_TIMEOUT_S)
+    found = parse(completion, extraction_config=_answer_config(), extraction_mode="first_match",
+                  parsing_timeout=PARSE_TIMEOUT_S)
+    if not found:
+        lines = _GSM8K_LINE.findall(completion)
+        if lines:
+            found = parse(f"${lines[-1]}$", parsing_timeout=PARSE_TIMEOUT_S)
+    return found
 
 
 def verify_unbounded(completion: str, gold: str) -> Score:
