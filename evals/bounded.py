@@ -145,17 +145,19 @@ class ScoringPool:
         for conn in wait(list(by_conn), timeout=max(0.0, min(deadlines) - now)):
             w = by_conn[conn]
             try:
-                message = conn.recv()
+                while True:  # drain what has arrived: one wait per burst of cheap answers, not per answer
+                    message = conn.recv()
+                    if message == "ready":
+                        w.ready = True
+                    else:
+                        index, result = message
+                        results[index] = result
+                        w.jobs.popleft()
+                        w.deadline = time.monotonic() + limit_s
+                    if not (w.jobs and conn.poll(0)):
+                        break
             except (EOFError, OSError):
                 self._died(w, results, todo)
-                continue
-            if message == "ready":
-                w.ready = True
-                continue
-            index, result = message
-            results[index] = result
-            w.jobs.popleft()
-            w.deadline = time.monotonic() + limit_s
         now = time.monotonic()
         for w in list(self._workers):
             if w.jobs and now >= w.deadline:

@@ -19,7 +19,8 @@ import logging
 import re
 from dataclasses import dataclass
 
-from evals.math_grader import clean_prediction, extract_final, last_boxed, last_number, math_equal, strip_string
+from evals.math_grader import (clean_prediction, extract_final, last_boxed, last_number, math_equal, parse_digits,
+                               strip_string)
 
 log = logging.getLogger(__name__)
 
@@ -53,13 +54,9 @@ def score_math_unbounded(completion: str, gold: str, *, flexible: bool = False, 
     completion cut by the length limit (`truncated`), whose last number is usually a number being
     copied from the problem or mid-calculation, not an answer.
     """
-    raw, extractor = extract_final(completion)
-    if raw is None and flexible:
-        if truncated:
-            return Score(False, None, "truncated before a final answer")
-        raw, extractor = last_number(completion), "last number"
+    raw, extractor, why = _read_math(completion, flexible, truncated)
     if raw is None:
-        return Score(False, None, "no answer found")
+        return Score(False, None, why)
     pred = clean_prediction(raw)
     ok = math_equal(pred, strip_string(gold))
     return Score(ok, pred, "" if ok else "wrong answer", extractor)
@@ -82,15 +79,50 @@ class MathJob:
         return ("math", self.completion, self.gold, self.flexible, self.truncated)
 
 
+def _read_math(completion: str, flexible: bool, truncated: bool) -> tuple[str | None, str | None, str]:
+    """(the answer as written, the rule that found it, why there is none): linear-time text scans."""
+    raw, extractor = extract_final(completion)
+    if raw is None and flexible:
+        if truncated:
+            return None, None, "truncated before a final answer"
+        raw, extractor = last_number(completion), "last number"
+    return raw, extractor, "" if raw is not None else "no answer found"
+
+
+FAST_MAX_CHARS = 64
+"""Longest extracted answer that `_score_math_fast` may decide in the caller's process."""
+
+
+def _score_math_fast(job: MathJob) -> Score | None:
+    """The harness verdict where it needs no sympy, in the caller's process: no answer, or a short
+    answer whose normalised text equals the gold's or which is, like the gold, a plain number
+    (`math_equal`'s first two rules, which decide before any symbolic step). Each step is a regular
+    expression over at most FAST_MAX_CHARS characters (or a linear scan for extraction), so it is
+    bounded without a worker and ordinary answers skip the round trip. None: the pool decides."""
+    if job.verify:
+        return None
+    raw, extractor, why = _read_math(job.completion, job.flexible, job.truncated)
+    if raw is None:
+        return Score(False, None, why)
+    if len(raw) > FAST_MAX_CHARS:
+        return None
+    pred, ref = clean_prediction(raw), strip_string(job.gold)
+    if pred.strip().lower() == ref.strip().lower() or (parse_digits(pred) is not None and parse_digits(ref) is not None):
+        ok = math_equal(pred, ref)
+        return Score(ok, pred, "" if ok else "wrong answer", extractor)
+    return None
+
+
 def score_math_many(jobs: list[MathJob], limit_s: float | None = None) -> list[Score]:
     """Many math answers, each bounded in wall time on any thread (evals/bounded.py): an answer
     whose scoring outlasts `limit_s` (default: the stage's `score_timeout_s`) scores 0 with
     reason "timeout"; one that crashes its worker scores 0 with reason "scorer error: ..."."""
     from evals import bounded
 
-    out = []
-    for result in bounded.run([j.job() for j in jobs], limit_s):
-        out.append(Score(*result) if isinstance(result, tuple) else Score(False, None, result))
+    out = [_score_math_fast(j) for j in jobs]
+    slow = [i for i, s in enumerate(out) if s is None]
+    for i, result in zip(slow, bounded.run([jobs[i].job() for i in slow], limit_s)):
+        out[i] = Score(*result) if isinstance(result, tuple) else Score(False, None, result)
     return out
 
 
