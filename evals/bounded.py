@@ -104,8 +104,6 @@ class ScoringPool:
         """Answers timed out since the pool started (the per-call counts are in the results)."""
 
     def _ensure(self) -> None:
-        if self._pid != os.getpid():  # a fork of the caller: the workers' pipes belong to the parent
-            self._workers, self._pid = [], os.getpid()
         while len(self._workers) < self.size:
             self._workers.append(_Worker())
 
@@ -121,9 +119,15 @@ class ScoringPool:
         todo = deque(range(len(jobs)))
         with self._lock:
             self._ensure()
-            while todo or any(w.jobs for w in self._workers):
-                self._dispatch(jobs, todo, limit_s)
-                self._collect(results, todo, limit_s)
+            try:
+                while todo or any(w.jobs for w in self._workers):
+                    self._dispatch(jobs, todo, limit_s)
+                    self._collect(results, todo, limit_s)
+            except BaseException:  # Ctrl-C, a start-up failure: no later call may read this call's results
+                for w in [w for w in self._workers if w.jobs]:
+                    w.kill()
+                    self._workers.remove(w)
+                raise
         return results
 
     def _dispatch(self, jobs, todo: deque, limit_s: float) -> None:
@@ -172,15 +176,29 @@ class ScoringPool:
                 raise WorkerError(f"a scoring worker was not ready after {STARTUP_S:.0f} s")
 
     def _died(self, w: _Worker, results: list, todo: deque) -> None:
+        w.kill()  # reaps it: its pipe may close before the kernel reports its exit
         if not w.ready:
-            w.kill()
             self._workers.remove(w)
             raise WorkerError(f"a scoring worker exited at start-up (code {w.proc.returncode}); its stderr says why")
         index = w.jobs.popleft()
-        results[index] = f"scorer error: the scoring process exited (code {w.proc.poll()})"
+        results[index] = f"scorer error: the scoring process exited (code {w.proc.returncode})"
         log.warning("a scoring worker exited while scoring an answer (scored 0); replaced")
         todo.extendleft(reversed(w.jobs))
         self._replace(w)
+
+    def warm(self) -> None:
+        """Start the workers and wait until one is ready (the next call would otherwise wait)."""
+        with self._lock:
+            self._ensure()
+            while not any(w.ready for w in self._workers):
+                self._collect([], deque(), _limit_s)
+
+    def forget(self) -> None:
+        """In a forked child: the workers are the parent's; drop this copy of their pipes."""
+        for w in self._workers:
+            w.send_conn.close()
+            w.recv_conn.close()
+        self._workers, self._lock, self._pid = [], threading.Lock(), os.getpid()
 
     def close(self) -> None:
         with self._lock:
@@ -192,6 +210,17 @@ class ScoringPool:
 
 _POOL: ScoringPool | None = None
 _POOL_LOCK = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    # a lock held by another thread at the fork stays held in the child forever: start afresh
+    global _POOL_LOCK
+    _POOL_LOCK = threading.Lock()
+    if _POOL is not None:
+        _POOL.forget()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def pool() -> ScoringPool:

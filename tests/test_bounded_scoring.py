@@ -32,7 +32,7 @@ STALLS = {  # each takes sympy seconds to hours; SIGALRM cannot stop one off the
 @pytest.fixture(autouse=True)
 def short_limit():
     bounded.set_limit(LIMIT_S)
-    score_math(r"\boxed{1}", "1")  # the workers are up before any call is timed
+    bounded.pool().warm()  # a worker is up (a killed one being replaced) before a call is timed
     yield
     bounded.set_limit(bounded.DEFAULT_LIMIT_S)
 
@@ -82,3 +82,25 @@ def test_a_timeout_costs_only_its_own_answer_in_a_batch():
     scores = score_math_many(jobs * 2)
     assert [s.reason for s in scores] == ["", "timeout", "", "wrong answer"] * 2
     assert [s.correct for s in scores] == [True, False, True, False] * 2
+
+
+def test_a_worker_that_dies_mid_answer_scores_it_0_and_is_replaced():
+    import os
+    import signal
+
+    pool = bounded.pool()
+    busy = []
+
+    def kill_the_busy_worker():
+        deadline = time.monotonic() + 5
+        while not busy and time.monotonic() < deadline:
+            busy.extend(w.proc.pid for w in pool._workers if w.jobs)
+            time.sleep(0.05)
+        os.kill(busy[0], signal.SIGKILL)  # as a segfault in deep recursion would end it
+
+    killer = threading.Thread(target=kill_the_busy_worker)
+    killer.start()
+    score = score_math(STALLS["power tower"], "3", limit_s=30)
+    killer.join()
+    assert (score.correct, score.reason) == (False, "scorer error: the scoring process exited (code -9)")
+    assert score_math(r"\boxed{2^{10}}", "1024").correct  # the pool goes on
