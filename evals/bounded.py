@@ -173,6 +173,7 @@ class ScoringPool:
                 self._replace(w)
             elif not w.ready and now - w.started > STARTUP_S:
                 w.kill()
+                self._workers.remove(w)
                 raise WorkerError(f"a scoring worker was not ready after {STARTUP_S:.0f} s")
 
     def _died(self, w: _Worker, results: list, todo: deque) -> None:
