@@ -1,7 +1,10 @@
 r"""What counts as correct: answer extraction and equivalence, one definition for eval and RL rewards.
 
 Every scorer is a plain function of (completion, gold) returning a `Score`; the RL stage wraps the
-same functions as rewards.
+same functions as rewards. Math scoring (the harness rules and math-verify) may reach sympy on model
+output, so it is bounded in wall time per answer on any thread: `score_math`, `score_math_verify`
+and, in batches, `score_math_many` run it in worker processes killed at the limit (evals/bounded.py),
+and a timed-out answer scores 0 with reason "timeout".
 
     >>> score_math("... so the total is \\boxed{\\dfrac12}.", "0.5").correct
     True
@@ -209,8 +212,8 @@ def score_label(completion: str, gold: str, labels: tuple[str, ...] = LABELS) ->
 
 
 def score_answer(scorer: str, completion: str, gold: str, letters: str = "") -> Score:
-    """One completion under a task's answer scorer: the eval stage (per sample) and the RL rewards
-    (per rollout) both go through here. Code is scored in batches in the sandbox (`score_code`).
+    """One completion under a task's answer scorer (the eval stage and the RL rewards score math in
+    bounded batches, `score_math_many`; code in batches in the sandbox, `score_code`).
 
     >>> score_answer("label", "So the answer is: maybe.", "maybe").correct
     True
