@@ -35,8 +35,8 @@ VERIFY_TIMEOUT_S = 5
 
 @functools.cache
 def _answer_config():
-    from math_verify import ExprExtractionConfig, LatexExtractionConfig
     from latex2sympy2_extended import NormalizationConfig
+    from math_verify import ExprExtractionConfig, LatexExtractionConfig
 
     latex = LatexExtractionConfig(normalization_config=NormalizationConfig(units=True), boxed_match_priority=0,
                                   try_extract_without_anchor=False)

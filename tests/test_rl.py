@@ -203,7 +203,7 @@ def test_sampled_completions_stay_when_checkpoints_go(tiny_model, tmp_path):
 def test_math_verify_is_the_math_reward_of_the_default_and_the_shipped_configs():
     from pathlib import Path
 
-    assert [r.name for r in RLStageConfig().rewards][0] == "math_verify"
+    assert RLStageConfig().rewards[0].name == "math_verify"
     shipped = {p.name: [r["name"] for r in (yaml.safe_load(p.read_text()).get("rl") or {}).get("rewards", [])]
                for p in (Path(__file__).resolve().parents[1] / "workflows" / "configs").glob("*.yaml")}
     math = {name for name, rewards in shipped.items() if "math_verify" in rewards}
