@@ -333,8 +333,9 @@ def _sympy_equal(a: str, b: str) -> bool:
 def symbolic_equal(a: str, b: str, timeout_s: int = 3) -> bool:
     """`_sympy_equal` within the harness's 3 s per comparison (past it: not equal, as there).
 
-    The timeout is a SIGALRM, which exists only on the main thread: elsewhere (Ray workers, vLLM
-    callbacks) it is off and a pathological expression could take long.
+    The timeout is a SIGALRM, which exists only on the main thread: elsewhere it is off. Callers
+    score through evals.scoring, whose worker processes run this on their main thread and are
+    killed at the per-answer limit (evals/bounded.py), so that limit holds on any thread.
     """
     from math_verify.errors import TimeoutException
     from math_verify.utils import timeout

@@ -1,7 +1,10 @@
 r"""What counts as correct: answer extraction and equivalence, one definition for eval and RL rewards.
 
 Every scorer is a plain function of (completion, gold) returning a `Score`; the RL stage wraps the
-same functions as rewards.
+same functions as rewards. Math scoring (the harness rules and math-verify) may reach sympy on model
+output, so it is bounded in wall time per answer on any thread: `score_math`, `score_math_verify`
+and, in batches, `score_math_many` run it in worker processes killed at the limit (evals/bounded.py),
+and a timed-out answer scores 0 with reason "timeout".
 
     >>> score_math("... so the total is \\boxed{\\dfrac12}.", "0.5").correct
     True
@@ -19,7 +22,8 @@ import logging
 import re
 from dataclasses import dataclass
 
-from evals.math_grader import clean_prediction, extract_final, last_boxed, last_number, math_equal, strip_string
+from evals.math_grader import (clean_prediction, extract_final, last_boxed, last_number, math_equal, parse_digits,
+                               strip_string)
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +46,10 @@ class Score:
 # ---------------------------------------------------------------- math
 
 
-def score_math(completion: str, gold: str, *, flexible: bool = False, truncated: bool = False) -> Score:
+def score_math_unbounded(completion: str, gold: str, *, flexible: bool = False, truncated: bool = False) -> Score:
     """A math completion against its gold answer, read and compared as the Qwen2.5-Math harness does
-    (evals.math_grader).
+    (evals.math_grader), in this process and without a wall-time bound (sympy on model output):
+    what a scoring worker runs. Callers use `score_math`.
 
     Strict (the default, the primary metric and the RL reward): only a stated final answer counts
     (`\\boxed{}`, "the answer is", `####`, ...). Flexible: with no stated answer, the last number in
@@ -52,16 +57,91 @@ def score_math(completion: str, gold: str, *, flexible: bool = False, truncated:
     completion cut by the length limit (`truncated`), whose last number is usually a number being
     copied from the problem or mid-calculation, not an answer.
     """
-    raw, extractor = extract_final(completion)
-    if raw is None and flexible:
-        if truncated:
-            return Score(False, None, "truncated before a final answer")
-        raw, extractor = last_number(completion), "last number"
+    raw, extractor, why = _read_math(completion, flexible, truncated)
     if raw is None:
-        return Score(False, None, "no answer found")
+        return Score(False, None, why)
     pred = clean_prediction(raw)
     ok = math_equal(pred, strip_string(gold))
     return Score(ok, pred, "" if ok else "wrong answer", extractor)
+
+
+@dataclass(frozen=True)
+class MathJob:
+    """One math answer to score: under the harness rules (`verify=False`, strict or flexible) or
+    under math-verify (`verify=True`)."""
+
+    completion: str
+    gold: str
+    flexible: bool = False
+    truncated: bool = False
+    verify: bool = False
+
+    def job(self) -> tuple:
+        if self.verify:
+            return ("verify", self.completion, self.gold)
+        return ("math", self.completion, self.gold, self.flexible, self.truncated)
+
+
+def _read_math(completion: str, flexible: bool, truncated: bool) -> tuple[str | None, str | None, str]:
+    """(the answer as written, the rule that found it, why there is none): linear-time text scans."""
+    raw, extractor = extract_final(completion)
+    if raw is None and flexible:
+        if truncated:
+            return None, None, "truncated before a final answer"
+        raw, extractor = last_number(completion), "last number"
+    return raw, extractor, "" if raw is not None else "no answer found"
+
+
+FAST_MAX_CHARS = 64
+"""Longest extracted answer that `_score_math_fast` may decide in the caller's process."""
+
+
+def _score_math_fast(job: MathJob) -> Score | None:
+    """The harness verdict where it needs no sympy, in the caller's process: no answer, or a short
+    answer whose normalised text equals the gold's or which is, like the gold, a plain number
+    (`math_equal`'s first two rules, which decide before any symbolic step). Each step is a regular
+    expression over at most FAST_MAX_CHARS characters (or a linear scan for extraction), so it is
+    bounded without a worker and ordinary answers skip the round trip. None: the pool decides."""
+    if job.verify:
+        return None
+    raw, extractor, why = _read_math(job.completion, job.flexible, job.truncated)
+    if raw is None:
+        return Score(False, None, why)
+    if len(raw) > FAST_MAX_CHARS:
+        return None
+    pred, ref = clean_prediction(raw), strip_string(job.gold)
+    if pred.strip().lower() == ref.strip().lower() or (parse_digits(pred) is not None and parse_digits(ref) is not None):
+        ok = math_equal(pred, ref)
+        return Score(ok, pred, "" if ok else "wrong answer", extractor)
+    return None
+
+
+def score_math_many(jobs: list[MathJob], limit_s: float | None = None) -> list[Score]:
+    """Many math answers, each bounded in wall time on any thread (evals/bounded.py): an answer
+    whose scoring outlasts `limit_s` (default: the stage's `score_timeout_s`) scores 0 with
+    reason "timeout"; one that crashes its worker scores 0 with reason "scorer error: ..."."""
+    from evals import bounded
+
+    out = [_score_math_fast(j) for j in jobs]
+    slow = [i for i, s in enumerate(out) if s is None]
+    for i, result in zip(slow, bounded.run([jobs[i].job() for i in slow], limit_s)):
+        out[i] = Score(*result) if isinstance(result, tuple) else Score(False, None, result)
+    return out
+
+
+def score_math(completion: str, gold: str, *, flexible: bool = False, truncated: bool = False,
+               limit_s: float | None = None) -> Score:
+    """`score_math_unbounded`, bounded in wall time (`score_math_many`)."""
+    return score_math_many([MathJob(completion, gold, flexible, truncated)], limit_s)[0]
+
+
+def score_math_verify(completion: str, gold: str, limit_s: float | None = None) -> Score:
+    """math-verify's verdict (evals/verify.py), bounded in wall time (`score_math_many`).
+
+    >>> score_math_verify("**Answer:** 12", "12").correct
+    True
+    """
+    return score_math_many([MathJob(completion, gold, verify=True)], limit_s)[0]
 
 
 # ---------------------------------------------------------------- multiple choice
@@ -132,8 +212,8 @@ def score_label(completion: str, gold: str, labels: tuple[str, ...] = LABELS) ->
 
 
 def score_answer(scorer: str, completion: str, gold: str, letters: str = "") -> Score:
-    """One completion under a task's answer scorer: the eval stage (per sample) and the RL rewards
-    (per rollout) both go through here. Code is scored in batches in the sandbox (`score_code`).
+    """One completion under a task's answer scorer (the eval stage and the RL rewards score math in
+    bounded batches, `score_math_many`; code in batches in the sandbox, `score_code`).
 
     >>> score_answer("label", "So the answer is: maybe.", "maybe").correct
     True

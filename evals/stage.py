@@ -7,15 +7,18 @@ setup:   every task's data is loaded and checked first, and every prompt plus ma
          loads; `check_eval_inputs` does the same for the pipeline's preflight);
          tasks whose metrics.json already matches this model, task and sampling are skipped.
 run:     one generator (vLLM or HF) for all remaining tasks; n samples per prompt; scoring by the
-         task's scorer (math as the Qwen2.5-Math harness, option letter, label, or the code
-         sandbox, in parallel).
+         task's scorer (math as the Qwen2.5-Math harness, and also math-verify's verdict, each
+         answer bounded in wall time; option letter, label, or the code sandbox, in parallel).
 outputs: <out>/<task>/samples.jsonl  one row per (problem, sample): prompt, completion, extracted
-                                     answer, extractor, score, reason for failure, tokens, finish
-                                     reason, truncated, the generated token ids and their mean
-                                     token entropy; math also the flexible extraction and score
+                                     answer, extractor, score, reason for failure ("timeout" when
+                                     scoring outlasted score_timeout_s), tokens, finish reason,
+                                     truncated, the generated token ids and their mean token
+                                     entropy; math also the flexible and math-verify extraction,
+                                     score and reason
          <out>/<task>/metrics.json   avg_at_n, pass_at_k for k = 1, 2, 4, ..., n (primary: strict
-                                     for math), math also avg_at_n_flexible, pass_at_k_flexible;
-                                     truncated_frac; mean_token_entropy; key, timings
+                                     for math), math also avg_at_n_flexible, pass_at_k_flexible,
+                                     avg_at_n_verify, pass_at_k_verify and score_timeouts(_flexible,
+                                     _verify); truncated_frac; mean_token_entropy; key, timings
          <out>/summary.json          every task's metrics and per-domain means
 entropy: once the generator is closed, the model scores the tokens of every sample (one
          teacher-forced forward, evals/entropy.py) for its mean token entropy: the spread of the
@@ -40,13 +43,15 @@ from typing import Literal
 import torch
 
 from common import atomic
-from common.checks import at_least, items, require
+from common.checks import at_least, items, positive, require
 from common.lease import check_driver
 from evals.entropy import completion_entropies
 from evals.generate import Completion, SamplingConfig, chat_ids, context_length
 from evals.metrics import task_metrics
 from evals.sandbox import Sandbox, SandboxConfig
-from evals.scoring import Score, score_code, score_math
+from evals.bounded import TIMEOUT
+from evals import bounded
+from evals.scoring import MathJob, Score, score_code, score_math_many
 from evals.tasks import TASKS, Example, Task, TaskError, TaskSpec, load_examples
 from common.models import default_device, fingerprint_model, load_causal_lm, load_tokenizer
 from common.precision import resolve_dtype
@@ -77,6 +82,11 @@ class EvalStageConfig:
     """vLLM context length (None: the model's); lower it to save KV-cache memory."""
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
     """Limits for running generated code (code tasks)."""
+    score_timeout_s: float = 10.0
+    """Wall-time limit per answer of math scoring (strict, flexible, math-verify), on any thread: each
+    answer is scored in a worker process killed at the limit (evals/bounded.py). A timed-out answer
+    scores 0 with reason "timeout" in samples.jsonl and is counted in metrics.json
+    (`score_timeouts`, `score_timeouts_flexible`, `score_timeouts_verify`) and MLflow."""
     token_entropy: bool = True
     """After generation, score every sample's tokens with the model for their mean token entropy
     (the Room-for-RL diversity of the report). Costs one teacher-forced forward over all samples,
@@ -89,11 +99,25 @@ class EvalStageConfig:
             # each task writes <out>/<task>/: two entries of one task would overwrite each other
             f"tasks: {', '.join(repeated)} listed more than once" if repeated else None,
             at_least("batch_size", self.batch_size, 1),
+            positive("score_timeout_s", self.score_timeout_s),
             at_least("max_model_len", self.max_model_len, 2),
         )
 
 
+def _math_scores(examples: list[Example], texts: list[list[str]], truncated: list[list[bool]] | None = None,
+                 **job) -> list[list[Score]]:
+    """Every sample of a math task in one bounded batch (evals/bounded.py): an answer whose scoring
+    outlasts `score_timeout_s` scores 0 with reason "timeout" and the task goes on."""
+    n = len(texts[0]) if texts else 0
+    cut = truncated or [[False] * len(cs) for cs in texts]
+    jobs = [MathJob(c, ex.gold, truncated=t, **job) for ex, cs, ts in zip(examples, texts, cut) for c, t in zip(cs, ts)]
+    flat = score_math_many(jobs)
+    return [flat[i * n : (i + 1) * n] for i in range(len(examples))]
+
+
 def score_task(task: Task, examples: list[Example], completions: list[list[str]], sandbox: Sandbox) -> list[list[Score]]:
+    if task.scorer == "math":  # strict: `truncated` plays no part without the flexible fallback
+        return _math_scores(examples, completions)
     if task.scorer == "code":
         flat = [(c, ex.meta) for ex, cs in zip(examples, completions) for c in cs]
         scores = score_code([c for c, _ in flat], [m for _, m in flat], sandbox)
@@ -107,13 +131,23 @@ def flexible_scores(task: Task, examples: list[Example], outputs: list[list[Comp
     completion cut by the length limit) of the same samples; None for other tasks."""
     if task.scorer != "math":
         return None
-    return [
-        [score_math(c.text, ex.gold, flexible=True, truncated=c.finish_reason == "length") for c in outs]
-        for ex, outs in zip(examples, outputs)
-    ]
+    return _math_scores(examples, *_texts(outputs), flexible=True)
 
 
-def sample_row(ex: Example, index: int, c: Completion, s: Score, flexible: Score | None) -> dict:
+def verify_scores(task: Task, examples: list[Example], outputs: list[list[Completion]]) -> list[list[Score]] | None:
+    """Math only: math-verify's verdict on the same samples (evals/verify.py, the RL stage's default
+    math reward), the secondary `_verify` metrics; None for other tasks."""
+    if task.scorer != "math":
+        return None
+    return _math_scores(examples, *_texts(outputs), verify=True)
+
+
+def _texts(outputs: list[list[Completion]]) -> tuple[list[list[str]], list[list[bool]]]:
+    return [[c.text for c in outs] for outs in outputs], [[c.finish_reason == "length" for c in outs] for outs in outputs]
+
+
+def sample_row(ex: Example, index: int, c: Completion, s: Score, flexible: Score | None = None,
+               verified: Score | None = None) -> dict:
     """One line of samples.jsonl: what was asked, what came back, how it was read and scored."""
     row = {
         "id": ex.id, "sample": index, "prompt": ex.prompt, "completion": c.text, "gold": ex.gold,
@@ -123,8 +157,16 @@ def sample_row(ex: Example, index: int, c: Completion, s: Score, flexible: Score
     }
     if flexible is not None:
         row |= {"extracted_flexible": flexible.extracted, "extractor_flexible": flexible.extractor,
-                "score_flexible": flexible.value}
+                "score_flexible": flexible.value, "reason_flexible": flexible.reason}
+    if verified is not None:
+        row |= {"extracted_verify": verified.extracted, "score_verify": verified.value, "reason_verify": verified.reason}
     return row
+
+
+def timeout_counts(**variants: list[list[Score]] | None) -> dict[str, int]:
+    """How many answers of each scoring timed out: `score_timeouts` (primary), `score_timeouts_<variant>`."""
+    return {("score_timeouts" + (f"_{name}" if name != "primary" else "")): sum(s.reason == TIMEOUT for r in rows for s in r)
+            for name, rows in variants.items() if rows is not None}
 
 
 def task_key(model_fingerprint: str, spec: TaskSpec, examples: list[Example], cfg: EvalStageConfig) -> str:
@@ -158,6 +200,7 @@ def run_eval(model: str, cfg: EvalStageConfig, out_dir: str | Path, write_summar
     """Evaluate `model` on every task in `cfg`; returns the summary (also in out_dir/summary.json
     unless write_summary is False: the pipeline runs one task per call and summarises once)."""
     out_dir = Path(out_dir)
+    bounded.set_limit(cfg.score_timeout_s)
     # setup: all data first, so a bad task fails before the model loads
     loaded = [(spec, load_examples(spec)) for spec in cfg.tasks]
     fingerprint = fingerprint_model(model)
@@ -287,18 +330,24 @@ def _run_task(generator, sandbox, spec: TaskSpec, examples: list[Example], promp
     t1 = time.perf_counter()
     scores = score_task(task, examples, [[c.text for c in outs] for outs in outputs], sandbox)
     flexible = flexible_scores(task, examples, outputs)
+    verified = verify_scores(task, examples, outputs)
     t2 = time.perf_counter()
 
     metrics = task_metrics([[s.value for s in row] for row in scores])
-    if flexible is not None:
-        metrics |= task_metrics([[s.value for s in row] for row in flexible], "flexible")
+    for variant, rows in (("flexible", flexible), ("verify", verified)):
+        if rows is not None:
+            metrics |= task_metrics([[s.value for s in row] for row in rows], variant)
+    metrics |= timeout_counts(primary=scores, flexible=flexible, verify=verified)
+    if any(metrics[k] for k in metrics if k.startswith("score_timeouts")):
+        log.warning("eval %s: answers whose scoring timed out (scored 0): %s", spec.name,
+                    {k: v for k, v in metrics.items() if k.startswith("score_timeouts")})
     completions = [c for outs in outputs for c in outs]
     tokens = sum(c.num_tokens for c in completions)
     metrics["mean_completion_tokens"] = tokens / len(completions)
     metrics["truncated_frac"] = sum(c.finish_reason == "length" for c in completions) / len(completions)
     folder.mkdir(parents=True, exist_ok=True)
     lines = [
-        json.dumps(sample_row(ex, i, c, s, flexible[p][i] if flexible else None))
+        json.dumps(sample_row(ex, i, c, s, flexible[p][i] if flexible else None, verified[p][i] if verified else None))
         for p, (ex, outs, row) in enumerate(zip(examples, outputs, scores))
         for i, (c, s) in enumerate(zip(outs, row))
     ]

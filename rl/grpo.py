@@ -37,6 +37,7 @@ from common.errors import FieldErrors, InputError
 from common.precision import Precision
 from rl.learning_signal import learning_signal, weights_fingerprint
 from rl.prompts import PromptsConfig, build_rows, check_no_eval_overlap
+from evals import bounded
 from evals.sandbox import SandboxConfig
 from rl.rewards import REWARDS, RL_SANDBOX, guarded, use_sandbox
 from rl.vllm_server import VLLMServerConfig
@@ -49,7 +50,9 @@ Rollout = Literal["auto", "vllm_colocate", "vllm_server", "hf"]
 @dataclass(frozen=True)
 class RewardSpec:
     name: str
-    """One of rl.rewards.REWARDS: math_answer, choice_answer, label_answer, code_tests, boxed_format."""
+    """One of rl.rewards.REWARDS: math_verify (math-verify's verdict, the default for math), math_answer
+    (the strict Qwen2.5-Math harness rule of the eval's primary metric), choice_answer, label_answer,
+    code_tests, boxed_format."""
     weight: float = 1.0
     """Weight in the summed reward."""
 
@@ -59,7 +62,7 @@ class RewardSpec:
 
 
 def _default_rewards() -> list[RewardSpec]:
-    return [RewardSpec("math_answer"), RewardSpec("choice_answer"), RewardSpec("code_tests"), RewardSpec("label_answer")]
+    return [RewardSpec("math_verify"), RewardSpec("choice_answer"), RewardSpec("code_tests"), RewardSpec("label_answer")]
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,10 @@ class RLStageConfig:
     sandbox: SandboxConfig = field(default_factory=lambda: RL_SANDBOX)
     """Limits of each program the code_tests reward runs (one unit test of one rollout): 5 s wall and
     CPU by default; a field set in YAML replaces that field, the others keep these RL defaults."""
+    score_timeout_s: float = 10.0
+    """Wall-time limit per answer of the math rewards (math_verify, math_answer), on any thread: each
+    is scored in a worker process killed at the limit (evals/bounded.py); a timed-out answer scores
+    0 and is counted in TRL's `<reward>/timeouts` log."""
     rollout: Rollout = "auto"
     """Who samples the completions (see the module docstring)."""
     server: VLLMServerConfig = field(default_factory=VLLMServerConfig)
@@ -136,6 +143,7 @@ class RLStageConfig:
             *(interval(f"rewards[{i}].weight", r.weight) for i, r in enumerate(items(self.rewards)) if isinstance(r, RewardSpec)),
             at_least("beta", self.beta, 0),
             positive("epsilon", self.epsilon),
+            positive("score_timeout_s", self.score_timeout_s),
             at_least("num_generations", self.num_generations, 2),  # GRPO's baseline is the group mean
             at_least("max_completion_length", self.max_completion_length, 1),
             positive("temperature", self.temperature),
@@ -245,6 +253,7 @@ def run_rl(model: str, cfg: RLStageConfig, out_dir: str | Path, eval_tasks=(), c
     # setup: prompts, overlap and backend before any model loads
     rows = build_rows(cfg.prompts)
     use_sandbox(cfg.sandbox)
+    bounded.set_limit(cfg.score_timeout_s)
     check_no_eval_overlap(rows, list(eval_tasks))
     rollout = choose_rollout(cfg.rollout)
     log.info("RL rollouts: %s; %d prompts; rewards %s", rollout, len(rows), [(r.name, r.weight) for r in cfg.rewards])

@@ -6,6 +6,10 @@ extra dataset column as keyword lists, and returns one float per completion:
     >>> math_answer(prompts=[None], completions=[[{"role": "assistant", "content": "\\boxed{4}"}]], answer=["4"])
     [1.0]
 
+The math rewards score in worker processes killed at a per-answer wall-time limit
+(evals/bounded.py; the RL stage's `score_timeout_s`), so they are safe on any thread: an answer
+that outlasts it scores 0 and is counted in `<reward>/timeouts`.
+
 Each answer reward scores only the rows whose `scorer` column names its kind and returns None for
 the others (TRL skips None when it sums and averages), so one prompt set can mix math, medical and
 code rows. `guarded` wraps each one: a reward that raises for a sample is logged and scores 0 for
@@ -19,7 +23,8 @@ import logging
 from typing import Callable
 
 from evals.sandbox import Sandbox, SandboxConfig
-from evals.scoring import code_solution, last_boxed, score_answer
+from evals.bounded import TIMEOUT
+from evals.scoring import MathJob, code_solution, last_boxed, score_answer, score_math_many
 
 log = logging.getLogger(__name__)
 
@@ -36,13 +41,40 @@ def _kinds(scorer, n: int) -> list:
     return scorer or [None] * n
 
 
-def math_answer(prompts, completions, answer, scorer=None, **_) -> list[float | None]:
+def _math_rewards(name: str, completions, answer, scorer, log_metric, verify: bool) -> list[float | None]:
+    """The math rows' scores in one bounded batch (evals/bounded.py); the number that timed out
+    goes to TRL's logs as `<name>/timeouts` (per batch, averaged over each logging step)."""
+    kinds = _kinds(scorer, len(completions))
+    rows = [i for i, kind in enumerate(kinds) if kind in (None, "math")]
+    scores = score_math_many([MathJob(completion_text(completions[i]), answer[i], verify=verify) for i in rows])
+    timeouts = sum(s.reason == TIMEOUT for s in scores)
+    if timeouts:
+        log.warning("reward %s: %d of %d answers timed out (scored 0)", name, timeouts, len(rows))
+    if log_metric is not None:
+        log_metric(f"{name}/timeouts", float(timeouts))
+    out: list[float | None] = [None] * len(completions)
+    for i, s in zip(rows, scores):
+        out[i] = s.value
+    return out
+
+
+def math_answer(prompts, completions, answer, scorer=None, log_metric=None, **_) -> list[float | None]:
     """1 if the stated final answer equals `answer`: the strict scorer of the eval's primary metric
-    (`evals.scoring.score_math`), so a completion is never rewarded for a number it only mentions."""
-    return [
-        score_answer("math", completion_text(c), a).value if kind in (None, "math") else None
-        for c, a, kind in zip(completions, answer, _kinds(scorer, len(completions)))
-    ]
+    (`evals.scoring.score_math`, the Qwen2.5-Math harness rules), so a completion is never rewarded
+    for a number it only mentions. Bounded in wall time per answer (a timeout scores 0)."""
+    return _math_rewards("math_answer", completions, answer, scorer, log_metric, verify=False)
+
+
+def math_verify(prompts, completions, answer, scorer=None, log_metric=None, **_) -> list[float | None]:
+    """1 if math-verify finds the stated answer equal to `answer` (evals/verify.py: TRL's and
+    Open-R1's extraction, plus anchored plain-text answers). Unlike the harness rule it credits
+    "The answer is 12 cookies.", `1{,}000` and `\\sec^2 y` for `\\tan^2 y + 1`, and refuses `(2,5)`
+    for `[2,5]` and 1200 for 12. Bounded in wall time per answer (a timeout scores 0).
+
+    >>> math_verify(prompts=[None], completions=[[{"role": "assistant", "content": "**Answer:** 12"}]], answer=["12"])
+    [1.0]
+    """
+    return _math_rewards("math_verify", completions, answer, scorer, log_metric, verify=True)
 
 
 def choice_answer(prompts, completions, answer, letters, scorer=None, **_) -> list[float | None]:
@@ -103,6 +135,7 @@ def code_tests(prompts, completions, code, scorer=None, **_) -> list[float | Non
 
 
 REWARDS: dict[str, Callable] = {
+    "math_verify": math_verify,
     "math_answer": math_answer,
     "choice_answer": choice_answer,
     "label_answer": label_answer,

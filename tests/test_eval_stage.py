@@ -9,6 +9,7 @@ import yaml
 from transformers import AutoConfig
 
 import evals.generate
+from evals import bounded
 from evals.generate import Completion, Generator, HFGenerator, SamplingConfig, chat_ids
 from evals.sandbox import Sandbox, SandboxConfig
 from evals.stage import EvalStageConfig, check_eval_inputs, run_eval, score_task
@@ -96,6 +97,32 @@ def test_math_reports_strict_and_flexible_and_credits_no_truncated_guess(tiny_mo
     assert [r["truncated"] for r in rows] == [False, False, True, True]
     assert rows[2]["reason"] == "no answer found" and rows[1]["extracted_flexible"] == gold
     assert summary["domains"]["math"]["avg_at_4_flexible"] == 3 / 4
+
+
+def test_math_records_math_verify_beside_the_protocol_and_counts_timeouts(tiny_model, tmp_path, monkeypatch):
+    gold = load_examples(TaskSpec("gsm8k", limit=1))[0].gold
+    outs = [
+        (f"So the answer is \\boxed{{{gold}}}.", "stop"),  # right under both
+        (f"The answer is {gold} cookies.", "stop"),  # the harness reads "{gold} cookies": math-verify only
+        (f"Adding up, we get {gold} in total.", "stop"),  # not stated: neither (flexible only)
+        (r"The answer is $\boxed{9^{9^{9^{9}}}}$.", "stop"),  # sympy never finishes: a timeout, scored 0
+    ]
+    monkeypatch.setattr(evals.generate, "make_generator", lambda model, *a, **k: Scripted(model, outs))
+    cfg = EvalStageConfig(tasks=[TaskSpec("gsm8k", limit=1)], score_timeout_s=1.0,
+                          sampling=SamplingConfig(n=4, temperature=1.0, max_new_tokens=16))
+    try:
+        summary = run_eval(tiny_model, cfg, tmp_path)
+    finally:
+        bounded.set_limit(bounded.DEFAULT_LIMIT_S)
+
+    m = summary["tasks"]["gsm8k"]
+    assert (m["avg_at_4"], m["avg_at_4_flexible"], m["avg_at_4_verify"]) == (1 / 4, 2 / 4, 2 / 4)
+    assert m["pass_at_4_verify"] == 1.0
+    assert (m["score_timeouts"], m["score_timeouts_flexible"], m["score_timeouts_verify"]) == (1, 1, 1)
+    rows = [json.loads(line) for line in (tmp_path / "gsm8k" / "samples.jsonl").read_text().splitlines()]
+    assert [r["score_verify"] for r in rows] == [1.0, 1.0, 0.0, 0.0]
+    assert rows[3]["reason"] == rows[3]["reason_flexible"] == rows[3]["reason_verify"] == "timeout"
+    assert rows[1]["reason"] == "wrong answer" and rows[2]["reason_verify"] == "no answer found"
 
 
 def test_a_finished_task_is_not_rerun_but_a_changed_one_is(tiny_model, tmp_path, monkeypatch):

@@ -183,10 +183,13 @@ def test_learning_signal_flags_zero_variance_clipping_and_unchanged_weights():
 
 
 def test_an_rl_run_without_reward_variance_says_so(tiny_model, tmp_path, caplog):
-    """math_answer on a random tiny model scores 0 for every completion."""
+    """math_verify (the default math reward) on a random tiny model scores 0 for every completion;
+    TRL logs its per-batch timeout count beside the reward."""
     with caplog.at_level(logging.WARNING, logger="rl.grpo"):
-        final = run_rl(tiny_model, tiny_rl(rewards=[RewardSpec("math_answer")], max_steps=2, logging_steps=1), tmp_path)
-    signal = json.loads((final / "prift_rl.json").read_text())["learning_signal"]
+        final = run_rl(tiny_model, tiny_rl(rewards=[RewardSpec("math_verify")], max_steps=2, logging_steps=1), tmp_path)
+    record = json.loads((final / "prift_rl.json").read_text())
+    assert [h["math_verify/timeouts"] for h in record["log_history"] if "reward" in h] == [0.0, 0.0]
+    signal = record["learning_signal"]
     assert not signal["ok"] and signal["zero_variance_steps"] == 1.0 and "no reward variance" in signal["reason"]
     assert "RL had no learning signal" in caplog.text
 
@@ -195,3 +198,15 @@ def test_sampled_completions_stay_when_checkpoints_go(tiny_model, tmp_path):
     run_rl(tiny_model, tiny_rl(max_steps=2, logging_steps=1, save_steps=1, keep_checkpoints=False), tmp_path)
     assert not list((tmp_path / "checkpoints").glob("checkpoint-*"))
     assert len(list((tmp_path / "checkpoints" / "completions").glob("*.parquet"))) == 2
+
+
+def test_math_verify_is_the_math_reward_of_the_default_and_the_shipped_configs():
+    from pathlib import Path
+
+    assert RLStageConfig().rewards[0].name == "math_verify"
+    shipped = {p.name: [r["name"] for r in (yaml.safe_load(p.read_text()).get("rl") or {}).get("rewards", [])]
+               for p in (Path(__file__).resolve().parents[1] / "workflows" / "configs").glob("*.yaml")}
+    math = {name for name, rewards in shipped.items() if "math_verify" in rewards}
+    assert {"demo.yaml", "demo_3seeds.yaml", "paper_math_qwen2.5_1.5b.yaml", "single_gpu_qwen2.5_1.5b.yaml"} <= math
+    assert all("math_answer" not in rewards for rewards in shipped.values())
+    assert "boxed_format" in shipped["demo.yaml"]  # the demo keeps its format term

@@ -231,3 +231,16 @@ def test_code_solution_takes_a_whole_function_or_continues_the_prompt():
     exec(code_solution(fenced, prompt, "f"), ns1)
     exec(code_solution(body, prompt, "f"), ns2)
     assert ns1["f"](9) == ns2["f"](9) == 3.0
+
+
+@pytest.mark.parametrize("flexible", [False, True])
+def test_bounded_scoring_reads_and_judges_as_the_unbounded_harness_scorer(flexible):
+    """score_math decides plain numbers and equal text in the caller's process and sends the rest
+    to the worker pool: either way the Score (answer, rule, reason) is the in-process scorer's."""
+    from evals.scoring import score_math_unbounded
+
+    pairs = [(c, g) for c, g, _, _ in HARNESS_CORPUS]
+    pairs += [(f"so \\boxed{{{ex.gold}}}", ex.gold) for ex in load_examples(TaskSpec("math500"))[:40]]
+    pairs += [(f"so \\boxed{{{ex.gold}+1}}", ex.gold) for ex in load_examples(TaskSpec("math500"))[:40]]
+    for completion, gold in pairs:
+        assert score_math(completion, gold, flexible=flexible) == score_math_unbounded(completion, gold, flexible=flexible)
