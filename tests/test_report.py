@@ -20,8 +20,8 @@ def summary(gsm8k: float, medqa: float) -> dict:
 
 
 def test_table_gives_mean_and_sample_std_over_seeds(tmp_path):
-    from workflows.report_collect import Run
-    from workflows.report_tables import markdown_table, method_table
+    from workflows.report.collect import Run
+    from workflows.report.tables import markdown_table, method_table
 
     runs = [Run(tmp_path, "prift_mass", s, {}, {"sft": summary(g, m)}) for s, (g, m) in enumerate([(0.2, 0.5), (0.4, 0.5), (0.9, 0.2)])]
     runs.append(Run(tmp_path, "sft", 0, {}, {"sft": summary(0.1, 0.3)}))
@@ -51,7 +51,7 @@ def reference_kl(model_a, model_b, ids: list[int]) -> float:
 
 def test_token_kl_is_zero_to_itself_and_matches_a_float64_reference(tiny_model, tmp_path):
     from common.models import load_causal_lm
-    from workflows.report_drift import mean_token_kl, next_token_logits
+    from workflows.report.drift import mean_token_kl, next_token_logits
 
     a = load_causal_lm(tiny_model).eval()
     b = load_causal_lm(build_tiny_model(tmp_path / "other", seed=1)).eval()
@@ -77,7 +77,7 @@ def prior_cache(tiny_model, sft_file, tmp_path_factory):
 def test_token_view_shows_every_response_token_with_its_weight(prior_cache, tiny_model, tmp_path):
     from common.models import load_tokenizer
     from prift.prior import load_prior
-    from workflows.token_view import token_view
+    from workflows.report.token_view import token_view
 
     page = token_view(prior_cache, tmp_path / "tokens.html", examples=3).read_text()
     examples = re.findall(r'<div class="example">(.*?)</div>', page, flags=re.S)
@@ -98,7 +98,7 @@ def test_token_view_shows_every_response_token_with_its_weight(prior_cache, tiny
 
 def test_token_view_states_the_share_dropped_and_the_dft_weight_of_each_token(prior_cache, tiny_model, tmp_path):
     from prift.prior import load_prior
-    from workflows.token_view import token_view
+    from workflows.report.token_view import token_view
 
     dft_model = build_tiny_model(tmp_path / "dft", seed=3)
     page = token_view(prior_cache, tmp_path / "tokens.html", examples=2, dft_model=dft_model).read_text()
@@ -135,7 +135,7 @@ def chromium() -> str:
 def test_token_view_renders_in_headless_chromium(prior_cache, tmp_path):
     from PIL import Image
 
-    from workflows.token_view import token_view
+    from workflows.report.token_view import token_view
 
     page = token_view(prior_cache, tmp_path / "tokens.html", examples=3)
     shot = tmp_path / "shot.png"
@@ -158,7 +158,7 @@ def test_an_older_config_of_the_same_method_and_seed_is_not_averaged_in(tmp_path
 
     import yaml
 
-    from workflows.report_collect import collect
+    from workflows.report.collect import collect
 
     for i, (name, value) in enumerate([("sft-m-s0-aaaa", 0.9), ("sft-m-s0-bbbb", 0.1)]):
         folder = tmp_path / name
@@ -172,7 +172,7 @@ def test_an_older_config_of_the_same_method_and_seed_is_not_averaged_in(tmp_path
 
 
 def test_drift_table_averages_the_seeds_of_each_method_and_stage():
-    from workflows.report_tables import drift_table
+    from workflows.report.tables import drift_table
 
     records = [{"method": "sft", "stage": "sft", "seed": s, "kl": {"general": v}} for s, v in ((0, 0.1), (1, 0.2))]
     records.append({"method": "dft", "stage": "rl", "seed": 0, "kl": {"general": 0.3}})
@@ -180,29 +180,12 @@ def test_drift_table_averages_the_seeds_of_each_method_and_stage():
     assert "| sft (sft) | 2 | 0.1500 ± 0.0707 |" in table and "| dft (rl) | 1 | 0.3000 |" in table
 
 
-def test_pick_finds_avg_at_n_and_the_largest_pass_at_k():
-    from workflows.report_tables import pick
-
-    metrics = {"avg_at_16": 0.3, "pass_at_1": 0.3, "pass_at_2": 0.4, "pass_at_16": 0.7, "pass_at_4": 0.5}
-    assert pick(metrics, "avg_at_n") == "avg_at_16" and pick(metrics, "pass_at_n") == "pass_at_16"
-    assert pick(metrics, "pass_at_1") == "pass_at_1" and pick(metrics, "pass_at_8") is None
-
-
-def test_pick_keeps_the_strict_and_the_flexible_metric_apart():
-    from workflows.report_tables import pick
-
-    metrics = {"avg_at_16": 0.3, "avg_at_16_flexible": 0.4, "pass_at_2_flexible": 0.5, "pass_at_16_flexible": 0.6}
-    assert pick(metrics, "avg_at_n") == "avg_at_16" and pick(metrics, "avg_at_n_flexible") == "avg_at_16_flexible"
-    assert pick(metrics, "pass_at_n_flexible") == "pass_at_16_flexible" and pick(metrics, "pass_at_n") is None
-    assert pick({"avg_at_16": 0.3}, "avg_at_n_flexible") is None
-
-
 def test_pipeline_table_shows_strict_then_flexible_where_a_task_has_both():
-    from workflows.pipeline import comparison_table
+    from workflows.pipeline import scores_table
 
     math, medical = {"avg_at_2": 0.25, "avg_at_2_flexible": 0.5}, {"avg_at_2": 0.75}
     base = {"status": "done", "models": {"base": {"gsm8k": math, "medqa": medical}}}
-    table = comparison_table({"base": base, "runs": {}}, ["gsm8k", "medqa"])
+    table = scores_table({"base": base, "runs": {}}, ["gsm8k", "medqa"])
     assert "strict (primary) / flexible" in table.splitlines()[0]
     assert table.splitlines()[-1].split("|")[1:] == ["   25.0 / 50.0 ", "          75.0"]
 
@@ -211,7 +194,7 @@ def test_each_methods_histogram_weights_are_its_rule_applied_to_the_stored_signa
     from types import SimpleNamespace
 
     from prift.prior import load_prior
-    from workflows.token_view import method_weights
+    from workflows.report.token_view import method_weights
 
     runs = [SimpleNamespace(method=m, models=lambda: {"sft": tiny_model}) for m in ("sft", "prift_prob", "prift_mass", "dft")]
     weights = method_weights(prior_cache, runs, rows=5)

@@ -146,7 +146,7 @@ def test_datasets_are_logged_as_inputs_with_content_digests(uri, tmp_path, sft_f
 
 def test_drift_goes_on_each_parent_as_metrics(uri, folder, monkeypatch):
     from workflows.report import log_to_mlflow
-    from workflows.report_collect import Run
+    from workflows.report.collect import Run
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     sweep = folder / "sweep"  # the report finds the store from the sweep's folder

@@ -37,6 +37,7 @@ from common import atomic
 from common.errors import RunsFailed
 from common.lease import DriverLease, check_driver, watch_driver
 from common.checkpoints import DriverWatch
+from evals.metrics import pick
 from rl.vllm_server import server_placement
 from workflows.config import RunConfig
 from workflows.preflight import preflight
@@ -344,7 +345,7 @@ def run_pipeline(cfg: RunConfig) -> dict:
             start_ray(cfg)
             pipeline = Pipeline(cfg)
             results = pipeline.run()
-        print(comparison_table(results, [t.name for t in cfg.eval.tasks]))
+        print(scores_table(results, [t.name for t in cfg.eval.tasks]))
         print("\n" + run_summary(results))
         print("\n" + ui_hint(pipeline.uri, pipeline.tracker.experiment_id))
         failed = [name for name, r in [("base", results["base"]), *results["runs"].items()] if r.get("status") == "failed"]
@@ -387,7 +388,7 @@ def run_summary(results: dict) -> str:
     return "\n".join(lines)
 
 
-def comparison_table(results: dict, tasks: list[str]) -> str:
+def scores_table(results: dict, tasks: list[str]) -> str:
     """Method x task: Avg@n of the last trained model of each run (rl, else sft), and the base."""
     rows = []
     if results["base"].get("models"):
@@ -399,8 +400,6 @@ def comparison_table(results: dict, tasks: list[str]) -> str:
             rows.append((f"{run} ({run_label(stage, result.get('rl_signal'))})", models[stage]))
     if not rows:
         return "(no evaluation ran)"
-
-    from workflows.report_tables import pick
 
     def avg(metrics: dict) -> str:  # strict (primary) / flexible where a task has both
         keys = [k for k in (pick(metrics, "avg_at_n"), pick(metrics, "avg_at_n_flexible")) if k]

@@ -11,7 +11,7 @@ at that position. Plain HTML and CSS, no script: it renders anywhere, offline.
 `method_weights`: the per-token weights over the response tokens of the cached data for each
 method of the sweep: sft (all 1), prift_prob (q), prift_mass (0 or 1), and dft, whose weight is
 the trained model's own p(y_t): measured with the dft run's final SFT model (weights.png,
-workflows/report_figures.py)."""
+figures.py)."""
 
 from __future__ import annotations
 

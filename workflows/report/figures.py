@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from common import atomic  # noqa: E402
-from workflows.report_stats import curve, mean_std  # noqa: E402
+from workflows.report.stats import curve, mean_std  # noqa: E402
 
 METHOD_COLOURS = {
     "base": "#7f7f7f",

@@ -8,12 +8,12 @@ labelled so, and never averaged with the RL results of the same method.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
+from evals.metrics import pick
 from evals.tasks import TASKS
-from workflows.report_collect import STAGES, Run
-from workflows.report_stats import (RESAMPLES, SEED, Interval, bootstrap_mean, mean_std, paired_difference,
+from workflows.report.collect import STAGES, Run
+from workflows.report.stats import (RESAMPLES, SEED, Interval, bootstrap_mean, mean_std, paired_difference,
                                     score_matrix, shared_problems)
 from workflows.rundir import run_label
 
@@ -76,18 +76,6 @@ def method_table(runs: list[Run], base: dict | None, section: str = "tasks") -> 
             cells[col] = {k: (*mean_std([m[k] for m in metrics]), len(metrics)) for k in sorted(keys)}
         rows[g.label] = cells
     return rows
-
-
-def pick(metrics: dict, metric: str) -> str | None:
-    """The key of `metric` in a task's metrics: `avg_at_n` (Avg@n, whatever n), `pass_at_n` (the
-    largest k computed: Pass@n), either with a variant suffix (`avg_at_n_flexible`: math's flexible
-    extraction), or an exact name such as `pass_at_1`. `avg_at_n` never picks a variant."""
-    m = re.fullmatch(r"(avg_at_|pass_at_)n(_[a-z]+)?", metric)
-    if m:
-        prefix, suffix = m.group(1), m.group(2) or ""
-        ks = [re.fullmatch(rf"{prefix}(\d+){suffix}", k) for k in metrics]
-        return max((k.group(0) for k in ks if k), key=lambda k: int(re.search(r"\d+", k).group()), default=None)
-    return metric if metric in metrics else None
 
 
 def _cell(value: tuple | None) -> str:
@@ -217,6 +205,7 @@ def comparisons(rows: list[Group]) -> list[Comparison]:
 
 
 def comparison_table(found: list[Comparison]) -> str:
+    """The paired method comparisons (`comparisons`): A − B in Avg@n points, its 95% interval, a verdict."""
     lines = ["| models | task | problems | A − B, Avg@n (points) | 95% interval | verdict |", "|---" * 6 + "|"]
     for c in found:
         verdict = "difference" if c.interval.significant else "no significant difference"
