@@ -1,6 +1,6 @@
 """Does padding-free packing pay? Training tokens/s and peak memory of packed vs padded SFT batches.
 
-    .venv/bin/python benchmarks/packing.py          # the README's figures
+    .venv/bin/python benchmarks/packing.py          # the figures in docs/results.md
     .venv/bin/python benchmarks/packing.py --layers 30 --batch 8    # SmolLM2-135M's full depth (slower)
 
 The default run took 14 min wall (5.5 min of CPU time) on 2 cores shared with other jobs.

@@ -1,7 +1,7 @@
 """The benchmarks: where each task's data comes from, how a row becomes a prompt, how it is scored.
 
 A task reads its rows from (in this order of preference, set by `TaskSpec.source`):
-- the file an installed package ships (the default where one exists; the README lists them),
+- the file an installed package ships (the default where one exists; docs/install.md lists them),
 - a local .jsonl / .jsonl.gz / .json / .parquet file,
 - a Hugging Face hub dataset name (`openai/gsm8k`; `name:config` picks a config).
 Row normalisers accept the packaged schema and the hub schema of the same benchmark, so the same

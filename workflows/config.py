@@ -54,7 +54,7 @@ class Resources:
     sharding: Sharding = "ddp"
     """sft and rl only, with workers >= 2 and GPUs: `ddp` keeps a full replica of the weights, gradients
     and AdamW state on every worker; `fsdp` shards them over the workers (FSDP2 through transformers'
-    integration, common/sharding.py), about 1/workers of them per GPU. README "Sharded training"."""
+    integration, common/sharding.py), about 1/workers of them per GPU. docs/pipeline.md "Sharded training"."""
 
     def __post_init__(self):
         whole = is_whole_gpus(self.gpus)
