@@ -22,7 +22,6 @@ every row of every source is then one conversation tokenized the same way (see D
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import logging
 from dataclasses import asdict, dataclass, field
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import Literal
 
 from common.checks import at_least, items, require
+from common.digest import json_digest
 from common.errors import InputError, listing
 from common.models import chat_prompt_ids
 
@@ -402,7 +402,4 @@ def check_chat_tokenizer(tokenizer) -> None:
 def fingerprint_rows(rows: list[dict], cfg: DataConfig) -> str:
     """Content hash of the rows and the formatting settings (the data part of the prior cache key)."""
     settings = asdict(cfg) | {"path": None, "mix": [s | {"path": None} for s in asdict(cfg)["mix"]]}
-    h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
-    for row in rows:
-        h.update(json.dumps(row, sort_keys=True, default=str).encode())
-    return h.hexdigest()
+    return json_digest(settings, *rows)
