@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from common.synthetic_tokenizer import chatml_tokenizer
+from tests.synthetic_tokenizer import chatml_tokenizer  # the repository root is on PYTHONPATH (gpu_check.sh)
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPES = {

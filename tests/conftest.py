@@ -9,11 +9,10 @@ import logging
 import os
 
 import pytest
+from synthetic_tokenizer import chatml_tokenizer
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 logging.getLogger("transformers").setLevel(logging.ERROR)
-
-from common.synthetic_tokenizer import chatml_tokenizer
 
 
 def make_corpus(n: int = 200) -> list[dict]:

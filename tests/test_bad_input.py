@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from test_pipeline import tiny_pipeline, write
+from helpers import tiny_pipeline, write_config
 from workflows.cli import main
 
 COMMANDS = pytest.mark.parametrize("command", ["validate", "run"])
@@ -38,7 +38,7 @@ def config(tiny_model, sft_file, tmp_path):
 def refused(command: str, config: dict, tmp_path, capsys, *overrides: str) -> str:
     """stderr of a refused command; it must exit 2 and create no run folder (any exception other
     than the InputError the CLI turns into a message would escape `main` and fail the test)."""
-    code = main([command, write(tmp_path, config), *(f"--set={o}" for o in overrides)])
+    code = main([command, write_config(tmp_path, config), *(f"--set={o}" for o in overrides)])
     err = capsys.readouterr().err
     assert code == 2, err
     assert not (tmp_path / "store").exists()
@@ -177,7 +177,7 @@ def test_preflight_reads_no_weights(config, tiny_model, tmp_path, capsys):
     folder = shutil.copytree(tiny_model, tmp_path / "model")
     (folder / "model.safetensors").write_bytes(b"not a safetensors file")  # reading it would fail
     config["model"] = str(folder)
-    assert main(["validate", write(tmp_path, config)]) == 0, capsys.readouterr().err
+    assert main(["validate", write_config(tmp_path, config)]) == 0, capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- data, tasks, RL prompts, resources
@@ -244,7 +244,7 @@ def test_the_installed_command_prints_a_message_not_a_traceback(config, tmp_path
     config["data"]["path"] = str(tmp_path / "nope.jsonl")
     repo = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(repo)}
-    done = subprocess.run([sys.executable, "-m", "workflows.run", write(tmp_path, config)], cwd=repo, env=env,
+    done = subprocess.run([sys.executable, "-m", "workflows.run", write_config(tmp_path, config)], cwd=repo, env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr and "sft.learning_rate: got -0.0001" in done.stderr
@@ -271,7 +271,7 @@ def test_a_relative_storage_under_ray_job_submit_is_refused(command, config, tmp
 def test_an_absolute_storage_under_ray_job_submit_is_accepted(config, tmp_path, capsys, monkeypatch):
     """`validate` only: `run` would go on to join the job's Ray, which this environment only imitates."""
     monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps(SUBMITTED))
-    assert main(["validate", write(tmp_path, config)]) == 0, capsys.readouterr().err
+    assert main(["validate", write_config(tmp_path, config)]) == 0, capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- preflight order and the network

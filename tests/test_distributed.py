@@ -5,18 +5,7 @@ import json
 import pytest
 import torch
 
-from test_pipeline import mlflow_runs, tiny_pipeline, write
-
-
-def trained_logs(run_dir, step) -> list[dict]:
-    state = json.loads((run_dir / "checkpoints" / f"checkpoint-{step}" / "trainer_state.json").read_text())
-    return [h for h in state["log_history"] if "loss" in h]
-
-
-def weights(folder):
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(folder).state_dict()
+from helpers import mlflow_runs, tiny_pipeline, trained_logs, weights, write_config
 
 
 @pytest.mark.slow
@@ -65,7 +54,7 @@ def test_pipeline_trains_sft_and_grpo_on_two_workers(tiny_model, sft_file, tmp_p
     config = tiny_pipeline(tiny_model, sft_file, storage, methods=["prift_mass"],
                            stages={"eval": False}, resources={"sft": two, "rl": two})
     config["sft"]["per_device_batch_size"] = 4  # the global batch stays 8
-    assert main(["run", write(tmp_path, config)]) == 0
+    assert main(["run", write_config(tmp_path, config)]) == 0
 
     (run,) = [p for p in (storage / "tiny").iterdir() if p.name.startswith("prift_mass")]
     assert json.loads((run / "sft" / "final" / "prift_sft.json").read_text())["world_size"] == 2

@@ -19,7 +19,7 @@ from common.checkpoints import MARKER, DriverWatch, latest_complete_checkpoint
 from prift.data import DataConfig
 from prift.prior import PriorConfig
 from prift.sft import SFTStageConfig, run_sft
-from test_pipeline import mlflow_runs, tiny_pipeline, write
+from helpers import mlflow_runs, tiny_pipeline, write_config
 from workflows.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,7 +43,7 @@ def test_a_second_driver_on_the_same_sweep_is_refused_naming_the_first(tiny_mode
     config = tiny_pipeline(tiny_model, sft_file, tmp_path / "store", methods=["sft"])
     config["pipeline"]["stages"] = {"rl": False, "eval": False}
     with DriverLease(tmp_path / "store" / "tiny"):
-        assert main(["run", write(tmp_path, config)]) == 2
+        assert main(["run", write_config(tmp_path, config)]) == 2
     err = capsys.readouterr().err
     assert "another driver is running this sweep" in err and f"pid {os.getpid()}" in err
 
@@ -256,7 +256,7 @@ def test_kill_9_during_sft_leaves_no_writer_and_the_rerun_resumes_with_each_step
     config = tiny_pipeline(tiny_model, sft_file, storage, methods=["prift_mass"], eval_models=["sft"])
     config["sft"] |= {"max_steps": 60, "save_steps": 2}
     config["pipeline"]["stages"] = {"rl": False}
-    cmd = [sys.executable, "-m", "workflows.run", write(tmp_path, config)]
+    cmd = [sys.executable, "-m", "workflows.run", write_config(tmp_path, config)]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     first = subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

@@ -7,24 +7,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import yaml
 from transformers import AutoConfig
 
+from helpers import mlflow_runs, tiny_pipeline, write_config
 from workflows.cli import main
-
-
-def tiny_pipeline(tiny_model, sft_file, storage, **pipeline) -> dict:
-    return {
-        "model": tiny_model,
-        "data": {"path": sft_file, "max_length": 64},
-        "sft": {"max_steps": 4, "per_device_batch_size": 8, "learning_rate": 3e-3, "save_steps": 2, "logging_steps": 1},
-        "rl": {"prompts": {"generators": [{"size": 16}]}, "rewards": [{"name": "math_answer"}], "rollout": "hf",
-               "num_generations": 4, "per_device_batch_size": 8, "max_completion_length": 8, "max_steps": 2,
-               "logging_steps": 1, "save_steps": 2, "learning_rate": 1e-3},
-        "eval": {"tasks": [{"name": "gsm8k", "limit": 2}, {"name": "mmlu_medical", "limit": 2}],
-                 "backend": "hf", "sampling": {"n": 2, "temperature": 1.0, "max_new_tokens": 8}},
-        "pipeline": {"experiment": "tiny", "storage": str(storage), "methods": ["sft", "prift_mass"], "seeds": [0], **pipeline},
-    }
 
 
 def sft_digest(path) -> str:
@@ -39,25 +25,11 @@ def sft_digest(path) -> str:
     return h.hexdigest()[:16]
 
 
-def write(tmp_path, config) -> str:
-    path = tmp_path / "pipeline.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return str(path)
-
-
-def mlflow_runs(storage):
-    import mlflow
-
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{storage / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("tiny")
-    return client, client.search_runs([experiment.experiment_id], max_results=1000)
-
-
 @pytest.mark.slow
 def test_whole_pipeline_outputs_manifest_and_mlflow(tiny_model, sft_file, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     storage = tmp_path / "store"
-    path = write(tmp_path, tiny_pipeline(tiny_model, sft_file, storage))
+    path = write_config(tmp_path, tiny_pipeline(tiny_model, sft_file, storage))
     assert main(["run", path]) == 0
     printed = capsys.readouterr().out
     assert "Avg@n (%) per task" in printed
@@ -135,7 +107,7 @@ def test_a_failing_stage_is_recorded_everywhere_and_the_driver_exits_1(tiny_mode
     config = tiny_pipeline(tiny_model, sft_file, storage, methods=["sft"], eval_models=["base", "rl"])
     config["eval"]["tasks"] = [{"name": "gsm8k", "limit": 1}]
     config["sft"]["max_steps"] = 2
-    assert main(["run", write(tmp_path, config)]) == 1
+    assert main(["run", write_config(tmp_path, config)]) == 1
     out = capsys.readouterr()
     assert "FAILED in rl: RuntimeError: injected failure" in out.out and "base: done" in out.out
     assert "1 run(s) failed: sft/s0" in out.err
@@ -204,23 +176,23 @@ def test_bad_pipeline_configs_fail_fast_listing_every_problem(tiny_model, sft_fi
     config["pipeline"]["methodz"] = ["sft"]
     config["sft"]["max_steps"] = "four"
     config["pipeline"]["resources"] = {"sft": {"gpus": "one"}}
-    assert main(["validate", write(tmp_path, config)]) == 2
+    assert main(["validate", write_config(tmp_path, config)]) == 2
     err = capsys.readouterr().err
     assert "pipeline.methodz: unknown key" in err and "sft.max_steps: got 'four'" in err
     assert "pipeline.resources.sft.gpus: got 'one'" in err
 
     config = tiny_pipeline(tiny_model, sft_file, tmp_path / "store", resources={"eval": {"workers": 2}})
-    assert main(["validate", write(tmp_path, config)]) == 2
+    assert main(["validate", write_config(tmp_path, config)]) == 2
     assert "eval.workers: only sft and rl train on several workers" in capsys.readouterr().err
 
     # GPUs the local cluster lacks: refused once Ray reports its resources, before any stage runs
     gpus = tiny_pipeline(tiny_model, sft_file, tmp_path / "store", resources={"rl": {"gpus": 1, "workers": 64}})
-    assert main(["run", write(tmp_path, gpus)]) == 2
+    assert main(["run", write_config(tmp_path, gpus)]) == 2
     assert "pipeline.resources.rl: 64 worker(s) x 1 GPU" in capsys.readouterr().err
     assert not (tmp_path / "store").exists()
 
     missing = tiny_pipeline(tiny_model, str(tmp_path / "nope.jsonl"), tmp_path / "store")
-    assert main(["run", write(tmp_path, missing)]) == 2
+    assert main(["run", write_config(tmp_path, missing)]) == 2
     assert "nope.jsonl" in capsys.readouterr().err
     assert not (tmp_path / "store").exists()  # nothing was started
 
@@ -228,7 +200,7 @@ def test_bad_pipeline_configs_fail_fast_listing_every_problem(tiny_model, sft_fi
 def test_preflight_refuses_a_context_budget_the_model_cannot_hold(tiny_model, sft_file, tmp_path, capsys):
     config = tiny_pipeline(tiny_model, sft_file, tmp_path / "store")
     config["eval"]["sampling"]["max_new_tokens"] = 512  # the tiny model's whole context
-    assert main(["run", write(tmp_path, config)]) == 2
+    assert main(["run", write_config(tmp_path, config)]) == 2
     err = capsys.readouterr().err
     assert "gsm8k: the longest prompt" in err and "+ max_new_tokens 512" in err and "context of 512 tokens" in err
     assert not (tmp_path / "store").exists()  # refused before Ray, MLflow or any model
@@ -253,7 +225,7 @@ def test_ray_job_submit_runs_the_pipeline_on_a_cluster(tiny_model, sft_file, tmp
     storage = tmp_path / "store"
     config = tiny_pipeline(tiny_model, sft_file, storage, methods=["sft"], eval_models=["sft"])
     config["pipeline"]["stages"] = {"rl": False}
-    path = write(tmp_path, config)
+    path = write_config(tmp_path, config)
     bin_dir = str(Path(sys.executable).parent)
     # Token auth, which Ray 2.60 turns on for local clusters: the cluster, the job and the client
     # read one token, kept in the test's folder rather than ~/.ray.

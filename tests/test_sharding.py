@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_distributed import trained_logs, weights
+from helpers import trained_logs, weights
 
 
 def cpu_fsdp() -> None:
