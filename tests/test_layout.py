@@ -59,6 +59,15 @@ def test_the_report_imports_only_what_it_reads_and_only_the_command_line_imports
     assert importers == REPORT_IMPORTERS
 
 
+@pytest.mark.parametrize("package", ["prift", "evals", "rl"])
+def test_a_package_map_names_every_module(package):
+    """The map in the package's docstring: one line per module, starting with its name."""
+    listed = {line.split()[0] for line in ast.get_docstring(ast.parse((ROOT / package / "__init__.py").read_text()))
+              .splitlines()[1:] if line.strip()}
+    modules = {p.stem for p in (ROOT / package).glob("*.py") if p.stem != "__init__"}
+    assert modules <= listed, f"{package}/__init__.py does not list {sorted(modules - listed)}"
+
+
 def test_no_file_points_outside_the_repository():
     tracked = [p for p in ROOT.rglob("*") if p.is_file() and p.suffix in (".py", ".md", ".yaml", ".toml", ".sh")
                and not any(part in (".venv", ".git", "node_modules") or part.endswith(".egg-info") for part in p.parts)]
