@@ -73,7 +73,8 @@ class Generator:
     def chat(self, user_messages: list[str], system_prompt: str | None = None) -> list[list[int]]:
         return chat_ids(self.tokenizer, user_messages, system_prompt)
 
-    def generate(self, prompts: list[list[int]], sampling: SamplingConfig, stop: tuple[str, ...] = ()) -> list[list[Completion]]:
+    def generate(self, prompts: list[list[int]], sampling: SamplingConfig,
+                 stop: tuple[str, ...] = ()) -> list[list[Completion]]:
         raise NotImplementedError
 
     def close(self) -> None:
@@ -175,7 +176,8 @@ class VLLMGenerator(Generator):
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         from vllm import LLM
 
-        kwargs = {"gpu_memory_utilization": gpu_memory_utilization} if on_gpu else {"dtype": "float32", "enforce_eager": True}
+        kwargs = ({"gpu_memory_utilization": gpu_memory_utilization} if on_gpu
+                  else {"dtype": "float32", "enforce_eager": True})
         self.llm = LLM(model=resolve_model_path(model), max_model_len=max_model_len, seed=0, **kwargs)
 
     def generate(self, prompts, sampling, stop=()):
@@ -188,7 +190,8 @@ class VLLMGenerator(Generator):
         )
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=True)
         return [
-            [Completion(o.text, len(o.token_ids), "length" if o.finish_reason == "length" else "stop", tuple(o.token_ids))
+            [Completion(o.text, len(o.token_ids),
+                        "length" if o.finish_reason == "length" else "stop", tuple(o.token_ids))
              for o in out.outputs]
             * (sampling.n // copies)
             for out in outputs
@@ -206,11 +209,13 @@ def vllm_available() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
-def make_generator(model: str, backend: Backend = "auto", *, batch_size: int = 16, max_model_len: int | None = None) -> Generator:
+def make_generator(model: str, backend: Backend = "auto", *, batch_size: int = 16,
+                   max_model_len: int | None = None) -> Generator:
     if backend == "auto":
         backend = "vllm" if vllm_available() else "hf"
     if backend == "vllm" and not vllm_available():
         raise RuntimeError("backend 'vllm' asked for but vllm is not installed (pip install -e '.[gpu]' or '.[cpu]')")
-    gen = VLLMGenerator(model, max_model_len=max_model_len) if backend == "vllm" else HFGenerator(model, batch_size=batch_size)
+    gen = VLLMGenerator(model,
+                        max_model_len=max_model_len) if backend == "vllm" else HFGenerator(model, batch_size=batch_size)
     log.info("generation backend: %s (%s) for %s", gen.backend, "cuda" if torch.cuda.is_available() else "cpu", model)
     return gen

@@ -196,7 +196,9 @@ def _math(problem_fields: tuple[str, ...], answer_fields: tuple[str, ...]):
         answer = str(answer)
         if "####" in answer:  # GSM8K's worked solution ends with "#### <number>"
             answer = answer.rsplit("####", 1)[1]
-        answer = answer.strip().replace(",", "") if re.fullmatch(r"-?[\d,]+(\.\d+)?", answer.strip()) else answer.strip()
+        answer = answer.strip()
+        if re.fullmatch(r"-?[\d,]+(\.\d+)?", answer):
+            answer = answer.replace(",", "")
         if not answer:
             raise ValueError("empty answer")
         return Example(str(row.get("id", row.get("unique_id", i))), MATH_PROMPT.format(problem=problem), answer)

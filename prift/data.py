@@ -217,7 +217,8 @@ def _reasoning_gym_rows(name: str, size: int) -> list[dict]:
         cot = entry["metadata"].get("answer_cot")
         if cot is None:
             raise DataError(f"data.path: reasoning_gym:{name} entries have no worked solution (metadata.answer_cot)")
-        rows.append({"prompt": entry["question"], "response": f"{cot.strip()}\n\nThe answer is \\boxed{{{entry['answer']}}}."})
+        rows.append({"prompt": entry["question"],
+                     "response": f"{cot.strip()}\n\nThe answer is \\boxed{{{entry['answer']}}}."})
     return rows
 
 
@@ -245,7 +246,8 @@ def _read_local(path: Path, name: str = "data") -> tuple[list[dict], list[str] |
             text = f.read()
         if path.suffix == ".json" and text.lstrip().startswith("["):
             return json.loads(text), None, []
-    except (OSError, ValueError) as e:  # pyarrow's and gzip's errors are OSError/ValueError; JSONDecodeError is a ValueError
+    # pyarrow's and gzip's errors are OSError/ValueError; JSONDecodeError is a ValueError
+    except (OSError, ValueError) as e:
         raise DataError(f"{name}.path: {path}: cannot be read ({type(e).__name__}: {e})") from None
     rows, where, problems = [], [], []
     for lineno, line in enumerate(text.splitlines(), 1):

@@ -209,7 +209,8 @@ def read_shard_stats(path: Path) -> dict:
 class ShardScorer:
     """Tokenizes and scores shards in one process; the reference loads on the first shard with rows."""
 
-    def __init__(self, model_name: str, reference: str, dtype, device, cfg: PriorConfig, max_length: int, tokenizer=None):
+    def __init__(self, model_name: str, reference: str, dtype, device, cfg: PriorConfig,
+                 max_length: int, tokenizer=None):
         self.reference, self.dtype, self.device, self.cfg, self.max_length = reference, dtype, device, cfg, max_length
         self.tokenizer = tokenizer or load_tokenizer(model_name)
         self._model = None

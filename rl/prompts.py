@@ -99,7 +99,8 @@ def check_no_eval_overlap(rows: list[dict], eval_tasks: list[TaskSpec]) -> None:
     overlaps = []
     for spec in eval_tasks:
         full = TaskSpec(spec.name, spec.source, spec.split)
-        overlaps += [(spec.name, ex.id, train[h]) for ex in load_examples(full) if (h := prompt_hash(ex.prompt)) in train]
+        overlaps += [(spec.name, ex.id, train[h])
+                     for ex in load_examples(full) if (h := prompt_hash(ex.prompt)) in train]
     if overlaps:
         shown = "; ".join(f"{task} row {eid} = RL prompt {rid}" for task, eid, rid in overlaps[:5])
         raise TaskError(f"rl.prompts: {len(overlaps)} RL prompt(s) are evaluation prompts: {shown}")

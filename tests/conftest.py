@@ -20,7 +20,8 @@ def make_corpus(n: int = 200) -> list[dict]:
     rows = []
     for i in range(n):
         a, b = (i * 7) % 23 + 1, (i * 5) % 17 + 2
-        rows.append({"prompt": f"What is {a} plus {b}?", "response": f"{a} plus {b} is {a + b}. The answer is {a + b}."})
+        rows.append({"prompt": f"What is {a} plus {b}?",
+                     "response": f"{a} plus {b} is {a + b}. The answer is {a + b}."})
     return rows
 
 

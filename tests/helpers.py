@@ -17,7 +17,8 @@ def tiny_pipeline(tiny_model, sft_file, storage, **pipeline) -> dict:
                "logging_steps": 1, "save_steps": 2, "learning_rate": 1e-3},
         "eval": {"tasks": [{"name": "gsm8k", "limit": 2}, {"name": "mmlu_medical", "limit": 2}],
                  "backend": "hf", "sampling": {"n": 2, "temperature": 1.0, "max_new_tokens": 8}},
-        "pipeline": {"experiment": "tiny", "storage": str(storage), "methods": ["sft", "prift_mass"], "seeds": [0], **pipeline},
+        "pipeline": {"experiment": "tiny", "storage": str(storage), "methods": ["sft", "prift_mass"],
+                     "seeds": [0], **pipeline},
     }
 
 

@@ -134,7 +134,8 @@ def test_a_model_folder_that_does_not_exist_is_refused(command, config, tmp_path
 
 
 @COMMANDS
-def test_a_hub_id_offline_says_the_hub_is_unreachable_and_how_to_use_a_local_folder(command, config, tmp_path, capsys, monkeypatch):
+def test_a_hub_id_offline_says_the_hub_is_unreachable_and_how_to_use_a_local_folder(command, config,
+                                                                                    tmp_path, capsys, monkeypatch):
     import huggingface_hub
 
     def offline(*args, **kwargs):
@@ -155,7 +156,8 @@ def test_a_folder_without_config_json_is_refused(command, config, tiny_model, tm
 
 
 @COMMANDS
-def test_a_model_without_chat_template_is_refused_when_sft_formats_chat_turns(command, config, tiny_model, tmp_path, capsys):
+def test_a_model_without_chat_template_is_refused_when_sft_formats_chat_turns(command, config,
+                                                                              tiny_model, tmp_path, capsys):
     folder = shutil.copytree(tiny_model, tmp_path / "model")
     (folder / "chat_template.jinja").unlink(missing_ok=True)
     settings = json.loads((folder / "tokenizer_config.json").read_text())
@@ -187,7 +189,8 @@ def test_preflight_reads_no_weights(config, tiny_model, tmp_path, capsys):
 def test_every_bad_line_and_every_bad_row_of_the_data_is_named(command, config, tmp_path, capsys):
     good = json.dumps({"prompt": "q", "response": "a"})
     config["data"]["path"] = jsonl(tmp_path / "d.jsonl", [good, '{"prompt": "q", "response": ', good,
-                                                          json.dumps({"prompt": "q"}), json.dumps({"prompt": 5, "response": "a"})])
+                                                          json.dumps({"prompt": "q"}),
+                                                          json.dumps({"prompt": 5, "response": "a"})])
     err = refused(command, config, tmp_path, capsys)
     assert "d.jsonl:2: not valid JSON" in err
     assert "d.jsonl:4: row 2: missing field 'response'" in err
@@ -320,7 +323,8 @@ def test_an_unreachable_hub_dataset_is_a_message_naming_it(command, config, tmp_
 
 
 @COMMANDS
-def test_a_network_error_a_loader_lets_through_is_a_message_naming_what_was_fetched(command, config, tmp_path, capsys, monkeypatch):
+def test_a_network_error_a_loader_lets_through_is_a_message_naming_what_was_fetched(command, config,
+                                                                                    tmp_path, capsys, monkeypatch):
     """A loader that does not catch its own network failure (here the SFT data's hub reader, raising
     the way a dropped connection does) still ends in a message, not a traceback."""
     import prift.data

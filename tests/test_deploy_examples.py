@@ -33,7 +33,8 @@ def test_the_kuberay_rayjob_manifest_parses_and_runs_a_real_config(monkeypatch):
     cfg = load_config(in_repo, overrides)
     assert cfg.pipeline.storage == "/mnt/shared/prift-runs" and storage_problem(cfg.pipeline) is None
 
-    mounts = [c["volumeMounts"] for group in [spec["rayClusterSpec"]["headGroupSpec"], *spec["rayClusterSpec"]["workerGroupSpecs"]]
+    mounts = [c["volumeMounts"] for group in [spec["rayClusterSpec"]["headGroupSpec"],
+                                              *spec["rayClusterSpec"]["workerGroupSpecs"]]
               for c in group["template"]["spec"]["containers"]]
     assert all(any(cfg.pipeline.storage.startswith(m["mountPath"] + "/") for m in ms) for ms in mounts)
 

@@ -23,7 +23,8 @@ def test_two_workers_step_exactly_like_one_with_the_same_global_batch(tiny_model
     # prift_prob: the weights come from the prior, so a rank that normalised by its own tokens, or
     # saw another share of the global batch, would give a different loss and a different update
     common = dict(method="prift_prob", max_steps=3, learning_rate=3e-3, warmup_ratio=0.0, logging_steps=1, save_steps=3)
-    run_sft(tiny_model, data, prior, SFTStageConfig(per_device_batch_size=8, **common), tmp_path / "one", tmp_path / "prior")
+    run_sft(tiny_model, data, prior, SFTStageConfig(per_device_batch_size=8, **common),
+            tmp_path / "one", tmp_path / "prior")
     two = SFTStageConfig(per_device_batch_size=4, **common)
     ray.init(num_cpus=2, include_dashboard=True)  # Ray Train watches its controller through it
     try:

@@ -55,7 +55,8 @@ def test_the_report_imports_only_what_it_reads_and_only_the_command_line_imports
              for p in report_files}
     assert not {f: names for f, names in wrong.items() if names}, f"allowed: {sorted(REPORT_MAY_IMPORT)}"
     importers = {str(p.relative_to(ROOT)) for pkg in ORDER for p in (ROOT / pkg).rglob("*.py")
-                 if ROOT / "workflows" / "report" not in p.parents and any(within(n, {REPORT}) for n in imported_modules(p))}
+                 if ROOT / "workflows" / "report" not in p.parents
+                 and any(within(n, {REPORT}) for n in imported_modules(p))}
     assert importers == REPORT_IMPORTERS
 
 

@@ -12,7 +12,8 @@ def exact_pass_at_k(n, c, k):
     return 1 - Fraction(comb(n - c, k), comb(n, k))
 
 
-@pytest.mark.parametrize("n,c,k,expected", [(5, 2, 2, 0.7), (2, 1, 1, 0.5), (4, 0, 4, 0.0), (4, 4, 1, 1.0), (16, 1, 16, 1.0)])
+@pytest.mark.parametrize("n,c,k,expected",
+                         [(5, 2, 2, 0.7), (2, 1, 1, 0.5), (4, 0, 4, 0.0), (4, 4, 1, 1.0), (16, 1, 16, 1.0)])
 def test_hand_computed(n, c, k, expected):
     # (5, 2, 2): 1 - C(3,2)/C(5,2) = 1 - 3/10
     assert pass_at_k(n, c, k) == pytest.approx(expected, abs=1e-12)

@@ -19,7 +19,8 @@ def sft_digest(path) -> str:
 
     from prift.data import DataConfig
 
-    h = hashlib.sha256(json.dumps(asdict(DataConfig(path=path, max_length=64)) | {"path": None}, sort_keys=True).encode())
+    settings = asdict(DataConfig(path=path, max_length=64)) | {"path": None}
+    h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
     for line in Path(path).read_text().splitlines():
         h.update(json.dumps(json.loads(line), sort_keys=True).encode())
     return h.hexdigest()[:16]
@@ -46,11 +47,13 @@ def test_whole_pipeline_outputs_manifest_and_mlflow(tiny_model, sft_file, tmp_pa
             "sft": "done", "rl": "done", "eval_sft": "done", "eval_rl": "done"}
         for model in ("sft", "rl"):
             assert (run / model / "final" / "config.json").exists()
-            assert set(json.loads((run / "eval" / model / "summary.json").read_text())["tasks"]) == {"gsm8k", "mmlu_medical"}
+            summary = json.loads((run / "eval" / model / "summary.json").read_text())
+            assert set(summary["tasks"]) == {"gsm8k", "mmlu_medical"}
 
     client, all_runs = mlflow_runs(storage)
     assert client.get_experiment_by_name("tiny").tags["mlflow.experimentKind"] == "custom_model_development"
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
+                            capture_output=True, text=True).stdout.strip()
     assert {r.data.tags["mlflow.source.git.commit"] for r in all_runs} == {commit}  # every run, parents and stages
     parents = [r for r in all_runs if "mlflow.parentRunId" not in r.data.tags]
     assert sorted(r.info.run_name for r in parents) == ["base", "prift_mass · seed 0", "sft · seed 0"]
@@ -63,14 +66,18 @@ def test_whole_pipeline_outputs_manifest_and_mlflow(tiny_model, sft_file, tmp_pa
         assert sorted(r.data.tags["stage"] for r in children) == ["eval_rl", "eval_sft", "rl", "sft"]
         assert parent.data.tags["status"] == "finished"
         assert "eval/rl/gsm8k/avg_at_2" in parent.data.metrics
-        assert not [k for k in parent.data.metrics if k.startswith("eval/base/")]  # the base's scores are not the method's
+        # the base's scores are not the method's
+        assert not [k for k in parent.data.metrics if k.startswith("eval/base/")]
         assert "eval/rl/gsm8k/avg_at_2_flexible" in parent.data.metrics  # math: strict and flexible
-        assert 0 < parent.data.metrics["eval/rl/gsm8k/mean_token_entropy"] < math.log(AutoConfig.from_pretrained(tiny_model).vocab_size)
+        vocab = AutoConfig.from_pretrained(tiny_model).vocab_size
+        assert 0 < parent.data.metrics["eval/rl/gsm8k/mean_token_entropy"] < math.log(vocab)
         assert "eval/rl/mmlu_medical/avg_at_2_flexible" not in parent.data.metrics
         inputs = {r.data.tags["stage"]: {(i.dataset.name, {t.key: t.value for t in i.tags}["mlflow.data.context"])
-                                         for i in client.get_run(r.info.run_id).inputs.dataset_inputs} for r in children}
+                                         for i in client.get_run(r.info.run_id).inputs.dataset_inputs}
+                  for r in children}
         assert inputs == {"sft": {("sft.jsonl", "training")}, "rl": {("rl_prompts", "training")},
-                          **{s: {("gsm8k", "evaluation"), ("mmlu_medical", "evaluation")} for s in ("eval_sft", "eval_rl")}}
+                          **{s: {("gsm8k", "evaluation"),
+                                 ("mmlu_medical", "evaluation")} for s in ("eval_sft", "eval_rl")}}
         sft_data = next(i.dataset for r in children if r.data.tags["stage"] == "sft"
                         for i in client.get_run(r.info.run_id).inputs.dataset_inputs)
         assert sft_data.digest == sft_digest(sft_file)
@@ -95,8 +102,8 @@ def test_whole_pipeline_outputs_manifest_and_mlflow(tiny_model, sft_file, tmp_pa
 
 
 @pytest.mark.slow
-def test_a_failing_stage_is_recorded_everywhere_and_the_driver_exits_1(tiny_model, sft_file, tmp_path, capsys, monkeypatch,
-                                                                         child_python_runs):
+def test_a_failing_stage_is_recorded_everywhere_and_the_driver_exits_1(tiny_model, sft_file, tmp_path, capsys,
+                                                                       monkeypatch, child_python_runs):
     """The RL stage raises inside its Ray worker (code the workers run at start replaces run_rl)."""
     child_python_runs(
         "try:\n    import rl.grpo\nexcept Exception:\n    pass\nelse:\n"
@@ -116,13 +123,15 @@ def test_a_failing_stage_is_recorded_everywhere_and_the_driver_exits_1(tiny_mode
     run = next(p for p in root.iterdir() if p.name.startswith("sft-"))
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["stages"]["sft"]["status"] == "done"
-    assert manifest["stages"]["rl"] == manifest["stages"]["rl"] | {"status": "failed", "error": "RuntimeError: injected failure"}
+    assert manifest["stages"]["rl"] == manifest["stages"]["rl"] | {"status": "failed",
+                                                                   "error": "RuntimeError: injected failure"}
     assert (manifest["status"], manifest["failed_stage"]) == ("failed", "rl")
 
     _, all_runs = mlflow_runs(storage)
     assert "RUNNING" not in {r.info.status for r in all_runs}
     status = {r.data.tags.get("stage") or f"parent {r.data.tags['method']}": r.info.status for r in all_runs}
-    assert status == {"parent base": "FINISHED", "eval_base": "FINISHED", "parent sft": "FAILED", "sft": "FINISHED", "rl": "FAILED"}
+    assert status == {"parent base": "FINISHED", "eval_base": "FINISHED", "parent sft": "FAILED",
+                      "sft": "FINISHED", "rl": "FAILED"}
     parent = next(r for r in all_runs if r.data.tags.get("method") == "sft" and "mlflow.parentRunId" not in r.data.tags)
     assert parent.data.tags["failed_stage"] == "rl" and "injected failure" in parent.data.tags["error"]
 
@@ -152,7 +161,8 @@ def check_report(root, runs, storage):
             for task in ("gsm8k", "mmlu_medical"):
                 value = json.loads((run / "eval" / model / task / "metrics.json").read_text())["metrics"]["avg_at_2"]
                 assert table[f"{method} ({label})"][task] == f"{100 * value:.1f}"
-                rows = [json.loads(line) for line in (run / "eval" / model / task / "samples.jsonl").read_text().splitlines()]
+                samples = (run / "eval" / model / task / "samples.jsonl").read_text()
+                rows = [json.loads(line) for line in samples.splitlines()]
                 per_problem = {}
                 for row in rows:
                     if row["mean_token_entropy"] is not None:
@@ -161,12 +171,15 @@ def check_report(root, runs, storage):
                 assert entropy[f"{method} ({label})"][task] == f"{expected:.2f}"
         assert f"| {run.name} | done; rl: no learning signal" in report
     drift = json.loads((root / "report" / "drift.json").read_text())
-    assert sorted((d["method"], d["stage"]) for d in drift) == [("prift_mass", "rl"), ("prift_mass", "sft"), ("sft", "rl"), ("sft", "sft")]
+    assert sorted((d["method"], d["stage"]) for d in drift) == [("prift_mass", "rl"), ("prift_mass", "sft"),
+                                                                ("sft", "rl"), ("sft", "sft")]
     assert all(v > 0 for d in drift for v in d["kl"].values())  # every checkpoint moved off the base
     client, all_runs = mlflow_runs(storage)
-    for parent in [r for r in all_runs if r.data.tags.get("method") in ("sft", "prift_mass") and "mlflow.parentRunId" not in r.data.tags]:
+    for parent in [r for r in all_runs
+                   if r.data.tags.get("method") in ("sft", "prift_mass") and "mlflow.parentRunId" not in r.data.tags]:
         assert "report/report.md" in [a.path for a in client.list_artifacts(parent.info.run_id, "report")]
-        kl = {(d["stage"], s): v for d in drift if d["method"] == parent.data.tags["method"] for s, v in d["kl"].items()}
+        kl = {(d["stage"], s): v
+              for d in drift if d["method"] == parent.data.tags["method"] for s, v in d["kl"].items()}
         assert {k: v for k, v in parent.data.metrics.items() if k.startswith("drift/")} == {
             f"drift/kl_{s}/{stage}": v for (stage, s), v in kl.items()}
 
@@ -241,7 +254,8 @@ def test_ray_job_submit_runs_the_pipeline_on_a_cluster(tiny_model, sft_file, tmp
                    capture_output=True)
     try:
         env["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{dashboard}"
-        job = subprocess.run([ray, "job", "submit", "--working-dir", str(repo), "--", "python", "-m", "workflows.run", path],
+        job = subprocess.run([ray, "job", "submit", "--working-dir", str(repo), "--", "python",
+                              "-m", "workflows.run", path],
                              env=env, cwd=repo, capture_output=True, text=True, timeout=900)
         assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
         assert "succeeded" in (job.stdout + job.stderr).lower()

@@ -15,7 +15,8 @@ from conftest import build_tiny_model
 
 
 def summary(gsm8k: float, medqa: float) -> dict:
-    tasks = {t: {"avg_at_2": v, "pass_at_1": v, "pass_at_2": min(1.0, 2 * v)} for t, v in (("gsm8k", gsm8k), ("medqa", medqa))}
+    tasks = {t: {"avg_at_2": v, "pass_at_1": v,
+                 "pass_at_2": min(1.0, 2 * v)} for t, v in (("gsm8k", gsm8k), ("medqa", medqa))}
     return {"tasks": tasks, "domains": {"math": tasks["gsm8k"], "medical": tasks["medqa"]}}
 
 
@@ -23,7 +24,8 @@ def test_table_gives_mean_and_sample_std_over_seeds(tmp_path):
     from workflows.report.collect import Run
     from workflows.report.tables import markdown_table, method_table
 
-    runs = [Run(tmp_path, "prift_mass", s, {}, {"sft": summary(g, m)}) for s, (g, m) in enumerate([(0.2, 0.5), (0.4, 0.5), (0.9, 0.2)])]
+    runs = [Run(tmp_path, "prift_mass", s, {},
+                {"sft": summary(g, m)}) for s, (g, m) in enumerate([(0.2, 0.5), (0.4, 0.5), (0.9, 0.2)])]
     runs.append(Run(tmp_path, "sft", 0, {}, {"sft": summary(0.1, 0.3)}))
     rows = method_table(runs, summary(0.05, 0.25), "tasks")
     mean, std, seeds = rows["prift_mass (sft)"]["gsm8k"]["avg_at_2"]
@@ -71,7 +73,8 @@ def prior_cache(tiny_model, sft_file, tmp_path_factory):
     from prift.data import DataConfig
     from prift.prior import PriorConfig, run_prior
 
-    return run_prior(tiny_model, DataConfig(path=sft_file, max_length=64), PriorConfig(), tmp_path_factory.mktemp("prior"))
+    return run_prior(tiny_model, DataConfig(path=sft_file, max_length=64), PriorConfig(),
+                     tmp_path_factory.mktemp("prior"))
 
 
 def test_token_view_shows_every_response_token_with_its_weight(prior_cache, tiny_model, tmp_path):
@@ -104,7 +107,8 @@ def test_token_view_states_the_share_dropped_and_the_dft_weight_of_each_token(pr
     page = token_view(prior_cache, tmp_path / "tokens.html", examples=2, dft_model=dft_model).read_text()
     table = load_prior(prior_cache)
     picked = sorted(np.random.default_rng(0).choice(len(table), size=2, replace=False).tolist())
-    captions = re.findall(r'<p class="caption">Example (\d+): (\d+) of (\d+) response tokens \((\d+)% dropped by PriFT-mass\)</p>', page)
+    captions = re.findall(r'<p class="caption">Example (\d+): (\d+) of (\d+) response tokens '
+                          r'\((\d+)% dropped by PriFT-mass\)</p>', page)
     blocks = re.findall(r'<div class="example">(.*?)</div>', page, flags=re.S)
     from common.models import load_causal_lm
 
@@ -196,7 +200,8 @@ def test_each_methods_histogram_weights_are_its_rule_applied_to_the_stored_signa
     from prift.prior import load_prior
     from workflows.report.token_view import method_weights
 
-    runs = [SimpleNamespace(method=m, models=lambda: {"sft": tiny_model}) for m in ("sft", "prift_prob", "prift_mass", "dft")]
+    runs = [SimpleNamespace(method=m, models=lambda: {"sft": tiny_model}) for m in ("sft",
+                                                                                    "prift_prob", "prift_mass", "dft")]
     weights = method_weights(prior_cache, runs, rows=5)
     table = load_prior(prior_cache).select(range(5))
     lp = np.concatenate([np.asarray(r["prior_logprob"])[np.asarray(r["response_mask"], bool)] for r in table])

@@ -96,7 +96,8 @@ def report(tiny_model, tmp_path_factory):
 
 def table_rows(text: str, heading: str) -> dict[str, list[str]]:
     block = text.split(heading + "\n\n", 1)[1].split("\n\n", 1)[0].splitlines()
-    return {line.strip("|").split("|")[0].strip(): [c.strip() for c in line.strip("|").split("|")[1:]] for line in block[2:]}
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in block[2:]]
+    return {row[0]: row[1:] for row in cells}
 
 
 def avg(solved: int) -> float:
@@ -123,7 +124,8 @@ def test_rl_curves_are_the_logged_mean_and_std_and_flag_runs_without_signal(repo
     assert list(mass.get_xdata()) == [1, 2, 3]
     assert list(mass.get_ydata()) == pytest.approx([0.5, 0.6, 0.8])  # (0.4 + 0.6) / 2, ...
     band = reward.collections[0].get_paths()[0].vertices[:, 1]  # mean ± sample std, std = |a - b| / sqrt(2)
-    assert band.max() == pytest.approx(0.8 + 0.2 / math.sqrt(2)) and band.min() == pytest.approx(0.5 - 0.2 / math.sqrt(2))
+    assert band.max() == pytest.approx(0.8 + 0.2 / math.sqrt(2))
+    assert band.min() == pytest.approx(0.5 - 0.2 / math.sqrt(2))
     assert list(lines["sft (1 seed)"].get_ydata()) == pytest.approx([0.1, 0.3, 0.5])  # seed 1 not averaged in
     flagged = lines["sft seed 1: no learning signal"]
     assert flagged.get_linestyle() == "--" and list(flagged.get_ydata()) == [0.0, 0.0, 0.0]
@@ -200,7 +202,8 @@ def test_every_figure_gives_a_method_the_same_colour_and_tells_zero_from_missing
 
     from workflows.report.figures import METHOD_COLOURS, SFT_ALPHA, comparison_figure, weights_figure
 
-    bars = [{"label": "sft (sft)", "method": "sft", "stage": "sft", "flagged": False, "values": {"a": [0.0], "b": [0.5]}},
+    bars = [{"label": "sft (sft)", "method": "sft", "stage": "sft", "flagged": False,
+             "values": {"a": [0.0], "b": [0.5]}},
             {"label": "dft (rl)", "method": "dft", "stage": "rl", "flagged": False, "values": {"a": [0.25]}},
             {"label": "prift_mass (rl)", "method": "prift_mass", "stage": "rl", "flagged": False,
              "values": {"a": [0.2, 0.4], "b": [0.6, 0.6]}}]

@@ -38,13 +38,15 @@ def write_jsonl(path, rows):
 
 
 def test_hub_schemas_normalise_like_the_packaged_ones(tmp_path):
-    medmcqa = write_jsonl(tmp_path / "m.jsonl", [{"question": "Q?", "opa": "w", "opb": "x", "opc": "y", "opd": "z", "cop": 2}])
+    medmcqa = write_jsonl(tmp_path / "m.jsonl",
+                          [{"question": "Q?", "opa": "w", "opb": "x", "opc": "y", "opd": "z", "cop": 2}])
     gsm = write_jsonl(tmp_path / "g.jsonl", [{"question": "2+2?", "answer": "2+2=4\n#### 1,004"}])
     mmlu = write_jsonl(tmp_path / "u.jsonl", [
         {"question": "Q", "choices": ["a", "b", "c", "d"], "answer": 3, "subject": "anatomy"},
         {"question": "Q", "choices": ["a", "b", "c", "d"], "answer": 0, "subject": "astronomy"},
     ])
-    pubmed = write_jsonl(tmp_path / "p.jsonl", [{"question": "Q?", "context": {"contexts": ["c1", "c2"]}, "final_decision": "Maybe"}])
+    pubmed = write_jsonl(tmp_path / "p.jsonl",
+                         [{"question": "Q?", "context": {"contexts": ["c1", "c2"]}, "final_decision": "Maybe"}])
     assert load_examples(TaskSpec("medmcqa", source=medmcqa))[0].gold == "C"
     assert load_examples(TaskSpec("gsm8k", source=gsm))[0].gold == "1004"
     assert [e.gold for e in load_examples(TaskSpec("mmlu_medical", source=mmlu))] == ["D"]  # astronomy dropped

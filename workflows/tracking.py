@@ -102,7 +102,8 @@ def dataset_input(name: str, digest: str, source_type: str, source: dict, num_ro
     from mlflow.entities import Dataset, DatasetInput, InputTag
 
     dataset = Dataset(name=name, digest=digest[:DIGEST_CHARS], source_type=source_type,
-                      source=json.dumps(source, sort_keys=True, default=str), profile=json.dumps({"num_rows": num_rows}))
+                      source=json.dumps(source, sort_keys=True, default=str),
+                      profile=json.dumps({"num_rows": num_rows}))
     return DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)])
 
 
@@ -147,7 +148,8 @@ class Tracker:
             artifact_root = Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts"
         if found is None:
             location = artifact_root.resolve().as_uri() if artifact_root and uri.startswith("sqlite") else None
-            self.experiment_id = self.client.create_experiment(experiment, artifact_location=location, tags=EXPERIMENT_KIND)
+            self.experiment_id = self.client.create_experiment(experiment,
+                                                               artifact_location=location, tags=EXPERIMENT_KIND)
         else:
             self.experiment_id = found.experiment_id
             for key, value in EXPERIMENT_KIND.items():

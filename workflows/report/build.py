@@ -10,7 +10,8 @@ from pathlib import Path
 
 from common import atomic
 from evals.metrics import pick
-from workflows.report.collect import (RL_CURVES, Run, base_samples, collect, distinct_answers, rl_history, rows_by_problem,
+from workflows.report.collect import (RL_CURVES, Run, base_samples, collect, distinct_answers, rl_history,
+                                      rows_by_problem,
                                       token_entropy)
 from workflows.report.stats import pass_at_k_curve
 from workflows.report.tables import (BOOTSTRAP_NOTE, SCORING_NOTE, comparison_table, comparisons, domain_interval_table,
@@ -155,7 +156,8 @@ def headroom_section(rows, sizes: dict, out: Path, eval_dirs: dict) -> list[str]
         for g in rows:
             found = [measure(seed_rows) for seed_rows in samples[g.label]]
             cells = [[v for f in found for v in f.get(task, {}).values()] for task in sorted(curves)]
-            lines.append(f"| {g.label} | " + " | ".join(f"{statistics.fmean(c):.2f}" if c else "n/a" for c in cells) + " |")
+            means = (f"{statistics.fmean(c):.2f}" if c else "n/a" for c in cells)
+            lines.append(f"| {g.label} | " + " | ".join(means) + " |")
         return lines
 
     return ["", "## Room for RL", "", "![Pass@k](pass_at_k.png)", "",
@@ -199,7 +201,8 @@ def run_metrics(run: Run) -> dict[str, float]:
                 name = metric_name(run.evals[stage]["tasks"].get(task, {}), metric)
                 interval = interval_of_run(per_task, task, metric)
                 if interval and name:
-                    out |= {f"ci95/{stage}/{task}/{name}/lo": interval.lo, f"ci95/{stage}/{task}/{name}/hi": interval.hi}
+                    out |= {f"ci95/{stage}/{task}/{name}/lo": interval.lo,
+                            f"ci95/{stage}/{task}/{name}/hi": interval.hi}
     if {"sft", "rl"} <= set(samples):
         for task in samples["rl"]:
             for metric in ("avg", "pass_at_n"):

@@ -169,7 +169,8 @@ def domain_interval_table(rows: list[Group]) -> list[str]:
             cells.append(_ci(bootstrap_mean(strata)) if strata else "-")
         lines.append(f"| {g.label} | {len(g.seeds)} | " + " | ".join(cells) + " |")
     sizes = ", ".join(f"{d}: " + ", ".join(t for t in tasks if TASKS[t].domain == d) for d in domains)
-    return lines + ["", f"Each domain's cell is the mean of its tasks' Avg@n ({sizes}); sizes as in the per-task tables."]
+    return lines + ["",
+                    f"Each domain's cell is the mean of its tasks' Avg@n ({sizes}); sizes as in the per-task tables."]
 
 
 @dataclass
@@ -235,7 +236,8 @@ def rl_changes(runs: list[Run]) -> list[RLChange]:
     out = []
     for method in sorted({r.method for r in runs}):
         both = [r for r in runs if r.method == method and {"sft", "rl"} <= set(r.evals)]
-        sets = [(False, [r for r in both if not r.rl_without_signal])] + [(True, [r]) for r in both if r.rl_without_signal]
+        sets = [(False,
+                 [r for r in both if not r.rl_without_signal])] + [(True, [r]) for r in both if r.rl_without_signal]
         for flagged, members in sets:
             if not members:
                 continue
@@ -262,9 +264,11 @@ def rl_change_tables(changes: list[RLChange], samples: dict[str, tuple[int, int]
     for task in sorted({c.task for c in changes}):
         p, n = samples.get(task, ("?", "?"))
         out += ["", f"### SFT -> RL on {task}: {p} problems × {n} samples per model and seed", "",
-                "| method | seeds | SFT Avg@n | RL Avg@n | Δ Avg@n | SFT Pass@n | RL Pass@n | Δ Pass@n |", "|---" * 8 + "|"]
+                "| method | seeds | SFT Avg@n | RL Avg@n | Δ Avg@n | SFT Pass@n | RL Pass@n | Δ Pass@n |",
+                "|---" * 8 + "|"]
         for c in (c for c in changes if c.task == task):
-            label = f"{c.method}, seed {c.seeds[0]} (no learning signal: shown, not averaged)" if c.flagged else c.method
+            label = (f"{c.method}, seed {c.seeds[0]} (no learning signal: shown, not averaged)" if c.flagged
+                     else c.method)
             cells = [_ci(c.sft["avg"]), _ci(c.rl["avg"]), _ci(c.delta["avg"], True),
                      _ci(c.sft["pass_at_n"]), _ci(c.rl["pass_at_n"]), _ci(c.delta["pass_at_n"], True)]
             out.append(f"| {label} | {', '.join(map(str, c.seeds))} | " + " | ".join(cells) + " |")
