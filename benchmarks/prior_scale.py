@@ -52,7 +52,8 @@ def synthetic_rows(n: int, seed: int = 0) -> list[dict]:
             picks = rng.integers(0, len(WORDS) + 100, k)
             return " ".join(WORDS[p] if p < len(WORDS) else str(p * 7 + i % 13) for p in picks)
 
-        rows.append({"prompt": f"Problem {i}: {text(int(rng.integers(8, 24)))}?", "response": text(int(lengths[i])) + "."})
+        rows.append({"prompt": f"Problem {i}: {text(int(rng.integers(8, 24)))}?",
+                     "response": text(int(lengths[i])) + "."})
     return rows
 
 
@@ -137,7 +138,8 @@ def per_row_tokenize(conversations, tokenizer, max_length: int) -> int:
     kept = 0
     for messages, response in conversations:
         prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
-        ids = (list(prompt) + tokenizer.encode(response, add_special_tokens=False) + [tokenizer.eos_token_id])[:max_length]
+        ids = (list(prompt) + tokenizer.encode(response,
+                                               add_special_tokens=False) + [tokenizer.eos_token_id])[:max_length]
         kept += len(ids) > len(prompt)
     return kept
 
@@ -194,7 +196,8 @@ def main() -> None:
     print(f"  per row  {tok['rows'] / tok['per_row_s']:8.0f} rows/s  ({tok['per_row_s']:.1f} s): "
           f"batched is {tok['per_row_s'] / tok['batched_s']:.2f}x")
     largest = stage[max(sizes)]
-    print(f"\nprior stage, tiny random reference, {largest['rows']} rows ({largest['response_tokens']} response tokens), "
+    print(f"\nprior stage, tiny random reference, {largest['rows']} rows "
+          f"({largest['response_tokens']} response tokens), "
           f"workers={args.workers}, {args.threads} torch thread(s) each:")
     if args.workers == 1:  # the timers see only shards scored in the stage's own process
         print(f"  tokenizing {largest['rows'] / largest['tokenize_s']:8.0f} rows/s   scoring "

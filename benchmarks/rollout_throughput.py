@@ -26,7 +26,8 @@ def child(backend: str, model: str, steps: int, max_len: int, generations: int) 
     from rl.prompts import GeneratorSpec, PromptsConfig
 
     cfg = RLStageConfig(
-        prompts=PromptsConfig(generators=[GeneratorSpec("basic_arithmetic", size=64)]), rewards=[RewardSpec("math_answer")],
+        prompts=PromptsConfig(generators=[GeneratorSpec("basic_arithmetic", size=64)]),
+        rewards=[RewardSpec("math_answer")],
         rollout=backend, num_generations=generations, per_device_batch_size=2 * generations,
         max_completion_length=max_len, learning_rate=1e-6, max_steps=steps, logging_steps=steps, save_steps=10_000,
         max_model_len=1024,
@@ -47,7 +48,8 @@ def child(backend: str, model: str, steps: int, max_len: int, generations: int) 
         run_rl(model, cfg, out)
     measured = calls[1:]  # the first rollout warms caches (and compiles on GPU)
     seconds = sum(c[0] for c in measured)
-    print(json.dumps({"completions_per_s": sum(c[1] for c in measured) / seconds, "tokens_per_s": sum(c[2] for c in measured) / seconds}))
+    print(json.dumps({"completions_per_s": sum(c[1] for c in measured) / seconds,
+                      "tokens_per_s": sum(c[2] for c in measured) / seconds}))
 
 
 def main() -> None:
@@ -66,7 +68,8 @@ def main() -> None:
     for r in range(args.rounds):
         for backend in (["hf", "vllm_colocate"] if r % 2 == 0 else ["vllm_colocate", "hf"]):
             cmd = [sys.executable, __file__, "--child", backend, "--model", args.model, "--steps", str(args.steps),
-                   "--max-completion-length", str(args.max_completion_length), "--num-generations", str(args.num_generations)]
+                   "--max-completion-length", str(args.max_completion_length), "--num-generations",
+                   str(args.num_generations)]
             out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
             results[backend].append(json.loads(out))
             print(f"round {r}: {backend:14s} {out}", flush=True)

@@ -48,14 +48,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    print(f"{'task':8} {'answers':8} {'scorer':7} {'n':>4}  " + "  ".join(f"{p:>14}" for p in ("inline", "batch", "single"))
+    paths = ("inline", "batch", "single")
+    print(f"{'task':8} {'answers':8} {'scorer':7} {'n':>4}  " + "  ".join(f"{p:>14}" for p in paths)
           + "  batch/inline  single/inline")
     for task, which, pairs in [(t, w, p) for t in ("gsm8k", "math500") for w, p in answers(t).items()]:
         for kind in ("math", "verify"):
             fns = paths(kind)
             results = {name: fn(pairs) for name, fn in fns.items()}  # warm-up, and the paths must agree
             verdicts = {name: [s.correct for s in r] for name, r in results.items()}
-            assert verdicts["batch"] == verdicts["single"] == verdicts["inline"], f"{task} {which} {kind}: paths disagree"
+            same = verdicts["batch"] == verdicts["single"] == verdicts["inline"]
+            assert same, f"{task} {which} {kind}: paths disagree"
             rates: dict[str, list[float]] = {name: [] for name in fns}
             order = list(fns)
             for r in range(args.rounds):
@@ -64,7 +66,7 @@ def main() -> None:
                     fns[name](pairs)
                     rates[name].append(len(pairs) / (time.perf_counter() - start))
             med = {name: statistics.median(v) for name, v in rates.items()}
-            print(f"{task:8} {which:8} {kind:7} {len(pairs):>4}  " + "  ".join(f"{med[p]:>10.0f} a/s" for p in ("inline", "batch", "single"))
+            print(f"{task:8} {which:8} {kind:7} {len(pairs):>4}  " + "  ".join(f"{med[p]:>10.0f} a/s" for p in paths)
                   + f"  {med['batch'] / med['inline']:>11.2f}x  {med['single'] / med['inline']:>12.2f}x")
 
 

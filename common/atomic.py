@@ -1,7 +1,9 @@
 """Atomic writes: a reader sees the old content or the new, never a half-written file or folder.
 
 Both write beside the target (same filesystem, so the final rename is atomic on POSIX) and rename
-last. A `.tmp` left by a killed process is never read as the real thing and is replaced next time.
+last. A `.tmp` left by a killed process is never read as the real thing and is replaced next time;
+a folder filled over several runs (the prior's `<key>.partial`, each of its files itself written
+atomically) is kept and finished instead, and published the same way.
 """
 
 from __future__ import annotations
@@ -33,13 +35,24 @@ def write_text(path: str | Path, text: str, *, durable: bool = False) -> None:
             os.fsync(f.fileno())
 
 
+def tmp_dir(target: str | Path, suffix: str = ".tmp") -> Path:
+    """`<target><suffix>`, the folder `target` is built in: beside it, so `publish_dir` is one rename."""
+    target = Path(target)
+    return target.with_name(target.name + suffix)
+
+
 def fresh_tmp_dir(target: str | Path) -> Path:
     """`<target>.tmp`, emptied of what a killed run left there (the caller creates and fills it, then
-    renames it to `target`)."""
-    target = Path(target)
-    tmp = target.with_name(target.name + ".tmp")
+    publishes it with `publish_dir`)."""
+    tmp = tmp_dir(target)
     shutil.rmtree(tmp, ignore_errors=True)
     return tmp
+
+
+def publish_dir(built: str | Path, target: str | Path) -> None:
+    """`built`, filled completely, becomes `target` in one rename: a reader finds no `target` or a
+    complete one, never a folder still being written."""
+    Path(built).rename(target)
 
 
 @contextlib.contextmanager
@@ -47,4 +60,4 @@ def building_dir(target: str | Path):
     """Yield a fresh `<target>.tmp` path to fill; on success it becomes `target` in one rename."""
     tmp = fresh_tmp_dir(target)
     yield tmp
-    tmp.rename(target)
+    publish_dir(tmp, target)

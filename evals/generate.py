@@ -73,7 +73,8 @@ class Generator:
     def chat(self, user_messages: list[str], system_prompt: str | None = None) -> list[list[int]]:
         return chat_ids(self.tokenizer, user_messages, system_prompt)
 
-    def generate(self, prompts: list[list[int]], sampling: SamplingConfig, stop: tuple[str, ...] = ()) -> list[list[Completion]]:
+    def generate(self, prompts: list[list[int]], sampling: SamplingConfig,
+                 stop: tuple[str, ...] = ()) -> list[list[Completion]]:
         raise NotImplementedError
 
     def close(self) -> None:
@@ -196,7 +197,8 @@ class VLLMGenerator(Generator):
         )
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=True)
         return [
-            [Completion(o.text, len(o.token_ids), "length" if o.finish_reason == "length" else "stop", tuple(o.token_ids))
+            [Completion(o.text, len(o.token_ids),
+                        "length" if o.finish_reason == "length" else "stop", tuple(o.token_ids))
              for o in out.outputs]
             * (sampling.n // copies)
             for out in outputs
@@ -214,11 +216,13 @@ def vllm_available() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
-def make_generator(model: str, backend: Backend = "auto", *, batch_size: int = 16, max_model_len: int | None = None) -> Generator:
+def make_generator(model: str, backend: Backend = "auto", *, batch_size: int = 16,
+                   max_model_len: int | None = None) -> Generator:
     if backend == "auto":
         backend = "vllm" if vllm_available() else "hf"
     if backend == "vllm" and not vllm_available():
         raise RuntimeError("backend 'vllm' asked for but vllm is not installed (pip install -e '.[gpu]' or '.[cpu]')")
-    gen = VLLMGenerator(model, max_model_len=max_model_len) if backend == "vllm" else HFGenerator(model, batch_size=batch_size)
+    gen = VLLMGenerator(model,
+                        max_model_len=max_model_len) if backend == "vllm" else HFGenerator(model, batch_size=batch_size)
     log.info("generation backend: %s (%s) for %s", gen.backend, "cuda" if torch.cuda.is_available() else "cpu", model)
     return gen

@@ -12,7 +12,8 @@ module follows its code rule by rule, in its order:
   relative tolerance of 1e-4, the gold also accepted divided or multiplied by 100 (percentages);
   brackets, tuples and matrices element by element; equations; then symbolic equality.
 
-Where this module departs from the harness (the README's eval section lists each difference):
+Where this module departs from the harness (each difference is listed in
+docs/evaluation.md "Math scoring: the paper's protocol, strict and flexible"):
 - the last-number fallback is not part of extraction here: `extract_final` returns None instead,
   and the caller decides (`evals.scoring.score_math`: only the flexible metric uses it, and never on
   a completion cut by the length limit);

@@ -10,6 +10,8 @@ Both are averaged over problems. Pass@k is computed as a product so it never ove
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 
@@ -47,3 +49,15 @@ def task_metrics(scores: list[list[float]], variant: str = "") -> dict[str, floa
         metrics["num_problems"] = len(scores)
         metrics["num_samples"] = n
     return metrics
+
+
+def pick(metrics: dict, metric: str) -> str | None:
+    """The key of `metric` in a task's metrics: `avg_at_n` (Avg@n, whatever n), `pass_at_n` (the
+    largest k computed: Pass@n), either with a variant suffix (`avg_at_n_flexible`: math's flexible
+    extraction), or an exact name such as `pass_at_1`. `avg_at_n` never picks a variant."""
+    m = re.fullmatch(r"(avg_at_|pass_at_)n(_[a-z]+)?", metric)
+    if m:
+        prefix, suffix = m.group(1), m.group(2) or ""
+        ks = [re.fullmatch(rf"{prefix}(\d+){suffix}", k) for k in metrics]
+        return max((k.group(0) for k in ks if k), key=lambda k: int(re.search(r"\d+", k).group()), default=None)
+    return metric if metric in metrics else None

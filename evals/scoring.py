@@ -110,7 +110,8 @@ def _score_math_fast(job: MathJob) -> Score | None:
     if len(raw) > FAST_MAX_CHARS:
         return None
     pred, ref = clean_prediction(raw), strip_string(job.gold)
-    if pred.strip().lower() == ref.strip().lower() or (parse_digits(pred) is not None and parse_digits(ref) is not None):
+    same_text = pred.strip().lower() == ref.strip().lower()
+    if same_text or (parse_digits(pred) is not None and parse_digits(ref) is not None):
         ok = math_equal(pred, ref)
         return Score(ok, pred, "" if ok else "wrong answer", extractor)
     return None

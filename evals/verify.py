@@ -9,8 +9,8 @@ math-verify's plain-expression extractor, also anchored only ("The answer is 12 
 in words and not in LaTeX is right and TRL's configuration finds no answer there. Anchorless
 extraction stays off, so a number merely mentioned ("she has 7 apples left") is no answer, as in
 the strict scorer. A GSM8K answer line `#### 72` with no other anchored answer counts too, as in
-the strict scorer (math-verify finds it only by its anchorless search). The gold, a bare answer here, is read as inline math (`$gold$`), with
-math-verify's default extractors.
+the strict scorer (math-verify finds it only by its anchorless search). The gold, a bare answer
+here, is read as inline math (`$gold$`), with math-verify's default extractors.
 
 These functions are unbounded (sympy on model output): `evals.scoring.score_math_verify` runs them
 in the bounded worker pool (evals/bounded.py).

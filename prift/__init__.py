@@ -3,6 +3,7 @@
 signals  per-token reference signals (log q, PriFT-mass u), chunked over the vocabulary
 weights  the rule family (uniform / linear / power / threshold / nucleus) x (online / prior signal)
 data     SFT rows -> chat-templated token ids with a response-only mask
+reference  the frozen reference as a scorer: per-token log q and u of a causal LM, batch by batch
 prior    the prior stage: score the data once with the reference, cache the signals
 loss     the weighted NLL, normalised over the accumulated batch's response tokens
 trainer  PriftTrainer (a TRL SFTTrainer) and its collator

@@ -22,7 +22,6 @@ every row of every source is then one conversation tokenized the same way (see D
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import logging
 from dataclasses import asdict, dataclass, field
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import Literal
 
 from common.checks import at_least, items, require
+from common.digest import json_digest
 from common.errors import InputError, listing
 from common.models import chat_prompt_ids
 
@@ -217,7 +217,8 @@ def _reasoning_gym_rows(name: str, size: int) -> list[dict]:
         cot = entry["metadata"].get("answer_cot")
         if cot is None:
             raise DataError(f"data.path: reasoning_gym:{name} entries have no worked solution (metadata.answer_cot)")
-        rows.append({"prompt": entry["question"], "response": f"{cot.strip()}\n\nThe answer is \\boxed{{{entry['answer']}}}."})
+        rows.append({"prompt": entry["question"],
+                     "response": f"{cot.strip()}\n\nThe answer is \\boxed{{{entry['answer']}}}."})
     return rows
 
 
@@ -245,7 +246,8 @@ def _read_local(path: Path, name: str = "data") -> tuple[list[dict], list[str] |
             text = f.read()
         if path.suffix == ".json" and text.lstrip().startswith("["):
             return json.loads(text), None, []
-    except (OSError, ValueError) as e:  # pyarrow's and gzip's errors are OSError/ValueError; JSONDecodeError is a ValueError
+    # pyarrow's and gzip's errors are OSError/ValueError; JSONDecodeError is a ValueError
+    except (OSError, ValueError) as e:
         raise DataError(f"{name}.path: {path}: cannot be read ({type(e).__name__}: {e})") from None
     rows, where, problems = [], [], []
     for lineno, line in enumerate(text.splitlines(), 1):
@@ -402,7 +404,4 @@ def check_chat_tokenizer(tokenizer) -> None:
 def fingerprint_rows(rows: list[dict], cfg: DataConfig) -> str:
     """Content hash of the rows and the formatting settings (the data part of the prior cache key)."""
     settings = asdict(cfg) | {"path": None, "mix": [s | {"path": None} for s in asdict(cfg)["mix"]]}
-    h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
-    for row in rows:
-        h.update(json.dumps(row, sort_keys=True, default=str).encode())
-    return h.hexdigest()
+    return json_digest(settings, *rows)

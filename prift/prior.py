@@ -22,7 +22,6 @@ only on its rows, so the result is the same for any number of workers.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -38,6 +37,7 @@ from common import atomic
 from common.errors import InputError
 from common.precision import PRECISIONS, Precision, resolve_dtype
 from common.checks import at_least, one_of, require
+from common.digest import json_digest
 from prift.data import (
     DataConfig,
     DataError,
@@ -155,7 +155,7 @@ def cache_key(reference: str, tokenizer, data_key: str, data: DataConfig, dtype)
         "max_length": data.max_length,
         "dtype": str(dtype),
     }
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+    return json_digest(parts)[:16]
 
 
 # ----------------------------------------------------------------------------------- shards
@@ -209,7 +209,8 @@ def read_shard_stats(path: Path) -> dict:
 class ShardScorer:
     """Tokenizes and scores shards in one process; the reference loads on the first shard with rows."""
 
-    def __init__(self, model_name: str, reference: str, dtype, device, cfg: PriorConfig, max_length: int, tokenizer=None):
+    def __init__(self, model_name: str, reference: str, dtype, device, cfg: PriorConfig,
+                 max_length: int, tokenizer=None):
         self.reference, self.dtype, self.device, self.cfg, self.max_length = reference, dtype, device, cfg, max_length
         self.tokenizer = tokenizer or load_tokenizer(model_name)
         self._model = None
@@ -312,7 +313,7 @@ def run_prior(model_name: str, data: DataConfig, cfg: PriorConfig, prior_dir: st
         log.info("prior cache hit: %s (reference %s, %d rows); nothing to compute", out, reference, rows)
         return out
 
-    work = out.with_name(key + ".partial")
+    work = atomic.tmp_dir(out, ".partial")  # kept across runs: a rerun scores only the missing shards
     folder = work / "data"
     folder.mkdir(parents=True, exist_ok=True)
     shards = shard_ranges(len(conversations), cfg.shard_rows)
@@ -347,7 +348,7 @@ def run_prior(model_name: str, data: DataConfig, cfg: PriorConfig, prior_dir: st
         "frac_mass_ge_0.5": total["mass_ge_half"] / tokens,
     }
     (work / "meta.json").write_text(json.dumps(meta, indent=2))
-    work.rename(out)  # atomic: the folder named <key> appears complete or not at all
+    atomic.publish_dir(work, out)  # the folder named <key> appears complete or not at all
     log.info("prior stored at %s: %s", out, json.dumps(meta))
     return out
 

@@ -62,7 +62,8 @@ class RewardSpec:
 
 
 def _default_rewards() -> list[RewardSpec]:
-    return [RewardSpec("math_verify"), RewardSpec("choice_answer"), RewardSpec("code_tests"), RewardSpec("label_answer")]
+    return [RewardSpec("math_verify"), RewardSpec("choice_answer"), RewardSpec("code_tests"),
+            RewardSpec("label_answer")]
 
 
 @dataclass(frozen=True)
@@ -140,7 +141,8 @@ class RLStageConfig:
         server = self.server if isinstance(self.server, VLLMServerConfig) else VLLMServerConfig()
         require(
             "rewards: expected at least one reward" if self.rewards == [] else None,
-            *(interval(f"rewards[{i}].weight", r.weight) for i, r in enumerate(items(self.rewards)) if isinstance(r, RewardSpec)),
+            *(interval(f"rewards[{i}].weight", r.weight)
+              for i, r in enumerate(items(self.rewards)) if isinstance(r, RewardSpec)),
             at_least("beta", self.beta, 0),
             positive("epsilon", self.epsilon),
             positive("score_timeout_s", self.score_timeout_s),
@@ -217,7 +219,8 @@ def grpo_args(cfg: RLStageConfig, rollout: str, out_dir: Path, sharding: str = "
     bf16 = use_bf16(cfg)
     vllm = {}
     if rollout.startswith("vllm"):
-        vllm = {"use_vllm": True, "vllm_mode": rollout.removeprefix("vllm_"), "vllm_max_model_length": cfg.max_model_len}
+        vllm = {"use_vllm": True, "vllm_mode": rollout.removeprefix("vllm_"),
+                "vllm_max_model_length": cfg.max_model_len}
         if rollout == "vllm_colocate":
             vllm["vllm_gpu_memory_utilization"] = cfg.vllm_gpu_memory_utilization
         else:
@@ -264,7 +267,8 @@ def run_rl(model: str, cfg: RLStageConfig, out_dir: str | Path, eval_tasks=(), c
         if fallback:
             log.warning("rl.rollout auto: vllm_colocate does not work on this host (%s); using hf rollouts", fallback)
             rollout = "hf"
-    with _process_state_restored(), vllm_server(path, cfg.server, enabled=rollout == "vllm_server" and cfg.server.start):
+    with _process_state_restored(), vllm_server(path, cfg.server,
+                                                enabled=rollout == "vllm_server" and cfg.server.start):
         trainer = _trainer(path, cfg, rollout, out_dir, rows, callbacks, sharding)
         check_sharding(trainer, sharding)
         if rollout == "vllm_colocate":

@@ -104,7 +104,8 @@ def server_placement(stage_cfg, res):
     try:
         ray.get(group.ready())
         log.info("RL stage: trainer %s and vLLM server %s reserved on one node", trainer, server)
-        yield {"scheduling_strategy": PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=TRAINER_BUNDLE)}
+        yield {"scheduling_strategy": PlacementGroupSchedulingStrategy(group,
+                                                                       placement_group_bundle_index=TRAINER_BUNDLE)}
     finally:
         remove_placement_group(group)
 
@@ -188,8 +189,8 @@ def _gpus_after_the_trainers(count: int) -> list[str]:
     if len(ids) < 1 + count:
         raise InputError(
             f"rl.rollout: vllm_server needs {count} GPU(s) besides the trainer's, and {len(ids)} GPU(s) are visible "
-            f"({visible or 'all'}); make more visible (CUDA_VISIBLE_DEVICES), or run it in the pipeline, which reserves "
-            "them through Ray")
+            f"({visible or 'all'}); make more visible (CUDA_VISIBLE_DEVICES), or run it in the pipeline, which "
+            "reserves them through Ray")
     return ids[1:1 + count]
 
 

@@ -93,7 +93,8 @@ def keep_live_weights() -> None:
     vllm_utils.dispatch_cpu_unquantized_gemm = dispatch
 
 
-def probe(model, tokenizer, sync: Callable[[], None], engine_logprobs: Callable[[list[int]], list[float]]) -> str | None:
+def probe(model, tokenizer, sync: Callable[[], None],
+          engine_logprobs: Callable[[list[int]], list[float]]) -> str | None:
     """None if a weight update reaches the engine, else the reason it does not.
 
     `model` is the trainer's model, `sync` pushes its parameters into the engine, `engine_logprobs`

@@ -9,11 +9,10 @@ import logging
 import os
 
 import pytest
+from synthetic_tokenizer import chatml_tokenizer
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 logging.getLogger("transformers").setLevel(logging.ERROR)
-
-from common.synthetic_tokenizer import chatml_tokenizer
 
 
 def make_corpus(n: int = 200) -> list[dict]:
@@ -21,7 +20,8 @@ def make_corpus(n: int = 200) -> list[dict]:
     rows = []
     for i in range(n):
         a, b = (i * 7) % 23 + 1, (i * 5) % 17 + 2
-        rows.append({"prompt": f"What is {a} plus {b}?", "response": f"{a} plus {b} is {a + b}. The answer is {a + b}."})
+        rows.append({"prompt": f"What is {a} plus {b}?",
+                     "response": f"{a} plus {b} is {a + b}. The answer is {a + b}."})
     return rows
 
 

@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from test_pipeline import tiny_pipeline, write
+from helpers import tiny_pipeline, write_config
 from workflows.cli import main
 
 COMMANDS = pytest.mark.parametrize("command", ["validate", "run"])
@@ -38,7 +38,7 @@ def config(tiny_model, sft_file, tmp_path):
 def refused(command: str, config: dict, tmp_path, capsys, *overrides: str) -> str:
     """stderr of a refused command; it must exit 2 and create no run folder (any exception other
     than the InputError the CLI turns into a message would escape `main` and fail the test)."""
-    code = main([command, write(tmp_path, config), *(f"--set={o}" for o in overrides)])
+    code = main([command, write_config(tmp_path, config), *(f"--set={o}" for o in overrides)])
     err = capsys.readouterr().err
     assert code == 2, err
     assert not (tmp_path / "store").exists()
@@ -134,7 +134,8 @@ def test_a_model_folder_that_does_not_exist_is_refused(command, config, tmp_path
 
 
 @COMMANDS
-def test_a_hub_id_offline_says_the_hub_is_unreachable_and_how_to_use_a_local_folder(command, config, tmp_path, capsys, monkeypatch):
+def test_a_hub_id_offline_says_the_hub_is_unreachable_and_how_to_use_a_local_folder(command, config,
+                                                                                    tmp_path, capsys, monkeypatch):
     import huggingface_hub
 
     def offline(*args, **kwargs):
@@ -155,7 +156,8 @@ def test_a_folder_without_config_json_is_refused(command, config, tiny_model, tm
 
 
 @COMMANDS
-def test_a_model_without_chat_template_is_refused_when_sft_formats_chat_turns(command, config, tiny_model, tmp_path, capsys):
+def test_a_model_without_chat_template_is_refused_when_sft_formats_chat_turns(command, config,
+                                                                              tiny_model, tmp_path, capsys):
     folder = shutil.copytree(tiny_model, tmp_path / "model")
     (folder / "chat_template.jinja").unlink(missing_ok=True)
     settings = json.loads((folder / "tokenizer_config.json").read_text())
@@ -177,7 +179,7 @@ def test_preflight_reads_no_weights(config, tiny_model, tmp_path, capsys):
     folder = shutil.copytree(tiny_model, tmp_path / "model")
     (folder / "model.safetensors").write_bytes(b"not a safetensors file")  # reading it would fail
     config["model"] = str(folder)
-    assert main(["validate", write(tmp_path, config)]) == 0, capsys.readouterr().err
+    assert main(["validate", write_config(tmp_path, config)]) == 0, capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- data, tasks, RL prompts, resources
@@ -187,7 +189,8 @@ def test_preflight_reads_no_weights(config, tiny_model, tmp_path, capsys):
 def test_every_bad_line_and_every_bad_row_of_the_data_is_named(command, config, tmp_path, capsys):
     good = json.dumps({"prompt": "q", "response": "a"})
     config["data"]["path"] = jsonl(tmp_path / "d.jsonl", [good, '{"prompt": "q", "response": ', good,
-                                                          json.dumps({"prompt": "q"}), json.dumps({"prompt": 5, "response": "a"})])
+                                                          json.dumps({"prompt": "q"}),
+                                                          json.dumps({"prompt": 5, "response": "a"})])
     err = refused(command, config, tmp_path, capsys)
     assert "d.jsonl:2: not valid JSON" in err
     assert "d.jsonl:4: row 2: missing field 'response'" in err
@@ -253,7 +256,7 @@ def test_the_installed_command_prints_a_message_not_a_traceback(config, tmp_path
     config["data"]["path"] = str(tmp_path / "nope.jsonl")
     repo = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(repo)}
-    done = subprocess.run([sys.executable, "-m", "workflows.run", write(tmp_path, config)], cwd=repo, env=env,
+    done = subprocess.run([sys.executable, "-m", "workflows.run", write_config(tmp_path, config)], cwd=repo, env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr and "sft.learning_rate: got -0.0001" in done.stderr
@@ -280,7 +283,7 @@ def test_a_relative_storage_under_ray_job_submit_is_refused(command, config, tmp
 def test_an_absolute_storage_under_ray_job_submit_is_accepted(config, tmp_path, capsys, monkeypatch):
     """`validate` only: `run` would go on to join the job's Ray, which this environment only imitates."""
     monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps(SUBMITTED))
-    assert main(["validate", write(tmp_path, config)]) == 0, capsys.readouterr().err
+    assert main(["validate", write_config(tmp_path, config)]) == 0, capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- preflight order and the network
@@ -329,7 +332,8 @@ def test_an_unreachable_hub_dataset_is_a_message_naming_it(command, config, tmp_
 
 
 @COMMANDS
-def test_a_network_error_a_loader_lets_through_is_a_message_naming_what_was_fetched(command, config, tmp_path, capsys, monkeypatch):
+def test_a_network_error_a_loader_lets_through_is_a_message_naming_what_was_fetched(command, config,
+                                                                                    tmp_path, capsys, monkeypatch):
     """A loader that does not catch its own network failure (here the SFT data's hub reader, raising
     the way a dropped connection does) still ends in a message, not a traceback."""
     import prift.data

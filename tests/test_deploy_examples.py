@@ -1,4 +1,4 @@
-"""The scheduling examples the README points to parse, and name commands, configs and overrides
+"""The scheduling examples docs/pipeline.md points to parse, and name commands, configs and overrides
 this repository accepts."""
 
 import importlib.util
@@ -33,13 +33,14 @@ def test_the_kuberay_rayjob_manifest_parses_and_runs_a_real_config(monkeypatch):
     cfg = load_config(in_repo, overrides)
     assert cfg.pipeline.storage == "/mnt/shared/prift-runs" and storage_problem(cfg.pipeline) is None
 
-    mounts = [c["volumeMounts"] for group in [spec["rayClusterSpec"]["headGroupSpec"], *spec["rayClusterSpec"]["workerGroupSpecs"]]
+    mounts = [c["volumeMounts"] for group in [spec["rayClusterSpec"]["headGroupSpec"],
+                                              *spec["rayClusterSpec"]["workerGroupSpecs"]]
               for c in group["template"]["spec"]["containers"]]
     assert all(any(cfg.pipeline.storage.startswith(m["mountPath"] + "/") for m in ms) for ms in mounts)
 
 
-def test_the_readme_cron_line_runs_a_shipped_config():
-    lines = [line for line in (REPO / "README.md").read_text().splitlines() if line.startswith("0 2 * * * ")]
+def test_the_documented_cron_line_runs_a_shipped_config():
+    lines = [line for line in (REPO / "docs" / "pipeline.md").read_text().splitlines() if line.startswith("0 2 * * * ")]
     assert len(lines) == 1
     words = shlex.split(lines[0].split(" && ", 1)[1])
     prift = words.index(".venv/bin/prift")

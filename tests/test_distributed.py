@@ -5,18 +5,7 @@ import json
 import pytest
 import torch
 
-from test_pipeline import mlflow_runs, tiny_pipeline, write
-
-
-def trained_logs(run_dir, step) -> list[dict]:
-    state = json.loads((run_dir / "checkpoints" / f"checkpoint-{step}" / "trainer_state.json").read_text())
-    return [h for h in state["log_history"] if "loss" in h]
-
-
-def weights(folder):
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(folder).state_dict()
+from helpers import mlflow_runs, tiny_pipeline, trained_logs, weights, write_config
 
 
 @pytest.mark.slow
@@ -34,7 +23,8 @@ def test_two_workers_step_exactly_like_one_with_the_same_global_batch(tiny_model
     # prift_prob: the weights come from the prior, so a rank that normalised by its own tokens, or
     # saw another share of the global batch, would give a different loss and a different update
     common = dict(method="prift_prob", max_steps=3, learning_rate=3e-3, warmup_ratio=0.0, logging_steps=1, save_steps=3)
-    run_sft(tiny_model, data, prior, SFTStageConfig(per_device_batch_size=8, **common), tmp_path / "one", tmp_path / "prior")
+    run_sft(tiny_model, data, prior, SFTStageConfig(per_device_batch_size=8, **common),
+            tmp_path / "one", tmp_path / "prior")
     two = SFTStageConfig(per_device_batch_size=4, **common)
     ray.init(num_cpus=2, include_dashboard=True)  # Ray Train watches its controller through it
     try:
@@ -65,7 +55,7 @@ def test_pipeline_trains_sft_and_grpo_on_two_workers(tiny_model, sft_file, tmp_p
     config = tiny_pipeline(tiny_model, sft_file, storage, methods=["prift_mass"],
                            stages={"eval": False}, resources={"sft": two, "rl": two})
     config["sft"]["per_device_batch_size"] = 4  # the global batch stays 8
-    assert main(["run", write(tmp_path, config)]) == 0
+    assert main(["run", write_config(tmp_path, config)]) == 0
 
     (run,) = [p for p in (storage / "tiny").iterdir() if p.name.startswith("prift_mass")]
     assert json.loads((run / "sft" / "final" / "prift_sft.json").read_text())["world_size"] == 2

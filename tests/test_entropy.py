@@ -15,7 +15,7 @@ from evals.entropy import completion_entropies
 from evals.generate import SamplingConfig
 from evals.stage import EvalStageConfig, run_eval
 from evals.tasks import TaskSpec, load_examples
-from tests.test_eval_stage import Scripted
+from helpers import Scripted
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +72,8 @@ def test_entropies_equal_those_of_the_distributions_generate_sampled_from(sharp_
                                do_sample=True, temperature=1.0, top_p=1.0, top_k=None, max_new_tokens=12,
                                min_new_tokens=12, output_logits=True, return_dict_in_generate=True, pad_token_id=0)
     completion = out.sequences[0, len(prompt):].tolist()
-    stepwise = [float(-(torch.softmax(s[0].double(), -1) * torch.log_softmax(s[0].double(), -1)).sum()) for s in out.logits]
+    stepwise = [float(-(torch.softmax(s[0].double(), -1) * torch.log_softmax(s[0].double(), -1)).sum())
+                for s in out.logits]
     (ours,) = completion_entropies(sharp_model, [prompt], [completion], progress=False)
     np.testing.assert_allclose(ours, stepwise, atol=2e-4)
 

@@ -10,18 +10,13 @@ from transformers import AutoConfig
 
 import evals.generate
 from evals import bounded
-from evals.generate import Completion, Generator, HFGenerator, SamplingConfig, chat_ids
+from evals.generate import Generator, HFGenerator, SamplingConfig, chat_ids
 from evals.sandbox import Sandbox, SandboxConfig
 from evals.stage import EvalStageConfig, check_eval_inputs, run_eval, score_task
 from evals.tasks import TASKS, TaskError, TaskSpec, load_examples
 from common.models import load_tokenizer
+from helpers import Scripted, written
 from workflows.cli import main
-
-
-def written(tokenizer, text: str, finish: str = "stop") -> Completion:
-    """A completion as a backend returns it: the text with the token ids it was decoded from."""
-    ids = tuple(tokenizer(text, add_special_tokens=False)["input_ids"])
-    return Completion(text, len(ids), finish, ids)
 
 
 class Oracle(Generator):
@@ -59,19 +54,6 @@ def test_scores_and_metrics_follow_the_completions(tiny_model, tmp_path, monkeyp
     assert len(rows) == 16 and sum(r["score"] for r in rows) == 6
     assert {r["reason"] for r in rows if r["score"] == 0} == {"wrong answer"}
     assert summary["domains"]["math"]["avg_at_4"] == m["avg_at_4"]
-
-
-class Scripted(Generator):
-    """The same (text, finish_reason) completions for every prompt."""
-
-    backend = "scripted"
-
-    def __init__(self, model, outs):
-        super().__init__(model)
-        self.outs = outs
-
-    def generate(self, prompts, sampling, stop=()):
-        return [[written(self.tokenizer, text, finish) for text, finish in self.outs] for _ in prompts]
 
 
 def test_math_reports_strict_and_flexible_and_credits_no_truncated_guess(tiny_model, tmp_path, monkeypatch):

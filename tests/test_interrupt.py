@@ -19,7 +19,7 @@ from common.checkpoints import MARKER, DriverWatch, latest_complete_checkpoint
 from prift.data import DataConfig
 from prift.prior import PriorConfig
 from prift.sft import SFTStageConfig, run_sft
-from test_pipeline import mlflow_runs, tiny_pipeline, write
+from helpers import mlflow_runs, tiny_pipeline, write_config
 from workflows.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,12 +38,13 @@ def hold_in_subprocess(sweep: Path) -> subprocess.Popen:
 # ---------------------------------------------------------------- one driver per sweep
 
 
-def test_a_second_driver_on_the_same_sweep_is_refused_naming_the_first(tiny_model, sft_file, tmp_path, capsys, monkeypatch):
+def test_a_second_driver_on_the_same_sweep_is_refused_naming_the_first(tiny_model, sft_file,
+                                                                       tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(lease, "LOCK_WAIT_S", 0.3)
     config = tiny_pipeline(tiny_model, sft_file, tmp_path / "store", methods=["sft"])
     config["pipeline"]["stages"] = {"rl": False, "eval": False}
     with DriverLease(tmp_path / "store" / "tiny"):
-        assert main(["run", write(tmp_path, config)]) == 2
+        assert main(["run", write_config(tmp_path, config)]) == 2
     err = capsys.readouterr().err
     assert "another driver is running this sweep" in err and f"pid {os.getpid()}" in err
 
@@ -246,7 +247,8 @@ def _gone_after(processes: list, started: float, limit_s: float) -> float:
 
 
 @pytest.mark.slow
-def test_kill_9_during_sft_leaves_no_writer_and_the_rerun_resumes_with_each_step_once(tiny_model, sft_file, tmp_path, monkeypatch):
+def test_kill_9_during_sft_leaves_no_writer_and_the_rerun_resumes_with_each_step_once(tiny_model,
+                                                                                      sft_file, tmp_path, monkeypatch):
     """The driver dies mid-SFT: within seconds no Ray process of the run is left, no write starts in
     the sweep after the kill (one under way may finish: an MLflow log, or a checkpoint that is then
     never marked complete), the same command again resumes from a checkpoint that was complete
@@ -256,9 +258,10 @@ def test_kill_9_during_sft_leaves_no_writer_and_the_rerun_resumes_with_each_step
     config = tiny_pipeline(tiny_model, sft_file, storage, methods=["prift_mass"], eval_models=["sft"])
     config["sft"] |= {"max_steps": 60, "save_steps": 2}
     config["pipeline"]["stages"] = {"rl": False}
-    cmd = [sys.executable, "-m", "workflows.run", write(tmp_path, config)]
+    cmd = [sys.executable, "-m", "workflows.run", write_config(tmp_path, config)]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    first = subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 300
         while not list(storage.glob(f"tiny/prift_mass-*/sft/checkpoints/checkpoint-4/{MARKER}")):
@@ -280,7 +283,8 @@ def test_kill_9_during_sft_leaves_no_writer_and_the_rerun_resumes_with_each_step
     step = lambda name: int(name.rsplit("-", 1)[1])  # noqa: E731
     # a save under way at the kill may still rotate out an older checkpoint (save_total_limit)
     assert all(step(gone) < max(map(step, complete)) for gone in checkpoints - after), (checkpoints, after)
-    late = {p: p.stat().st_mtime - killed_at for p in storage.rglob("*") if p.is_file() and p.stat().st_mtime > killed_at}
+    late = {p: p.stat().st_mtime - killed_at
+            for p in storage.rglob("*") if p.is_file() and p.stat().st_mtime > killed_at}
     print(f"written after the kill: { {str(p.relative_to(storage)): round(t, 3) for p, t in late.items()} }")
     for path in late:  # only writes under way at the kill: MLflow's last log, or a save never marked complete
         assert path.name.startswith("mlflow.db") or (path.parent.name in checkpoints - complete), path

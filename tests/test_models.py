@@ -21,7 +21,8 @@ def test_converted_folder_gives_the_gguf_models_logits(tmp_path, monkeypatch):
     assert not folder.with_name(folder.name + ".tmp").exists()
 
     tokenizer = load_tokenizer("smollm2-135m-instruct")
-    ids = tokenizer.apply_chat_template([{"role": "user", "content": "What is 2+3?"}], add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": "What is 2+3?"}], add_generation_prompt=True,
+                                        return_tensors="pt", return_dict=True)["input_ids"]
     converted = load_causal_lm("smollm2-135m-instruct").eval()
     original = AutoModelForCausalLM.from_pretrained(src, gguf_file=gguf_file, dtype=torch.float32).eval()
     with torch.no_grad():

@@ -7,24 +7,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import yaml
 from transformers import AutoConfig
 
+from helpers import mlflow_runs, tiny_pipeline, write_config
 from workflows.cli import main
-
-
-def tiny_pipeline(tiny_model, sft_file, storage, **pipeline) -> dict:
-    return {
-        "model": tiny_model,
-        "data": {"path": sft_file, "max_length": 64},
-        "sft": {"max_steps": 4, "per_device_batch_size": 8, "learning_rate": 3e-3, "save_steps": 2, "logging_steps": 1},
-        "rl": {"prompts": {"generators": [{"size": 16}]}, "rewards": [{"name": "math_answer"}], "rollout": "hf",
-               "num_generations": 4, "per_device_batch_size": 8, "max_completion_length": 8, "max_steps": 2,
-               "logging_steps": 1, "save_steps": 2, "learning_rate": 1e-3},
-        "eval": {"tasks": [{"name": "gsm8k", "limit": 2}, {"name": "mmlu_medical", "limit": 2}],
-                 "backend": "hf", "sampling": {"n": 2, "temperature": 1.0, "max_new_tokens": 8}},
-        "pipeline": {"experiment": "tiny", "storage": str(storage), "methods": ["sft", "prift_mass"], "seeds": [0], **pipeline},
-    }
 
 
 def sft_digest(path) -> str:
@@ -33,31 +19,18 @@ def sft_digest(path) -> str:
 
     from prift.data import DataConfig
 
-    h = hashlib.sha256(json.dumps(asdict(DataConfig(path=path, max_length=64)) | {"path": None}, sort_keys=True).encode())
+    settings = asdict(DataConfig(path=path, max_length=64)) | {"path": None}
+    h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
     for line in Path(path).read_text().splitlines():
         h.update(json.dumps(json.loads(line), sort_keys=True).encode())
     return h.hexdigest()[:16]
-
-
-def write(tmp_path, config) -> str:
-    path = tmp_path / "pipeline.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return str(path)
-
-
-def mlflow_runs(storage):
-    import mlflow
-
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{storage / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("tiny")
-    return client, client.search_runs([experiment.experiment_id], max_results=1000)
 
 
 @pytest.mark.slow
 def test_whole_pipeline_outputs_manifest_and_mlflow(tiny_model, sft_file, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     storage = tmp_path / "store"
-    path = write(tmp_path, tiny_pipeline(tiny_model, sft_file, storage))
+    path = write_config(tmp_path, tiny_pipeline(tiny_model, sft_file, storage))
     assert main(["run", path]) == 0
     printed = capsys.readouterr().out
     assert "Avg@n (%) per task" in printed
@@ -74,11 +47,13 @@ def test_whole_pipeline_outputs_manifest_and_mlflow(tiny_model, sft_file, tmp_pa
             "sft": "done", "rl": "done", "eval_sft": "done", "eval_rl": "done"}
         for model in ("sft", "rl"):
             assert (run / model / "final" / "config.json").exists()
-            assert set(json.loads((run / "eval" / model / "summary.json").read_text())["tasks"]) == {"gsm8k", "mmlu_medical"}
+            summary = json.loads((run / "eval" / model / "summary.json").read_text())
+            assert set(summary["tasks"]) == {"gsm8k", "mmlu_medical"}
 
     client, all_runs = mlflow_runs(storage)
     assert client.get_experiment_by_name("tiny").tags["mlflow.experimentKind"] == "custom_model_development"
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
+                            capture_output=True, text=True).stdout.strip()
     assert {r.data.tags["mlflow.source.git.commit"] for r in all_runs} == {commit}  # every run, parents and stages
     parents = [r for r in all_runs if "mlflow.parentRunId" not in r.data.tags]
     assert sorted(r.info.run_name for r in parents) == ["base", "prift_mass · seed 0", "sft · seed 0"]
@@ -91,14 +66,18 @@ def test_whole_pipeline_outputs_manifest_and_mlflow(tiny_model, sft_file, tmp_pa
         assert sorted(r.data.tags["stage"] for r in children) == ["eval_rl", "eval_sft", "rl", "sft"]
         assert parent.data.tags["status"] == "finished"
         assert "eval/rl/gsm8k/avg_at_2" in parent.data.metrics
-        assert not [k for k in parent.data.metrics if k.startswith("eval/base/")]  # the base's scores are not the method's
+        # the base's scores are not the method's
+        assert not [k for k in parent.data.metrics if k.startswith("eval/base/")]
         assert "eval/rl/gsm8k/avg_at_2_flexible" in parent.data.metrics  # math: strict and flexible
-        assert 0 < parent.data.metrics["eval/rl/gsm8k/mean_token_entropy"] < math.log(AutoConfig.from_pretrained(tiny_model).vocab_size)
+        vocab = AutoConfig.from_pretrained(tiny_model).vocab_size
+        assert 0 < parent.data.metrics["eval/rl/gsm8k/mean_token_entropy"] < math.log(vocab)
         assert "eval/rl/mmlu_medical/avg_at_2_flexible" not in parent.data.metrics
         inputs = {r.data.tags["stage"]: {(i.dataset.name, {t.key: t.value for t in i.tags}["mlflow.data.context"])
-                                         for i in client.get_run(r.info.run_id).inputs.dataset_inputs} for r in children}
+                                         for i in client.get_run(r.info.run_id).inputs.dataset_inputs}
+                  for r in children}
         assert inputs == {"sft": {("sft.jsonl", "training")}, "rl": {("rl_prompts", "training")},
-                          **{s: {("gsm8k", "evaluation"), ("mmlu_medical", "evaluation")} for s in ("eval_sft", "eval_rl")}}
+                          **{s: {("gsm8k", "evaluation"),
+                                 ("mmlu_medical", "evaluation")} for s in ("eval_sft", "eval_rl")}}
         sft_data = next(i.dataset for r in children if r.data.tags["stage"] == "sft"
                         for i in client.get_run(r.info.run_id).inputs.dataset_inputs)
         assert sft_data.digest == sft_digest(sft_file)
@@ -123,8 +102,8 @@ def test_whole_pipeline_outputs_manifest_and_mlflow(tiny_model, sft_file, tmp_pa
 
 
 @pytest.mark.slow
-def test_a_failing_stage_is_recorded_everywhere_and_the_driver_exits_1(tiny_model, sft_file, tmp_path, capsys, monkeypatch,
-                                                                         child_python_runs):
+def test_a_failing_stage_is_recorded_everywhere_and_the_driver_exits_1(tiny_model, sft_file, tmp_path, capsys,
+                                                                       monkeypatch, child_python_runs):
     """The RL stage raises inside its Ray worker (code the workers run at start replaces run_rl)."""
     child_python_runs(
         "try:\n    import rl.grpo\nexcept Exception:\n    pass\nelse:\n"
@@ -135,7 +114,7 @@ def test_a_failing_stage_is_recorded_everywhere_and_the_driver_exits_1(tiny_mode
     config = tiny_pipeline(tiny_model, sft_file, storage, methods=["sft"], eval_models=["base", "rl"])
     config["eval"]["tasks"] = [{"name": "gsm8k", "limit": 1}]
     config["sft"]["max_steps"] = 2
-    assert main(["run", write(tmp_path, config)]) == 1
+    assert main(["run", write_config(tmp_path, config)]) == 1
     out = capsys.readouterr()
     assert "FAILED in rl: RuntimeError: injected failure" in out.out and "base: done" in out.out
     assert "1 run(s) failed: sft/s0" in out.err
@@ -144,13 +123,15 @@ def test_a_failing_stage_is_recorded_everywhere_and_the_driver_exits_1(tiny_mode
     run = next(p for p in root.iterdir() if p.name.startswith("sft-"))
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["stages"]["sft"]["status"] == "done"
-    assert manifest["stages"]["rl"] == manifest["stages"]["rl"] | {"status": "failed", "error": "RuntimeError: injected failure"}
+    assert manifest["stages"]["rl"] == manifest["stages"]["rl"] | {"status": "failed",
+                                                                   "error": "RuntimeError: injected failure"}
     assert (manifest["status"], manifest["failed_stage"]) == ("failed", "rl")
 
     _, all_runs = mlflow_runs(storage)
     assert "RUNNING" not in {r.info.status for r in all_runs}
     status = {r.data.tags.get("stage") or f"parent {r.data.tags['method']}": r.info.status for r in all_runs}
-    assert status == {"parent base": "FINISHED", "eval_base": "FINISHED", "parent sft": "FAILED", "sft": "FINISHED", "rl": "FAILED"}
+    assert status == {"parent base": "FINISHED", "eval_base": "FINISHED", "parent sft": "FAILED",
+                      "sft": "FINISHED", "rl": "FAILED"}
     parent = next(r for r in all_runs if r.data.tags.get("method") == "sft" and "mlflow.parentRunId" not in r.data.tags)
     assert parent.data.tags["failed_stage"] == "rl" and "injected failure" in parent.data.tags["error"]
 
@@ -180,7 +161,8 @@ def check_report(root, runs, storage):
             for task in ("gsm8k", "mmlu_medical"):
                 value = json.loads((run / "eval" / model / task / "metrics.json").read_text())["metrics"]["avg_at_2"]
                 assert table[f"{method} ({label})"][task] == f"{100 * value:.1f}"
-                rows = [json.loads(line) for line in (run / "eval" / model / task / "samples.jsonl").read_text().splitlines()]
+                samples = (run / "eval" / model / task / "samples.jsonl").read_text()
+                rows = [json.loads(line) for line in samples.splitlines()]
                 per_problem = {}
                 for row in rows:
                     if row["mean_token_entropy"] is not None:
@@ -189,12 +171,15 @@ def check_report(root, runs, storage):
                 assert entropy[f"{method} ({label})"][task] == f"{expected:.2f}"
         assert f"| {run.name} | done; rl: no learning signal" in report
     drift = json.loads((root / "report" / "drift.json").read_text())
-    assert sorted((d["method"], d["stage"]) for d in drift) == [("prift_mass", "rl"), ("prift_mass", "sft"), ("sft", "rl"), ("sft", "sft")]
+    assert sorted((d["method"], d["stage"]) for d in drift) == [("prift_mass", "rl"), ("prift_mass", "sft"),
+                                                                ("sft", "rl"), ("sft", "sft")]
     assert all(v > 0 for d in drift for v in d["kl"].values())  # every checkpoint moved off the base
     client, all_runs = mlflow_runs(storage)
-    for parent in [r for r in all_runs if r.data.tags.get("method") in ("sft", "prift_mass") and "mlflow.parentRunId" not in r.data.tags]:
+    for parent in [r for r in all_runs
+                   if r.data.tags.get("method") in ("sft", "prift_mass") and "mlflow.parentRunId" not in r.data.tags]:
         assert "report/report.md" in [a.path for a in client.list_artifacts(parent.info.run_id, "report")]
-        kl = {(d["stage"], s): v for d in drift if d["method"] == parent.data.tags["method"] for s, v in d["kl"].items()}
+        kl = {(d["stage"], s): v
+              for d in drift if d["method"] == parent.data.tags["method"] for s, v in d["kl"].items()}
         assert {k: v for k, v in parent.data.metrics.items() if k.startswith("drift/")} == {
             f"drift/kl_{s}/{stage}": v for (stage, s), v in kl.items()}
 
@@ -204,23 +189,23 @@ def test_bad_pipeline_configs_fail_fast_listing_every_problem(tiny_model, sft_fi
     config["pipeline"]["methodz"] = ["sft"]
     config["sft"]["max_steps"] = "four"
     config["pipeline"]["resources"] = {"sft": {"gpus": "one"}}
-    assert main(["validate", write(tmp_path, config)]) == 2
+    assert main(["validate", write_config(tmp_path, config)]) == 2
     err = capsys.readouterr().err
     assert "pipeline.methodz: unknown key" in err and "sft.max_steps: got 'four'" in err
     assert "pipeline.resources.sft.gpus: got 'one'" in err
 
     config = tiny_pipeline(tiny_model, sft_file, tmp_path / "store", resources={"eval": {"workers": 2}})
-    assert main(["validate", write(tmp_path, config)]) == 2
+    assert main(["validate", write_config(tmp_path, config)]) == 2
     assert "eval.workers: only sft and rl train on several workers" in capsys.readouterr().err
 
     # GPUs the local cluster lacks: refused once Ray reports its resources, before any stage runs
     gpus = tiny_pipeline(tiny_model, sft_file, tmp_path / "store", resources={"rl": {"gpus": 1, "workers": 64}})
-    assert main(["run", write(tmp_path, gpus)]) == 2
+    assert main(["run", write_config(tmp_path, gpus)]) == 2
     assert "pipeline.resources.rl: 64 worker(s) x 1 GPU" in capsys.readouterr().err
     assert not (tmp_path / "store").exists()
 
     missing = tiny_pipeline(tiny_model, str(tmp_path / "nope.jsonl"), tmp_path / "store")
-    assert main(["run", write(tmp_path, missing)]) == 2
+    assert main(["run", write_config(tmp_path, missing)]) == 2
     assert "nope.jsonl" in capsys.readouterr().err
     assert not (tmp_path / "store").exists()  # nothing was started
 
@@ -228,7 +213,7 @@ def test_bad_pipeline_configs_fail_fast_listing_every_problem(tiny_model, sft_fi
 def test_preflight_refuses_a_context_budget_the_model_cannot_hold(tiny_model, sft_file, tmp_path, capsys):
     config = tiny_pipeline(tiny_model, sft_file, tmp_path / "store")
     config["eval"]["sampling"]["max_new_tokens"] = 512  # the tiny model's whole context
-    assert main(["run", write(tmp_path, config)]) == 2
+    assert main(["run", write_config(tmp_path, config)]) == 2
     err = capsys.readouterr().err
     assert "gsm8k: the longest prompt" in err and "+ max_new_tokens 512" in err and "context of 512 tokens" in err
     assert not (tmp_path / "store").exists()  # refused before Ray, MLflow or any model
@@ -253,7 +238,7 @@ def test_ray_job_submit_runs_the_pipeline_on_a_cluster(tiny_model, sft_file, tmp
     storage = tmp_path / "store"
     config = tiny_pipeline(tiny_model, sft_file, storage, methods=["sft"], eval_models=["sft"])
     config["pipeline"]["stages"] = {"rl": False}
-    path = write(tmp_path, config)
+    path = write_config(tmp_path, config)
     bin_dir = str(Path(sys.executable).parent)
     # Token auth, which Ray 2.60 turns on for local clusters: the cluster, the job and the client
     # read one token, kept in the test's folder rather than ~/.ray.
@@ -269,7 +254,8 @@ def test_ray_job_submit_runs_the_pipeline_on_a_cluster(tiny_model, sft_file, tmp
                    capture_output=True)
     try:
         env["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{dashboard}"
-        job = subprocess.run([ray, "job", "submit", "--working-dir", str(repo), "--", "python", "-m", "workflows.run", path],
+        job = subprocess.run([ray, "job", "submit", "--working-dir", str(repo), "--", "python",
+                              "-m", "workflows.run", path],
                              env=env, cwd=repo, capture_output=True, text=True, timeout=900)
         assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
         assert "succeeded" in (job.stdout + job.stderr).lower()

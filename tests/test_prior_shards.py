@@ -18,7 +18,8 @@ def per_row_reference(conversations, tokenizer, max_length):
     right truncation, rows with no response token left dropped."""
     out = []
     for i, (messages, response) in enumerate(conversations):
-        prompt = list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False))
+        prompt = list(tokenizer.apply_chat_template(messages, add_generation_prompt=True,
+                                                    tokenize=True, return_dict=False))
         resp = tokenizer.encode(response, add_special_tokens=False) + [tokenizer.eos_token_id]
         ids = (prompt + resp)[:max_length]
         if len(ids) > len(prompt):
@@ -89,7 +90,8 @@ def test_a_rerun_after_an_interruption_scores_only_the_missing_shards(tiny_model
     assert len(list((tmp_path / "resumed" / f"{whole.name}.partial" / "data").glob("*.arrow"))) == 3
 
     rerun = []
-    monkeypatch.setattr(ShardScorer, "score_shard", lambda self, c, start, p: (rerun.append(start), real(self, c, start, p)))
+    monkeypatch.setattr(ShardScorer, "score_shard",
+                        lambda self, c, start, p: (rerun.append(start), real(self, c, start, p)))
     resumed = run_prior(tiny_model, data, cfg, tmp_path / "resumed")
     assert sorted(rerun) == [18, 24, 30, 36] and calls == [0, 6, 12]
     assert not list(resumed.glob("data/*.tmp")) and not resumed.with_name(f"{whole.name}.partial").exists()
@@ -99,7 +101,8 @@ def test_a_rerun_after_an_interruption_scores_only_the_missing_shards(tiny_model
 
 
 @pytest.mark.slow  # two spawned processes each import torch and transformers: ~40 s on 2 busy cores
-def test_two_worker_processes_store_what_one_does_and_match_a_float64_forward(tiny_model, corpus_file, tmp_path, caplog):
+def test_two_worker_processes_store_what_one_does_and_match_a_float64_forward(tiny_model,
+                                                                              corpus_file, tmp_path, caplog):
     data = DataConfig(path=corpus_file, max_length=48)
     one = run_prior(tiny_model, data, PriorConfig(shard_rows=7, batch_tokens=120, workers=1), tmp_path / "one")
     with caplog.at_level(logging.INFO, logger="prift.prior"):
@@ -118,12 +121,14 @@ def test_two_worker_processes_store_what_one_does_and_match_a_float64_forward(ti
         torch.testing.assert_close(torch.tensor(lp[1:], dtype=torch.float64)[resp], want[resp], atol=1e-5, rtol=1e-5)
 
 
-def test_stored_shards_are_memory_mapped_and_a_stale_shard_of_another_size_is_dropped(tiny_model, corpus_file, tmp_path):
+def test_stored_shards_are_memory_mapped_and_a_stale_shard_of_another_size_is_dropped(tiny_model, corpus_file,
+                                                                                      tmp_path):
     data = DataConfig(path=corpus_file, max_length=48)
     folder = run_prior(tiny_model, data, PriorConfig(shard_rows=16), tmp_path / "p")
     table = load_prior(folder)
     assert len(table.cache_files) == 3 and all("/data/shard-" in f["filename"] for f in table.cache_files)
-    assert table.features["input_ids"].feature.dtype == "int32" and table.features["prior_mass"].feature.dtype == "float32"
+    assert table.features["input_ids"].feature.dtype == "int32"
+    assert table.features["prior_mass"].feature.dtype == "float32"
 
     # a partial folder written with shard_rows=16, resumed with shard_rows=10: no old shard is reused
     key = folder.name

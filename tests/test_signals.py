@@ -52,7 +52,8 @@ def test_argmax_has_mass_one_and_least_likely_has_its_own_probability():
 
 
 def test_extreme_logits_stay_finite_and_exact():
-    logits = torch.tensor([[1e4, -1e4, 0.0, 9999.0], [-1e30, -1e30, -1e30, -1e30 + 1e24], [-80.0, -90.0, -100.0, -85.0]])
+    logits = torch.tensor([[1e4, -1e4, 0.0, 9999.0], [-1e30, -1e30, -1e30, -1e30 + 1e24],
+                           [-80.0, -90.0, -100.0, -85.0]])
     targets = torch.tensor([3, 0, 2])
     lp, u = token_signals(logits, targets, vocab_chunk=2)
     ref_lp, ref_u = brute_force(logits, targets)

@@ -31,7 +31,8 @@ def write_jsonl(path, rows):
         ({"prompt": "q"}, "row 2: missing field 'response'"),
         ({"prompt": "q", "response": "   "}, "row 2: field 'response' is empty"),
         ({"prompt": 5, "response": "a"}, "row 2: field 'prompt' must be a string, got int"),
-        ({"messages": [{"role": "user", "content": "q"}, {"role": "user", "content": "a"}]}, "must end with an assistant"),
+        ({"messages": [{"role": "user", "content": "q"}, {"role": "user", "content": "a"}]},
+         "must end with an assistant"),
     ],
 )
 def test_malformed_rows_fail_with_row_and_field_before_any_model_loads(tmp_path, bad_row, message):
@@ -71,7 +72,8 @@ def test_second_prior_run_is_a_logged_no_op(tiny_model, sft_file, tmp_path, capl
 @pytest.mark.parametrize("model_type", ["llama", "qwen2"])
 def test_stored_signals_equal_the_full_forward_scored_row_by_row(tmp_path, model_type, sft_file):
     model_dir = build_tiny_model(tmp_path / model_type, seed=3, model_type=model_type)
-    folder = run_prior(model_dir, DataConfig(path=sft_file, max_length=64), PriorConfig(batch_tokens=200, row_chunk=7, vocab_chunk=50, precision="fp32"), tmp_path / "p")
+    folder = run_prior(model_dir, DataConfig(path=sft_file, max_length=64),
+                       PriorConfig(batch_tokens=200, row_chunk=7, vocab_chunk=50, precision="fp32"), tmp_path / "p")
     stored = load_prior(folder)
     model = load_causal_lm(model_dir).eval()
     for row in stored.select(range(5)):  # unpadded, one row at a time, full logits
@@ -183,7 +185,8 @@ def test_cli_prior_then_sft_learns_and_the_final_folder_generates(tiny_model, sf
 
     tok = AutoTokenizer.from_pretrained(final)
     model = AutoModelForCausalLM.from_pretrained(final)
-    prompt = tok.apply_chat_template([{"role": "user", "content": "What is 3 plus 4?"}], add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    prompt = tok.apply_chat_template([{"role": "user", "content": "What is 3 plus 4?"}], add_generation_prompt=True,
+                                     return_tensors="pt", return_dict=True)
     out = model.generate(**prompt, max_new_tokens=8, do_sample=False)
     assert out.shape[1] > prompt["input_ids"].shape[1]
 

@@ -39,13 +39,15 @@ def write_jsonl(path, rows):
 
 
 def test_hub_schemas_normalise_like_the_packaged_ones(tmp_path):
-    medmcqa = write_jsonl(tmp_path / "m.jsonl", [{"question": "Q?", "opa": "w", "opb": "x", "opc": "y", "opd": "z", "cop": 2}])
+    medmcqa = write_jsonl(tmp_path / "m.jsonl",
+                          [{"question": "Q?", "opa": "w", "opb": "x", "opc": "y", "opd": "z", "cop": 2}])
     gsm = write_jsonl(tmp_path / "g.jsonl", [{"question": "2+2?", "answer": "2+2=4\n#### 1,004"}])
     mmlu = write_jsonl(tmp_path / "u.jsonl", [
         {"question": "Q", "choices": ["a", "b", "c", "d"], "answer": 3, "subject": "anatomy"},
         {"question": "Q", "choices": ["a", "b", "c", "d"], "answer": 0, "subject": "astronomy"},
     ])
-    pubmed = write_jsonl(tmp_path / "p.jsonl", [{"question": "Q?", "context": {"contexts": ["c1", "c2"]}, "final_decision": "Maybe"}])
+    pubmed = write_jsonl(tmp_path / "p.jsonl",
+                         [{"question": "Q?", "context": {"contexts": ["c1", "c2"]}, "final_decision": "Maybe"}])
     assert load_examples(TaskSpec("medmcqa", source=medmcqa))[0].gold == "C"
     assert load_examples(TaskSpec("gsm8k", source=gsm))[0].gold == "1004"
     assert [e.gold for e in load_examples(TaskSpec("mmlu_medical", source=mmlu))] == ["D"]  # astronomy dropped
@@ -88,8 +90,10 @@ def test_generated_tasks_are_seeded_sized_and_scored_by_the_generators_own_answe
     spec = TaskSpec("rg_basic_arithmetic", limit=20, seed=7, options=options)
     examples = load_examples(spec)
     assert len(examples) == 20 and examples == load_examples(spec)
-    assert [e.gold for e in examples] != [e.gold for e in load_examples(TaskSpec("rg_basic_arithmetic", limit=20, seed=8, options=options))]
-    direct = reasoning_gym.create_dataset("basic_arithmetic", size=20, seed=7, min_terms=2, max_terms=2, max_digits=2, operators=("+",))
+    other_seed = load_examples(TaskSpec("rg_basic_arithmetic", limit=20, seed=8, options=options))
+    assert [e.gold for e in examples] != [e.gold for e in other_seed]
+    direct = reasoning_gym.create_dataset("basic_arithmetic", size=20, seed=7, min_terms=2, max_terms=2, max_digits=2,
+                                          operators=("+",))
     for ex, row in zip(examples, direct):
         assert ex.meta["problem"] == row["question"] and ex.prompt.endswith("within \\boxed{}.")
         assert direct.score_answer(ex.gold, row) == 1.0  # reasoning-gym's own scorer takes our gold
@@ -113,6 +117,7 @@ def test_a_generated_eval_problem_that_is_an_rl_prompt_is_refused_under_any_temp
     rows = build_rows(PromptsConfig(generators=[GeneratorSpec(size=64, options=one_digit)],
                                     template="{problem}\nAnswer within \\boxed{}."))
     # one-digit sums have 100 problems at most: 50 more from another seed must repeat some of the 64
-    with pytest.raises(TaskError, match=r"RL prompt\(s\) are evaluation prompts: rg_basic_arithmetic row basic_arithmetic/1000/"):
+    refused = r"RL prompt\(s\) are evaluation prompts: rg_basic_arithmetic row basic_arithmetic/1000/"
+    with pytest.raises(TaskError, match=refused):
         check_no_eval_overlap(rows, [TaskSpec("rg_basic_arithmetic", limit=50, options=one_digit)])
     check_no_eval_overlap(rows, [TaskSpec("rg_simple_equations", limit=50)])  # another family: fine

@@ -92,7 +92,8 @@ def test_no_repository_or_no_git_gives_no_commit_tag_and_no_error(tmp_path, monk
     outside = source_tags(tmp_path / "entry.py")
     assert outside == {"mlflow.source.name": str((tmp_path / "entry.py").resolve()), "mlflow.source.type": "LOCAL"}
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no git executable at all
-    assert source_tags(Path(__file__)) == {"mlflow.source.name": str(Path(__file__).resolve()), "mlflow.source.type": "LOCAL"}
+    assert source_tags(Path(__file__)) == {"mlflow.source.name": str(Path(__file__).resolve()),
+                                           "mlflow.source.type": "LOCAL"}
 
 
 def sha16(*chunks: bytes) -> str:
@@ -124,7 +125,8 @@ def test_datasets_are_logged_as_inputs_with_content_digests(uri, tmp_path, sft_f
     logged = {i.dataset.name: i for i in tracker.client.get_run(run).inputs.dataset_inputs}
     assert sorted(logged) == ["gsm8k", "mmlu_medical", "rl_prompts", "sft.jsonl"]
     context = {n: {t.key: t.value for t in i.tags}["mlflow.data.context"] for n, i in logged.items()}
-    assert context == {"sft.jsonl": "training", "rl_prompts": "training", "gsm8k": "evaluation", "mmlu_medical": "evaluation"}
+    assert context == {"sft.jsonl": "training", "rl_prompts": "training", "gsm8k": "evaluation",
+                       "mmlu_medical": "evaluation"}
 
     # the SFT digest: the data key of the prior cache (formatting settings, then every row), read here from the file
     rows = [json.loads(line) for line in Path(sft_file).read_text().splitlines()]
@@ -146,7 +148,7 @@ def test_datasets_are_logged_as_inputs_with_content_digests(uri, tmp_path, sft_f
 
 def test_drift_goes_on_each_parent_as_metrics(uri, folder, monkeypatch):
     from workflows.report import log_to_mlflow
-    from workflows.report_collect import Run
+    from workflows.report.collect import Run
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     sweep = folder / "sweep"  # the report finds the store from the sweep's folder
@@ -181,7 +183,8 @@ def test_the_hint_runs_the_venvs_mlflow_from_the_repository_root(tmp_path, monke
     monkeypatch.chdir(tmp_path)
     hint = ui_hint("sqlite:///runs/mlflow.db", "3")  # a relative store becomes absolute
     assert hint.splitlines()[0] == f"MLflow: .venv/bin/mlflow ui --backend-store-uri sqlite:///{tmp_path.resolve()}/runs/mlflow.db"
-    assert hint.splitlines()[1].split() == ["then", "open", "http://127.0.0.1:5000/#/experiments/3/runs?workflowType=machine_learning"]
+    assert hint.splitlines()[1].split() == ["then", "open",
+                                            "http://127.0.0.1:5000/#/experiments/3/runs?workflowType=machine_learning"]
     assert ui_hint("http://mlflow.team:5000/", "7") == "MLflow: open http://mlflow.team:5000/#/experiments/7/runs?workflowType=machine_learning"
 
 

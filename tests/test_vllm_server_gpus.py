@@ -69,7 +69,8 @@ def test_the_server_runs_on_the_gpu_ray_reserved_and_no_other_task_gets_it(two_g
 
 def test_no_placement_for_other_stages_or_rollouts(two_gpus):
     res = Resources(cpus=1, gpus=1)
-    for stage_cfg in (RLStageConfig(rollout="hf"), RLStageConfig(rollout="vllm_server", server=VLLMServerConfig(start=False)),
+    for stage_cfg in (RLStageConfig(rollout="hf"),
+                      RLStageConfig(rollout="vllm_server", server=VLLMServerConfig(start=False)),
                       RunConfig().sft):
         with server_placement(stage_cfg, res) as placement:
             assert placement == {}

@@ -129,8 +129,10 @@ def test_vllm_gets_the_trainers_weights_after_an_optimizer_step(tiny_model, tmp_
                        prompts=PromptsConfig(generators=[GeneratorSpec(size=32)]))
     run_rl(tiny_model, config, tmp_path, callbacks=[Snapshot()])
     llm = built[0].vllm_generation.llm
-    out = llm.generate(TokensPrompt(prompt_token_ids=prompt_ids + completion_ids), SamplingParams(max_tokens=1, prompt_logprobs=0))
-    vllm_lp = torch.tensor([out[0].prompt_logprobs[len(prompt_ids) + i][t].logprob for i, t in enumerate(completion_ids)])
+    out = llm.generate(TokensPrompt(prompt_token_ids=prompt_ids + completion_ids),
+                       SamplingParams(max_tokens=1, prompt_logprobs=0))
+    vllm_lp = torch.tensor([out[0].prompt_logprobs[len(prompt_ids) + i][t].logprob
+                            for i, t in enumerate(completion_ids)])
     gap = (vllm_lp - captured[1]).abs().max().item()
     moved = (captured[1] - captured[0]).abs().max().item()
     print(f"{cpu_gemm_path}: vLLM vs trainer after step 1: max |dlogp| {gap:.4f}; step 1 moved them by {moved:.4f}")

@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
 def _command(args) -> int:
     if args.command == "report":
         from workflows.report import write_report
-        from workflows.report_collect import resolve_sweep
+        from workflows.report.collect import resolve_sweep
 
         print(write_report(resolve_sweep(args.sweep, args.storage), to_mlflow=not args.no_mlflow))
         return 0

@@ -54,7 +54,7 @@ class Resources:
     sharding: Sharding = "ddp"
     """sft and rl only, with workers >= 2 and GPUs: `ddp` keeps a full replica of the weights, gradients
     and AdamW state on every worker; `fsdp` shards them over the workers (FSDP2 through transformers'
-    integration, common/sharding.py), about 1/workers of them per GPU. README "Sharded training"."""
+    integration, common/sharding.py), about 1/workers of them per GPU. docs/pipeline.md "Sharded training"."""
 
     def __post_init__(self):
         whole = is_whole_gpus(self.gpus)
@@ -62,13 +62,16 @@ class Resources:
         require(
             at_least("cpus", self.cpus, 0),
             at_least("gpus", self.gpus, 0),
-            None if whole else f"gpus: got {self.gpus!r}, expected a fraction of one GPU or a whole number (Ray's rule)",
+            None if whole else
+            f"gpus: got {self.gpus!r}, expected a fraction of one GPU or a whole number (Ray's rule)",
             at_least("workers", self.workers, 1),
             # transformers refuses FSDP outside a distributed run, and accelerate turns FSDP on for
             # GPU process groups only: on CPU workers it would silently train full DDP replicas
-            f"sharding: fsdp (sft and rl only) shards over several workers; got workers {self.workers!r}, expected at least 2"
+            "sharding: fsdp (sft and rl only) shards over several workers; "
+            f"got workers {self.workers!r}, expected at least 2"
             if fsdp and isinstance(self.workers, int) and self.workers < 2 else None,
-            f"sharding: fsdp (sft and rl only) needs GPU workers (accelerate shards on GPUs only); got gpus {self.gpus!r}"
+            "sharding: fsdp (sft and rl only) needs GPU workers (accelerate shards on GPUs only); "
+            f"got gpus {self.gpus!r}"
             if fsdp and is_number(self.gpus) and self.gpus <= 0 else None,
         )
 
@@ -246,7 +249,8 @@ class RunConfig:
         seeds are the run's (under `prift run`, `pipeline.methods` decides; `sft.method` is what
         `prift sft` trains)."""
         return dataclasses.replace(
-            self, sft=dataclasses.replace(self.sft, method=method, seed=seed), rl=dataclasses.replace(self.rl, seed=seed)
+            self, sft=dataclasses.replace(self.sft, method=method, seed=seed),
+            rl=dataclasses.replace(self.rl, seed=seed)
         )
 
 

@@ -37,6 +37,7 @@ from common import atomic
 from common.errors import RunsFailed
 from common.lease import DriverLease, check_driver, watch_driver
 from common.checkpoints import DriverWatch
+from evals.metrics import pick
 from rl.vllm_server import server_placement
 from workflows.config import RunConfig
 from workflows.preflight import preflight
@@ -141,20 +142,23 @@ def dataset_inputs(cfg: RunConfig) -> dict:
             source_type, source = "code", {"generator": path}
         else:
             source_type, source = "hugging_face", {"path": path, "split": cfg.data.split}
-        out["sft"] = dataset_input(Path(path).name if source_type == "local" else path, fingerprint_rows(rows, cfg.data),
+        out["sft"] = dataset_input(Path(path).name if source_type == "local" else path,
+                                   fingerprint_rows(rows, cfg.data),
                                    source_type, source, len(rows), "training")
     if on.rl:
         from rl.prompts import build_rows
 
         rows = build_rows(cfg.rl.prompts)
-        out["rl"] = dataset_input("rl_prompts", rows_digest(rows), "code", asdict(cfg.rl.prompts), len(rows), "training")
+        out["rl"] = dataset_input("rl_prompts", rows_digest(rows), "code",
+                                  asdict(cfg.rl.prompts), len(rows), "training")
     if on.eval:
         from evals.tasks import TASKS, load_examples
 
         for spec in cfg.eval.tasks:
             examples = [asdict(e) for e in load_examples(spec)]
             source = asdict(spec) | {"source": spec.source or TASKS[spec.name].default_source}
-            out["eval"][spec.name] = dataset_input(spec.name, rows_digest(examples), "code", source, len(examples), "evaluation")
+            out["eval"][spec.name] = dataset_input(spec.name, rows_digest(examples), "code", source,
+                                                   len(examples), "evaluation")
     return out
 
 
@@ -194,11 +198,13 @@ class Pipeline:
         folder = self.root / "base"
         folder.mkdir(exist_ok=True)
         manifest = Manifest(folder)
-        parent = self.tracker.run(manifest.data.get("mlflow_run_id"), "base", {"method": "base", "model": self.cfg.model})
+        parent = self.tracker.run(manifest.data.get("mlflow_run_id"), "base",
+                                  {"method": "base", "model": self.cfg.model})
         manifest.data["mlflow_run_id"] = parent
         manifest.save()
         self.tracker.inputs(parent, list(self.datasets["eval"].values()))
-        return self.outcome(manifest, parent, lambda: {"base": self.stage_eval(manifest, parent, "base", self.cfg.model, folder, self.cfg)})
+        return self.outcome(manifest, parent, lambda: {"base": self.stage_eval(manifest, parent, "base",
+                                                                               self.cfg.model, folder, self.cfg)})
 
     def run_one(self, method: str, seed: int, prior_dir: Path) -> dict:
         cfg = self.cfg.for_run(method, seed)
@@ -208,7 +214,8 @@ class Pipeline:
         folder.mkdir(exist_ok=True)
         atomic.write_text(folder / "config.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))
         manifest = Manifest(folder)
-        tags = {"method": method, "model": cfg.model, "seed": seed, "config_hash": digest, "run_dir": name, "status": "running"}
+        tags = {"method": method, "model": cfg.model, "seed": seed, "config_hash": digest,
+                "run_dir": name, "status": "running"}
         parent = self.tracker.run(manifest.data.get("mlflow_run_id"), f"{method} · seed {seed}", tags)
         manifest.data.update(run_name=name, config_hash=digest, mlflow_run_id=parent)
         manifest.save()
@@ -264,7 +271,8 @@ class Pipeline:
                     results[name] = self.stage_eval(manifest, parent, name, str(trained[name]), folder, cfg)
         return results
 
-    def train_stage(self, manifest: Manifest, parent: str, stage: str, digest: str, folder: Path, stage_cfg, fn, *args) -> None:
+    def train_stage(self, manifest: Manifest, parent: str, stage: str, digest: str,
+                    folder: Path, stage_cfg, fn, *args) -> None:
         """Run a training stage's function `fn(*args, tracking)` as a Ray task, or on Ray Train
         workers when its resources ask for several, unless the manifest says it is done with this
         hash and <stage>/final exists."""
@@ -331,7 +339,8 @@ class Pipeline:
             self.tracker.finish(run_id)
         else:
             summary = json.loads((out / "summary.json").read_text())
-        self.tracker.metrics(parent, {f"eval/{name}/{t}/{k}": v for t, m in summary["tasks"].items() for k, v in m.items()})
+        self.tracker.metrics(parent,
+                             {f"eval/{name}/{t}/{k}": v for t, m in summary["tasks"].items() for k, v in m.items()})
         return summary["tasks"]
 
 
@@ -344,10 +353,11 @@ def run_pipeline(cfg: RunConfig) -> dict:
             start_ray(cfg)
             pipeline = Pipeline(cfg)
             results = pipeline.run()
-        print(comparison_table(results, [t.name for t in cfg.eval.tasks]))
+        print(scores_table(results, [t.name for t in cfg.eval.tasks]))
         print("\n" + run_summary(results))
         print("\n" + ui_hint(pipeline.uri, pipeline.tracker.experiment_id))
-        failed = [name for name, r in [("base", results["base"]), *results["runs"].items()] if r.get("status") == "failed"]
+        failed = [name for name, r in [("base", results["base"]),
+                                       *results["runs"].items()] if r.get("status") == "failed"]
         if failed:
             raise RunsFailed(f"{len(failed)} run(s) failed: {', '.join(failed)} (see the summary above)")
         return results
@@ -387,7 +397,7 @@ def run_summary(results: dict) -> str:
     return "\n".join(lines)
 
 
-def comparison_table(results: dict, tasks: list[str]) -> str:
+def scores_table(results: dict, tasks: list[str]) -> str:
     """Method x task: Avg@n of the last trained model of each run (rl, else sft), and the base."""
     rows = []
     if results["base"].get("models"):
@@ -399,8 +409,6 @@ def comparison_table(results: dict, tasks: list[str]) -> str:
             rows.append((f"{run} ({run_label(stage, result.get('rl_signal'))})", models[stage]))
     if not rows:
         return "(no evaluation ran)"
-
-    from workflows.report_tables import pick
 
     def avg(metrics: dict) -> str:  # strict (primary) / flexible where a task has both
         keys = [k for k in (pick(metrics, "avg_at_n"), pick(metrics, "avg_at_n_flexible")) if k]

@@ -39,7 +39,8 @@ class PreflightError(InputError):
     def __init__(self, problems: list[str]):
         self.problems = problems
         lines = [f"- {p}".replace("\n", "\n  ") for p in problems]
-        super().__init__(f"{len(problems)} problem{'s' * (len(problems) > 1)} found before anything ran:\n" + "\n".join(lines))
+        found = f"{len(problems)} problem{'s' * (len(problems) > 1)} found before anything ran"
+        super().__init__(found + ":\n" + "\n".join(lines))
 
 
 class ResourceError(PreflightError):
@@ -111,7 +112,7 @@ def hub_inputs(cfg: RunConfig) -> dict:
     found = {
         check_models: [model, _hub_model("prior.reference", reference) if uses_reference else None],
         check_sft_data: ([_hub_data(field, source.path) for field, source in _sft_sources(cfg)]
-                         + (eval_sets if on.eval else [])) if on.sft or on.prior else [],  # + the overlap check
+                         + (eval_sets if on.eval else [])) if on.sft or on.prior else [],  # + overlap check
         check_tasks: [model, *eval_sets] if on.eval else [],  # the eval check reads the model's tokenizer
         check_rl: [*rl_sets, *eval_sets] if on.rl else [],  # the overlap check reads every eval set
     }
@@ -214,7 +215,8 @@ def check_tasks(cfg: RunConfig) -> None:
         from evals.generate import vllm_available
 
         if not vllm_available():
-            problems.append("eval.backend: vllm asked for but vllm is not installed (pip install -e '.[gpu]' or '.[cpu]')")
+            problems.append("eval.backend: vllm asked for but vllm is not installed "
+                            "(pip install -e '.[gpu]' or '.[cpu]')")
     _raise(problems)
 
 
@@ -270,15 +272,17 @@ def check_resources(cfg: RunConfig) -> None:
         problems.append("rl.rollout: vllm_server with pipeline.resources.rl.gpus 0: the trainer sends its weights to "
                         "the server over NCCL, from a GPU; give the RL stage a GPU (pipeline.resources.rl.gpus: 1)")
     if server and res.rl.workers > 1:
-        problems.append(f"rl.rollout: vllm_server with pipeline.resources.rl.workers {res.rl.workers}: the server's GPUs "
-                        "are reserved for one trainer; use workers: 1, or start the server yourself (rl.server.start: false)")
+        problems.append(f"rl.rollout: vllm_server with pipeline.resources.rl.workers {res.rl.workers}: the server's "
+                        "GPUs are reserved for one trainer; use workers: 1, or start the server yourself "
+                        "(rl.server.start: false)")
     if any(r.gpus > 0 for r in stages.values()) or server:
         from workflows.ray_session import cluster_gpus, node_gpus
 
         have = cluster_gpus(cfg)
         wanted = {k: r for k, r in stages.items() if r.gpus * r.workers > have}
         if wanted:
-            asks = ", ".join(f"pipeline.resources.{k}: {r.workers} worker(s) x {r.gpus:g} GPU" for k, r in wanted.items())
+            asks = ", ".join(f"pipeline.resources.{k}: {r.workers} worker(s) x {r.gpus:g} GPU"
+                             for k, r in wanted.items())
             problems.append(f"the Ray cluster has {have:g} GPU(s); the config asks for more: {asks}")
         largest = max(node_gpus(cfg), default=0) if server and "rl" not in wanted else 0
         if server and "rl" not in wanted and res.rl.gpus + server > largest:

@@ -15,18 +15,18 @@ checkpoint). Only the driver writes the manifest, always through a temporary fil
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import asdict
 from pathlib import Path
 
 from common import atomic
+from common.digest import json_digest
 
 
 def config_hash(value) -> str:
     data = asdict(value) if hasattr(value, "__dataclass_fields__") else value
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    return json_digest(data)[:10]
 
 
 def run_name(method: str, model: str, seed: int, digest: str) -> str:

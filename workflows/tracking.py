@@ -14,7 +14,6 @@ artifacts under `<storage>/mlartifacts`; `ui_hint` says how to look at them.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -25,6 +24,8 @@ import threading
 from pathlib import Path
 
 from transformers import TrainerCallback
+
+from common.digest import json_digest
 
 log = logging.getLogger(__name__)
 
@@ -87,11 +88,8 @@ def source_tags(entry: Path) -> dict[str, str]:
 
 def rows_digest(rows: list[dict]) -> str:
     """Content hash of rows (each as sorted-key JSON, in order), as `prift.data.fingerprint_rows`
-    hashes the SFT rows: the same rows give the same digest in every run."""
-    h = hashlib.sha256()
-    for row in rows:
-        h.update(json.dumps(row, sort_keys=True, default=str).encode())
-    return h.hexdigest()
+    hashes the SFT rows (common/digest.py): the same rows give the same digest in every run."""
+    return json_digest(*rows)
 
 
 DIGEST_CHARS = 16
@@ -104,7 +102,8 @@ def dataset_input(name: str, digest: str, source_type: str, source: dict, num_ro
     from mlflow.entities import Dataset, DatasetInput, InputTag
 
     dataset = Dataset(name=name, digest=digest[:DIGEST_CHARS], source_type=source_type,
-                      source=json.dumps(source, sort_keys=True, default=str), profile=json.dumps({"num_rows": num_rows}))
+                      source=json.dumps(source, sort_keys=True, default=str),
+                      profile=json.dumps({"num_rows": num_rows}))
     return DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)])
 
 
@@ -149,7 +148,8 @@ class Tracker:
             artifact_root = Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts"
         if found is None:
             location = artifact_root.resolve().as_uri() if artifact_root and uri.startswith("sqlite") else None
-            self.experiment_id = self.client.create_experiment(experiment, artifact_location=location, tags=EXPERIMENT_KIND)
+            self.experiment_id = self.client.create_experiment(experiment,
+                                                               artifact_location=location, tags=EXPERIMENT_KIND)
         else:
             self.experiment_id = found.experiment_id
             for key, value in EXPERIMENT_KIND.items():

@@ -11,7 +11,7 @@ at that position. Plain HTML and CSS, no script: it renders anywhere, offline.
 `method_weights`: the per-token weights over the response tokens of the cached data for each
 method of the sweep: sft (all 1), prift_prob (q), prift_mass (0 or 1), and dft, whose weight is
 the trained model's own p(y_t): measured with the dft run's final SFT model (weights.png,
-workflows/report_figures.py)."""
+figures.py)."""
 
 from __future__ import annotations
 
@@ -77,7 +77,8 @@ def legend_html(tau: float) -> str:
     """The colour scale of q (0 to 1 in steps of 0.1), and what grey and struck-through mean."""
     steps = "".join(f'<span class="swatch" style="background:{_colour(q / 10)}">{q / 10:.1f}</span>' for q in range(11))
     return (f'<div class="legend"><b>q (PriFT-prob weight):</b> {steps} &nbsp; '
-            f'<span class="prompt">prompt</span> &nbsp; <span class="dropped">dropped by PriFT-mass (u &lt; {tau})</span></div>')
+            f'<span class="prompt">prompt</span> &nbsp; '
+            f'<span class="dropped">dropped by PriFT-mass (u &lt; {tau})</span></div>')
 
 
 STYLE = """
@@ -136,7 +137,8 @@ def method_weights(prior_dir: Path, runs, rows: int = 32) -> dict[str, np.ndarra
     masks = [np.asarray(m, dtype=bool) for m in table["response_mask"]]
 
     def response(values) -> torch.Tensor:
-        return torch.from_numpy(np.concatenate([np.asarray(v, dtype=np.float32)[: len(m)][m] for v, m in zip(values, masks)]))
+        return torch.from_numpy(np.concatenate([np.asarray(v, dtype=np.float32)[: len(m)][m]
+                                                for v, m in zip(values, masks)]))
 
     prior = response(table["prior_logprob"]), response(table["prior_mass"])
     out = {}
@@ -148,7 +150,8 @@ def method_weights(prior_dir: Path, runs, rows: int = 32) -> dict[str, np.ndarra
             if final is None:
                 continue
             model = load_causal_lm(str(final)).eval()
-            lp, u = reference_signals(model, pad(table["input_ids"], 0), pad([[1] * len(s) for s in table["input_ids"]], 0),
+            lp, u = reference_signals(model, pad(table["input_ids"], 0),
+                                      pad([[1] * len(s) for s in table["input_ids"]], 0),
                                       pad(table["response_mask"], 0))
             signals = response(lp.numpy()), response(u.numpy())
         out[method] = token_weights(rule, *signals).numpy()

@@ -8,12 +8,12 @@ labelled so, and never averaged with the RL results of the same method.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
+from evals.metrics import pick
 from evals.tasks import TASKS
-from workflows.report_collect import STAGES, Run
-from workflows.report_stats import (RESAMPLES, SEED, Interval, bootstrap_mean, mean_std, paired_difference,
+from workflows.report.collect import STAGES, Run
+from workflows.report.stats import (RESAMPLES, SEED, Interval, bootstrap_mean, mean_std, paired_difference,
                                     score_matrix, shared_problems)
 from workflows.rundir import run_label
 
@@ -76,18 +76,6 @@ def method_table(runs: list[Run], base: dict | None, section: str = "tasks") -> 
             cells[col] = {k: (*mean_std([m[k] for m in metrics]), len(metrics)) for k in sorted(keys)}
         rows[g.label] = cells
     return rows
-
-
-def pick(metrics: dict, metric: str) -> str | None:
-    """The key of `metric` in a task's metrics: `avg_at_n` (Avg@n, whatever n), `pass_at_n` (the
-    largest k computed: Pass@n), either with a variant suffix (`avg_at_n_flexible`: math's flexible
-    extraction), or an exact name such as `pass_at_1`. `avg_at_n` never picks a variant."""
-    m = re.fullmatch(r"(avg_at_|pass_at_)n(_[a-z]+)?", metric)
-    if m:
-        prefix, suffix = m.group(1), m.group(2) or ""
-        ks = [re.fullmatch(rf"{prefix}(\d+){suffix}", k) for k in metrics]
-        return max((k.group(0) for k in ks if k), key=lambda k: int(re.search(r"\d+", k).group()), default=None)
-    return metric if metric in metrics else None
 
 
 def _cell(value: tuple | None) -> str:
@@ -181,7 +169,8 @@ def domain_interval_table(rows: list[Group]) -> list[str]:
             cells.append(_ci(bootstrap_mean(strata)) if strata else "-")
         lines.append(f"| {g.label} | {len(g.seeds)} | " + " | ".join(cells) + " |")
     sizes = ", ".join(f"{d}: " + ", ".join(t for t in tasks if TASKS[t].domain == d) for d in domains)
-    return lines + ["", f"Each domain's cell is the mean of its tasks' Avg@n ({sizes}); sizes as in the per-task tables."]
+    return lines + ["",
+                    f"Each domain's cell is the mean of its tasks' Avg@n ({sizes}); sizes as in the per-task tables."]
 
 
 @dataclass
@@ -217,6 +206,7 @@ def comparisons(rows: list[Group]) -> list[Comparison]:
 
 
 def comparison_table(found: list[Comparison]) -> str:
+    """The paired method comparisons (`comparisons`): A − B in Avg@n points, its 95% interval, a verdict."""
     lines = ["| models | task | problems | A − B, Avg@n (points) | 95% interval | verdict |", "|---" * 6 + "|"]
     for c in found:
         verdict = "difference" if c.interval.significant else "no significant difference"
@@ -246,7 +236,8 @@ def rl_changes(runs: list[Run]) -> list[RLChange]:
     out = []
     for method in sorted({r.method for r in runs}):
         both = [r for r in runs if r.method == method and {"sft", "rl"} <= set(r.evals)]
-        sets = [(False, [r for r in both if not r.rl_without_signal])] + [(True, [r]) for r in both if r.rl_without_signal]
+        sets = [(False,
+                 [r for r in both if not r.rl_without_signal])] + [(True, [r]) for r in both if r.rl_without_signal]
         for flagged, members in sets:
             if not members:
                 continue
@@ -273,9 +264,11 @@ def rl_change_tables(changes: list[RLChange], samples: dict[str, tuple[int, int]
     for task in sorted({c.task for c in changes}):
         p, n = samples.get(task, ("?", "?"))
         out += ["", f"### SFT -> RL on {task}: {p} problems × {n} samples per model and seed", "",
-                "| method | seeds | SFT Avg@n | RL Avg@n | Δ Avg@n | SFT Pass@n | RL Pass@n | Δ Pass@n |", "|---" * 8 + "|"]
+                "| method | seeds | SFT Avg@n | RL Avg@n | Δ Avg@n | SFT Pass@n | RL Pass@n | Δ Pass@n |",
+                "|---" * 8 + "|"]
         for c in (c for c in changes if c.task == task):
-            label = f"{c.method}, seed {c.seeds[0]} (no learning signal: shown, not averaged)" if c.flagged else c.method
+            label = (f"{c.method}, seed {c.seeds[0]} (no learning signal: shown, not averaged)" if c.flagged
+                     else c.method)
             cells = [_ci(c.sft["avg"]), _ci(c.rl["avg"]), _ci(c.delta["avg"], True),
                      _ci(c.sft["pass_at_n"]), _ci(c.rl["pass_at_n"]), _ci(c.delta["pass_at_n"], True)]
             out.append(f"| {label} | {', '.join(map(str, c.seeds))} | " + " | ".join(cells) + " |")

@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from workflows.report_collect import Run
+from workflows.report.collect import Run
 
 GENERAL_MODULES = ("json", "argparse", "collections", "textwrap", "random", "statistics", "fractions",
                    "decimal", "datetime", "calendar", "shutil", "tempfile", "heapq", "bisect", "functools", "csv")

@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from common import atomic  # noqa: E402
-from workflows.report_stats import curve, mean_std  # noqa: E402
+from workflows.report.stats import curve, mean_std  # noqa: E402
 
 METHOD_COLOURS = {
     "base": "#7f7f7f",
@@ -103,7 +103,8 @@ def rl_curves_figure(per_method: dict[str, dict], labels: dict[str, str], beta: 
             ok = [h[key] for h in runs["ok"] if h.get(key)]
             if ok:
                 steps, means, stds, _ = curve(ok)
-                ax.plot(steps, means, color=colour, marker="o", ms=3, label=f"{method} ({len(ok)} seed{'s' * (len(ok) > 1)})")
+                ax.plot(steps, means, color=colour, marker="o", ms=3,
+                        label=f"{method} ({len(ok)} seed{'s' * (len(ok) > 1)})")
                 if len(ok) > 1:
                     sd = np.array([s or 0.0 for s in stds])
                     ax.fill_between(steps, np.array(means) - sd, np.array(means) + sd, color=colour, alpha=0.2, lw=0)

@@ -116,7 +116,8 @@ def _newest_per_method_and_seed(runs: list[Run]) -> list[Run]:
     for run in sorted(runs, key=lambda r: (r.folder / "manifest.json").stat().st_mtime):
         old = newest.get((run.method, run.seed))
         if old:
-            log.warning("report: %s supersedes %s (same method and seed, another config)", run.folder.name, old.folder.name)
+            log.warning("report: %s supersedes %s (same method and seed, another config)",
+                        run.folder.name, old.folder.name)
         newest[(run.method, run.seed)] = run
     return sorted(newest.values(), key=lambda r: (r.method, r.seed))
 
@@ -147,7 +148,8 @@ def eval_samples(eval_dir: Path) -> dict[str, dict[str, dict[str, list[float]]]]
             task[key] = {}
             for pid, samples in problems.items():
                 if sorted(samples) != list(range(len(samples))):
-                    raise InputError(f"{path}: problem {pid} has samples {sorted(samples)}, expected 0..{len(samples) - 1}")
+                    raise InputError(f"{path}: problem {pid} has samples {sorted(samples)}, "
+                                     f"expected 0..{len(samples) - 1}")
                 task[key][pid] = [samples[i] for i in range(len(samples))]
         out[path.parent.name] = task
     return out

@@ -1,29 +1,5 @@
-"""`prift report`: what PriFT changed, per method, per domain, per token, for a finished sweep.
-
-    prift report runs/demo                 # a sweep folder (<storage>/<experiment>) ...
-    prift report demo --storage runs       # ... or its experiment name
-
-Reads the run directory (the source of truth for what finished) and writes <sweep>/report/:
-  report.md       the findings (generated from paired bootstrap tests), the runs, method x task
-                  tables (Avg@n mean ± std over seeds; per task Avg@n, Pass@1, Pass@n with 95%
-                  bootstrap intervals over problems and seeds; per domain), the method comparisons,
-                  the SFT -> RL change per task, and the drift table
-  comparison.png  the Avg@n table as grouped bars, one colour per method
-  rl_curves.png   GRPO reward, KL to the SFT start and completion length by step, per method
-  pass_at_k.png   Pass@k for k = 1..n per model (room for RL), beside each model's mean number of
-                  different final answers per problem
-  drift           mean per-token KL(fine-tuned || base) on general text and on the eval prompts
-                  (workflows/report_drift.py)
-  tokens.html     workflows/token_view.py: training tokens coloured by their PriFT weight
-  weights.png     the per-token weight histogram of each method
-The parts: report_collect.py (runs, samples, RL logs), report_stats.py (bootstrap, pure),
-report_tables.py (markdown and findings), report_drift.py (models), report_figures.py.
-
-Every file also goes to MLflow as artifacts (report/) of each parent run of the sweep, and each
-parent gets metrics (`run_metrics`): its checkpoints' drift `drift/kl_<text set>/<stage>`, the
-95% interval of each of its cells `ci95/<stage>/<task>/<metric>/lo|hi`, and its SFT -> RL change
-`sft_to_rl/<task>/<metric>` with `/lo` and `/hi`, so the compare view of the parents shows them.
-"""
+"""Writes <sweep>/report/ and sends it to MLflow: the entry point of `prift report` (the package
+docstring lists what it writes)."""
 
 from __future__ import annotations
 
@@ -33,12 +9,14 @@ import statistics
 from pathlib import Path
 
 from common import atomic
-from workflows.report_collect import (RL_CURVES, Run, base_samples, collect, distinct_answers, rl_history, rows_by_problem,
+from evals.metrics import pick
+from workflows.report.collect import (RL_CURVES, Run, base_samples, collect, distinct_answers, rl_history,
+                                      rows_by_problem,
                                       token_entropy)
-from workflows.report_stats import pass_at_k_curve
-from workflows.report_tables import (BOOTSTRAP_NOTE, SCORING_NOTE, comparison_table, comparisons, domain_interval_table,
+from workflows.report.stats import pass_at_k_curve
+from workflows.report.tables import (BOOTSTRAP_NOTE, SCORING_NOTE, comparison_table, comparisons, domain_interval_table,
                                      drift_table, findings, groups, interval_of_run, markdown_table, method_table,
-                                     pick, rests_on, rl_change_tables, rl_changes, run_change, runs_section,
+                                     rests_on, rl_change_tables, rl_changes, run_change, runs_section,
                                      sample_sizes, task_interval_tables)
 
 log = logging.getLogger(__name__)
@@ -46,8 +24,8 @@ log = logging.getLogger(__name__)
 
 def write_report(sweep: Path, *, kl_texts: int = 8, kl_max_tokens: int = 96, token_examples: int = 4,
                  to_mlflow: bool = True) -> Path:
-    """Build <sweep>/report/ (see the module docstring); returns its report.md."""
-    from workflows.report_drift import drift, drift_texts
+    """Build <sweep>/report/ (the package docstring lists it); returns its report.md."""
+    from workflows.report.drift import drift, drift_texts
     from workflows.tracking import tracking_uri
 
     runs, base = collect(sweep)
@@ -85,7 +63,7 @@ def write_report(sweep: Path, *, kl_texts: int = 8, kl_max_tokens: int = 96, tok
 
 def tables_section(runs: list[Run], base: dict | None, rows, out: Path) -> list[str]:
     """The Avg@n overview (mean ± std over seeds), the per-task interval tables, the domains."""
-    from workflows.report_figures import comparison_figure, save
+    from workflows.report.figures import comparison_figure, save
 
     tasks = method_table(runs, base, "tasks")
     if not tasks:
@@ -121,7 +99,7 @@ def comparisons_section(found) -> list[str]:
 
 def rl_section(runs: list[Run], config: dict, changes, sizes: dict, out: Path, uri: str) -> list[str]:
     """RL from each initialization: the GRPO curves per method and the SFT -> RL tables."""
-    from workflows.report_figures import rl_curves_figure, save
+    from workflows.report.figures import rl_curves_figure, save
 
     with_rl = [r for r in runs if r.manifest.get("stages", {}).get("rl", {}).get("status") == "done"]
     if not with_rl:
@@ -156,7 +134,7 @@ def headroom_section(rows, sizes: dict, out: Path, eval_dirs: dict) -> list[str]
     answers its samples state and how uncertain the model was while writing them (mean token
     entropy): the diversity RL can sharpen into Pass@1, beside the base model's own.
     `eval_dirs[(method, seed)]` holds a run's eval/<stage>/ folders (("base", None): the base's)."""
-    from workflows.report_figures import pass_at_k_figure, save
+    from workflows.report.figures import pass_at_k_figure, save
 
     curves: dict[str, list[dict]] = {}
     for g in rows:
@@ -178,7 +156,8 @@ def headroom_section(rows, sizes: dict, out: Path, eval_dirs: dict) -> list[str]
         for g in rows:
             found = [measure(seed_rows) for seed_rows in samples[g.label]]
             cells = [[v for f in found for v in f.get(task, {}).values()] for task in sorted(curves)]
-            lines.append(f"| {g.label} | " + " | ".join(f"{statistics.fmean(c):.2f}" if c else "n/a" for c in cells) + " |")
+            means = (f"{statistics.fmean(c):.2f}" if c else "n/a" for c in cells)
+            lines.append(f"| {g.label} | " + " | ".join(means) + " |")
         return lines
 
     return ["", "## Room for RL", "", "![Pass@k](pass_at_k.png)", "",
@@ -195,8 +174,8 @@ def headroom_section(rows, sizes: dict, out: Path, eval_dirs: dict) -> list[str]
 
 
 def tokens_section(sweep: Path, runs: list[Run], out: Path, examples: int) -> list[str]:
-    from workflows.report_figures import save, weights_figure
-    from workflows.token_view import method_weights, token_view
+    from workflows.report.figures import save, weights_figure
+    from workflows.report.token_view import method_weights, token_view
 
     prior = max((sweep / "prior").glob("*/meta.json"), key=lambda p: p.stat().st_mtime, default=None)
     if not prior:
@@ -222,7 +201,8 @@ def run_metrics(run: Run) -> dict[str, float]:
                 name = metric_name(run.evals[stage]["tasks"].get(task, {}), metric)
                 interval = interval_of_run(per_task, task, metric)
                 if interval and name:
-                    out |= {f"ci95/{stage}/{task}/{name}/lo": interval.lo, f"ci95/{stage}/{task}/{name}/hi": interval.hi}
+                    out |= {f"ci95/{stage}/{task}/{name}/lo": interval.lo,
+                            f"ci95/{stage}/{task}/{name}/hi": interval.hi}
     if {"sft", "rl"} <= set(samples):
         for task in samples["rl"]:
             for metric in ("avg", "pass_at_n"):
