@@ -112,6 +112,10 @@ class RLStageConfig:
     """Optimizer steps."""
     logging_steps: int = 5
     """Metrics and the completions table every this many steps."""
+    print_completions: bool = False
+    """Also print TRL's table of sampled completions on the console at each logging step. Either way
+    they are written to checkpoints/completions/*.parquet, and the pipeline logs those to the RL
+    run in MLflow (artifacts under completions/)."""
     save_steps: int = 50
     """Checkpoint every this many steps."""
     save_total_limit: int | None = 2
@@ -277,7 +281,8 @@ def run_rl(model: str, cfg: RLStageConfig, out_dir: str | Path, eval_tasks=(), c
         if resume:
             log.info("resuming RL from %s", resume)
         start = weights_fingerprint(trainer.model)
-        result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        with _completions_printed(cfg.print_completions):
+            result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
 
     signal = learning_signal(trainer.state.log_history, weights_fingerprint(trainer.model) != start)
     if not signal["ok"]:
@@ -312,6 +317,22 @@ def _process_state_restored():
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+@contextlib.contextmanager
+def _completions_printed(printed: bool):
+    """TRL prints a rich table of sampled completions at every logging step of the main process, from
+    the same branch (`log_completions`) that writes the parquet table we keep: that flag stays on and
+    only the printing is swapped for a no-op, unless asked for. A sweep's console then reads as a log."""
+    import trl.trainer.grpo_trainer as grpo_module
+
+    shown = grpo_module.print_prompt_completions_sample
+    if not printed:
+        grpo_module.print_prompt_completions_sample = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        grpo_module.print_prompt_completions_sample = shown
 
 
 def _trainer(path: str, cfg: RLStageConfig, rollout: str, out_dir: Path, rows: list[dict], callbacks, sharding: str):

@@ -44,14 +44,15 @@ def rewards_logged(history: History) -> list[float]:
     return [log["reward"] for log in history.logs if "reward" in log]
 
 
-def test_tiny_model_learns_a_verifiable_reward_with_hf_rollouts(tiny_model, tmp_path):
+def test_tiny_model_learns_a_verifiable_reward_with_hf_rollouts(tiny_model, tmp_path, capfd):
     history = History()
     final = run_rl(tiny_model, tiny_rl(), tmp_path, callbacks=[history])
+    assert "Advantage" not in capfd.readouterr().out  # TRL's completions table stays off the console
     rewards = rewards_logged(history)
     assert len(rewards) == 6
     assert rewards[-1] > rewards[0] + 0.15, rewards
     assert (final / "config.json").exists() and json.loads((final / "prift_rl.json").read_text())["rollout"] == "hf"
-    assert list((tmp_path / "checkpoints" / "completions").glob("*.parquet"))  # sample tables
+    assert len(list((tmp_path / "checkpoints" / "completions").glob("*.parquet"))) == 6  # one per logging step
 
 
 @pytest.mark.slow
@@ -182,11 +183,13 @@ def test_learning_signal_flags_zero_variance_clipping_and_unchanged_weights():
     assert not learning_signal([], True)["ok"]  # no logged step: nothing shows a signal
 
 
-def test_an_rl_run_without_reward_variance_says_so(tiny_model, tmp_path, caplog):
+def test_an_rl_run_without_reward_variance_says_so(tiny_model, tmp_path, caplog, capfd):
     """math_verify (the default math reward) on a random tiny model scores 0 for every completion;
-    TRL logs its per-batch timeout count beside the reward."""
+    TRL logs its per-batch timeout count beside the reward. Asked for, TRL's completions table prints."""
+    cfg = tiny_rl(rewards=[RewardSpec("math_verify")], max_steps=2, logging_steps=1, print_completions=True)
     with caplog.at_level(logging.WARNING, logger="rl.grpo"):
-        final = run_rl(tiny_model, tiny_rl(rewards=[RewardSpec("math_verify")], max_steps=2, logging_steps=1), tmp_path)
+        final = run_rl(tiny_model, cfg, tmp_path)
+    assert "Advantage" in capfd.readouterr().out
     record = json.loads((final / "prift_rl.json").read_text())
     assert [h["math_verify/timeouts"] for h in record["log_history"] if "reward" in h] == [0.0, 0.0]
     signal = record["learning_signal"]

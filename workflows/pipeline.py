@@ -293,6 +293,9 @@ class Pipeline:
             ray.get(task.options(**placement).remote(*args, self.tracking(run_id)))
         manifest.mark(stage, status="done", outputs={"final": str(final)})
         signal = rl_signal(folder) if stage == "rl" else None
+        completions = folder / stage / "checkpoints" / "completions"
+        if completions.is_dir():  # GRPO's sampled completions (parquet), off the console
+            self.tracker.artifact(run_id, completions, "completions")
         if signal:
             for run in (run_id, parent):
                 self.tracker.tags(run, alert_tags(signal))

@@ -25,6 +25,9 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 REAPER_WAIT_S = 10
+WORKER_QUIET = ("TRL currently supports vLLM versions",)
+"""Starts of warnings that every worker process would print once (the demo printed 9 copies): the
+workers ignore them (PYTHONWARNINGS), and the driver says each once (`_say_once`)."""
 JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # ray._private.runtime_env.constants
 _env: dict[str, str] = {}
 _reaper: subprocess.Popen | None = None
@@ -45,9 +48,33 @@ def start_ray(cfg) -> None:
     res = cfg.pipeline.resources
     ray_train = max(res.sft.workers, res.rl.workers) > 1
     ray.init(address=cfg.pipeline.ray_address, include_dashboard=ray_train, log_to_driver=True,
-             runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", **_env}})
+             runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": _quiet_workers(), **_env}})
+    _say_once()
     if local:
         _reap(_children() - before - {_reaper.pid})
+
+
+def _quiet_workers() -> str:
+    """PYTHONWARNINGS for the workers: the caller's filters, then ours (a message is matched by its start)."""
+    return ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), *(f"ignore:{m}" for m in WORKER_QUIET)]))
+
+
+def _say_once() -> None:
+    """TRL's warning that this vLLM is outside the versions it was tested with, once, in the driver."""
+    import importlib.util
+    import warnings
+
+    if importlib.util.find_spec("vllm") is None:
+        return
+    from trl.import_utils import is_vllm_available
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        is_vllm_available()
+    for w in caught:
+        if str(w.message).startswith(WORKER_QUIET):
+            log.warning("%s (said once here for every Ray worker; colocated rollouts are checked by the "
+                        "weight-sync probe before training)", w.message)
 
 
 def ray_job_submission() -> str | None:
