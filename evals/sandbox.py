@@ -166,13 +166,16 @@ class _Server:
         )
         self.to_server, self.from_server = self.proc.stdin.fileno(), self.proc.stdout.fileno()
 
-    def run(self, request: dict, wait_s: float) -> dict | None:
-        """Send a request; returns once the program and every process it started are gone:
-        {"program": pid, "status": exit code (negative: killed by that signal), "timed_out": bool,
-        "isolation": {...}} ("isolation" absent if the runner failed before it could report).
-        None if the server did not answer within wait_s."""
-        data = marshal.dumps(request)
-        os.write(self.to_server, len(data).to_bytes(4, "little") + data)
+    def run(self, request: dict, wait_s: float, judge: dict | None = None) -> dict | None:
+        """Send a request (and a judged run's judge part, which the judge process reads itself);
+        returns once the program and every process it started are gone: {"program": pid,
+        "status": exit code (negative: killed by that signal), "timed_out": bool, "isolation":
+        {...}} ("isolation" absent if the runner failed before it could report; a judged run's
+        candidate's own under "candidate"). None if the server did not answer within wait_s."""
+        frames = b"".join(len(d).to_bytes(4, "little") + d for d in map(marshal.dumps, [request] + ([judge] if judge else [])))
+        view = memoryview(frames)
+        while view:
+            view = view[os.write(self.to_server, view):]
         ready, _, _ = select.select([self.from_server], [], [], wait_s)
         if not ready:
             return None
@@ -327,7 +330,8 @@ class Sandbox:
         server = self._server()
         start = time.perf_counter()
         try:
-            report = server.run(request, self.config.timeout_s + SERVER_GRACE_S)
+            request = dict(request)
+            report = server.run(request, self.config.timeout_s + SERVER_GRACE_S, request.pop("judge", None))
         except BaseException:
             server.close()  # a server in an unknown state is not reused
             raise

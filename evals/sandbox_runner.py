@@ -410,7 +410,8 @@ def lock_down(request, state, found, libc):
     if process_limit:
         # The count covers every process of the uid in this user namespace: in one of our own,
         # also the server (and the original process waiting for it), and a judged run's judge.
-        limits["RLIMIT_NPROC"] = request["max_processes"] + (0 if state["root"] else 3)
+        others = 0 if state["root"] else 3 if request.get("role") else 2
+        limits["RLIMIT_NPROC"] = request["max_processes"] + others
     for name, value in limits.items():
         set_limit(getattr(resource, name), value, value + 1 if name == "RLIMIT_CPU" else value)
     seccomp = False
@@ -682,7 +683,10 @@ def candidate_proxy(entry_point, requests_fd, replies_fd):
     judged (exit UNJUDGEABLE); a candidate that ended or broke the framing fails the run."""
     import builtins
 
-    raisable = {n: c for n, c in vars(builtins).items() if isinstance(c, type) and issubclass(c, Exception)}
+    # StopIteration is left out: raised through map() or a lambda inside all(), it would end the
+    # tests' iteration early, as if every remaining check had held.
+    raisable = {n: c for n, c in vars(builtins).items()
+                if isinstance(c, type) and issubclass(c, Exception) and not issubclass(c, (StopIteration, StopAsyncIteration))}
 
     def candidate(*args, **kwargs):
         try:
@@ -784,18 +788,22 @@ def serve():
         except EOFError:  # the parent is gone
             return
         request = marshal.loads(read_exactly(0, size))
-        report = run_judged(libc, state, request) if "judge" in request else run_single(libc, state, request)
+        report = run_judged(libc, state, request) if "candidate" in request else run_single(libc, state, request)
         del request
         data = marshal.dumps(report)
         os.write(1, len(data).to_bytes(4, "little") + data)
 
 
-def start(libc, state, request, channel=()):
-    """Fork one program process; returns (pid, in a fresh PID namespace, its report pipe)."""
+def start(libc, state, request, channel=(), part_on_stdin=False):
+    """Fork one program process; returns (pid, in a fresh PID namespace, its report pipe).
+    `part_on_stdin`: the child reads the rest of its request (a judge's tests and nonce) from the
+    server's stdin itself, so they are never in the server's memory, which later programs inherit."""
     report_r, report_w = os.pipe()
     pid, fresh = fork_program(libc, state)
     if pid == 0:
         os.close(report_r)
+        if part_on_stdin:
+            request = {**request, **marshal.loads(read_exactly(0, int.from_bytes(read_exactly(0, 4), "little")))}
         program(request, state, fresh, libc, report_w, channel)
     os.close(report_w)
     return pid, fresh, report_r
@@ -818,19 +826,21 @@ def run_single(libc, state, request):
 def run_judged(libc, state, request):
     """A judged run: the candidate and the judge, each PID 1 of a PID namespace of its own (neither
     can name the other's processes), with its own uid, mount and IPC namespace, joined only by two
-    pipes: calls one way, replies the other. The judge's status and result file are the verdict;
+    pipes: calls one way, replies the other. The judge's part of the request follows this one on
+    stdin and is read by the judge alone. The judge's status and result file are the verdict;
     when the judge is done (or killed at the timeout) the candidate is killed."""
     calls_r, calls_w = os.pipe()
     replies_r, replies_w = os.pipe()
-    roles = request.pop("candidate"), request.pop("judge")
     common = request
-    candidate = start(libc, state, {**common, **roles[0]}, (calls_r, replies_w))
-    judge_run = start(libc, state, {**common, **roles[1]}, (calls_w, replies_r))
+    candidate = start(libc, state, {**common, **common.pop("candidate")}, (calls_r, replies_w))
+    judge_run = start(libc, state, common, (calls_w, replies_r), part_on_stdin=True)
     for fd in (calls_r, calls_w, replies_r, replies_w):
         os.close(fd)
     candidate_report = read_report(candidate[2])
     os.close(candidate[2])
     report = finish(*judge_run, common)
+    if "isolation" not in report:  # it may have died before reading its part: stdin is out of step
+        raise SystemExit("sandbox: a judge ended before it reported; the server stops")
     try:
         os.kill(candidate[0], signal.SIGKILL)
     except ProcessLookupError:
