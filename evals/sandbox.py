@@ -305,7 +305,7 @@ class Sandbox:
         uids = [secrets.randbelow(1 << 29) + (1 << 20) if self.as_root else None for _ in range(2 if judged else 1)]
         while judged and self.as_root and uids[0] == uids[1]:
             uids[1] = secrets.randbelow(1 << 29) + (1 << 20)
-        for name in ("stdout", "stderr", "result", "judge_stdout", "judge_stderr"):
+        for name in ("stdout", "stderr", "result") + (("judge_stderr",) if judged else ()):
             (scratch / name).touch()
         rlimits = {"RLIMIT_AS": cfg.memory_mb << 20, "RLIMIT_CPU": cfg.cpu_s, "RLIMIT_FSIZE": cfg.file_mb << 20, "RLIMIT_CORE": 0}
         request = {
@@ -319,7 +319,7 @@ class Sandbox:
             return request, uids
         request["candidate"] = {**own, "role": "candidate", "judged": {"entry_point": judged.entry_point}}
         request["judge"] = {
-            "stdout": str(scratch / "judge_stdout"), "stderr": str(scratch / "judge_stderr"), "uid": uids[1],
+            "stdout": os.devnull, "stderr": str(scratch / "judge_stderr"), "uid": uids[1],
             "phases": [], "role": "judge", "result": str(scratch / "result"), "nonce": secrets.token_hex(16),
             "judged": {"entry_point": judged.entry_point, "tests": judged.tests, "context": judged.context},
         }

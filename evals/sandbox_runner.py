@@ -52,6 +52,7 @@ _exit, _exec, _compile = os._exit, exec, compile
 import builtins as _builtins_module
 
 _builtins_dict = dict(_builtins_module.__dict__)
+_server_main = sys.modules["__main__"]
 
 CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x00020000, 0x08000000, 0x10000000, 0x20000000, 0x40000000
 CLONE_ANY_NAMESPACE = 0x7E020000  # NEWNS | NEWCGROUP | NEWUTS | NEWIPC | NEWUSER | NEWPID | NEWNET
@@ -350,7 +351,7 @@ def program(request, state, in_new_pid_namespace, libc, report_fd, channel=()):
         workdir = os.path.realpath(os.getcwd())
         os.environ.update(HOME=workdir, TMPDIR=workdir)
         nonce = request.pop("nonce", "").encode()
-        readable = (*import_path_dirs(), workdir, *DEVICES)
+        readable = (*state["import_path"], workdir, *DEVICES)
         request_hook, role, judged = request["audit_hook"], request.get("role"), request.get("judged")
         request.clear()
         # Python ignores SIGXFSZ; by default it ends a process that writes past its file-size limit,
@@ -416,7 +417,7 @@ def lock_down(request, state, found, libc):
         set_limit(getattr(resource, name), value, value + 1 if name == "RLIMIT_CPU" else value)
     seccomp = False
     try:
-        install_seccomp(libc)
+        install_seccomp(libc, state["seccomp"])
         seccomp = True
     except OSError as e:
         missing["seccomp"] = str(e)
@@ -485,15 +486,19 @@ def seccomp_filter():
     return b"".join(struct.pack("=HBBI", *ins) for ins in head + body + tail)
 
 
-def install_seccomp(libc):
+def seccomp_program():
+    """The filter as the kernel takes it, built once by the server: (program, its buffer)."""
+    code = seccomp_filter()
+    buf = ctypes.create_string_buffer(code, len(code))
+    return SockFprog(len(code) // 8, ctypes.addressof(buf)), buf
+
+
+def install_seccomp(libc, program):
     """Step 4: no_new_privs, then the filter (inherited by every thread and child it makes)."""
     if libc is None or os.uname().machine != "x86_64":
         raise OSError(0, f"no seccomp filter for {os.uname().machine}")
-    code = seccomp_filter()
-    buf = ctypes.create_string_buffer(code, len(code))
-    prog = SockFprog(len(code) // 8, ctypes.addressof(buf))
     kernel_call("no_new_privs", prctl(libc, PR_SET_NO_NEW_PRIVS, 1))
-    kernel_call("seccomp", prctl(libc, PR_SET_SECCOMP, 2, ctypes.addressof(prog)))
+    kernel_call("seccomp", prctl(libc, PR_SET_SECCOMP, 2, ctypes.addressof(program[0])))
 
 
 def prctl(libc, option, arg2, arg3=0):
@@ -681,12 +686,7 @@ def candidate_proxy(entry_point, requests_fd, replies_fd):
     its reply comes back as a value built here, or as an exception of the builtin type it names
     (CandidateError for any other). A test that passes something other than plain data cannot be
     judged (exit UNJUDGEABLE); a candidate that ended or broke the framing fails the run."""
-    import builtins
-
-    # StopIteration is left out: raised through map() or a lambda inside all(), it would end the
-    # tests' iteration early, as if every remaining check had held.
-    raisable = {n: c for n, c in vars(builtins).items()
-                if isinstance(c, type) and issubclass(c, Exception) and not issubclass(c, (StopIteration, StopAsyncIteration))}
+    raisable = RAISABLE
 
     def candidate(*args, **kwargs):
         try:
@@ -718,6 +718,13 @@ def candidate_proxy(entry_point, requests_fd, replies_fd):
 
     candidate.__name__ = candidate.__qualname__ = entry_point
     return candidate
+
+
+# What a candidate's exception may be raised as in the tests, by name. StopIteration is left out:
+# raised through map() or a lambda inside all(), it would end the tests' iteration early, as if
+# every remaining check had held.
+RAISABLE = {n: c for n, c in vars(_builtins_module).items()
+            if isinstance(c, type) and issubclass(c, Exception) and not issubclass(c, (StopIteration, StopAsyncIteration))}
 
 
 def copy_back(changed, args, kwargs):
@@ -773,6 +780,73 @@ def read_report(fd):
     return report
 
 
+WARM_PROGRAM = '''
+from typing import List
+import math
+
+
+def f(numbers: List[int], scale: float = 1.0) -> list:
+    """A docstring."""
+    out = [x * scale for x in numbers if x % 2 == 0]
+    return sorted(set(out)) + [len({str(n): n for n in numbers}), math.floor(sum(numbers) / 2)]
+
+
+def check(candidate):
+    assert candidate([1, 2, 3, 4]) == [2.0, 4.0, 4, 5]
+    assert abs(candidate([2], 0.5)[0] - 1.0) < 1e-6
+    assert candidate([]) == [0, 0], "empty"
+
+
+check(f)
+try:
+    check(lambda *a: None)
+except AssertionError:
+    pass
+'''
+
+
+def warm_up(libc):
+    """Do, in the server, the pure-Python work each program process repeats: compile and run a
+    small program with its tests, fail one, the call codec, the reports. Lazily built caches and
+    specialised bytecode then belong to the server, and each forked child writes to (so copies)
+    about half as many of its pages: the largest cost of a program process is those page faults."""
+    for _ in range(8):
+        namespace = {}
+        exec(compile(WARM_PROGRAM, "<warm-up>", "exec"), namespace)
+        try:
+            namespace["check"](lambda *a: None)
+        except AssertionError:
+            traceback.format_exc()
+        body = frame(encode(((1, -(1 << 70), "a\u00e9", [1.5, None, float("nan")], {"k": (True, b"x", frozenset({2}))}), {"s": {3}})))
+        decode(body[4:])
+        encode(("E", exception_name(ValueError("x")), exception_text(ValueError("x"))))
+        marshal.loads(marshal.dumps({"isolation": {"uid": 1, "level": "strong", "missing": {}}, "status": 0}))
+        fresh_main()
+        warm_call()
+    if libc is not None:  # ctypes makes a function object per libc function on first use
+        for name in ("unshare", "mount", "umount2", "syscall", "prctl", "capset", "setns"):
+            getattr(libc, name)
+
+
+def warm_call():
+    """One call through the judge's proxy and the candidate's side of the pipes, in-process."""
+    calls_r, calls_w = os.pipe()
+    replies_r, replies_w = os.pipe()
+    try:
+        args, kwargs = ([3, 1, 2], "text", 2.5), {"flag": True}
+        write_all(calls_w, frame(encode((args, kwargs))))
+        body = read_frame(os.read, calls_r)
+        got_args, got_kwargs = decode(body)
+        got_args[0].sort()
+        reply = ("R", sorted(got_args[0]), changed_arguments(body, got_args, got_kwargs))
+        write_all(replies_w, frame(encode(reply, lenient=True)))
+        answer = decode(read_frame(os.read, replies_r))
+        copy_back(answer[2], args, kwargs)
+    finally:
+        for fd in (calls_r, calls_w, replies_r, replies_w):
+            os.close(fd)
+
+
 def serve():
     """One request at a time: fork the program, collect its report, reap it (timeout included),
     send report and exit status to the parent in one message."""
@@ -780,6 +854,11 @@ def serve():
     for name in PRELOAD:
         __import__(name)
     state = prepare(libc, sys.argv[1])
+    state["import_path"] = import_path_dirs()
+    state["seccomp"] = seccomp_program() if libc is not None else None
+    warm_up(libc)
+    sys.modules["__main__"] = _server_main
+    gc.collect()
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})  # for sigtimedwait in wait_program
     while True:
