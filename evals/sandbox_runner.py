@@ -656,7 +656,11 @@ def judge(judged, requests_fd, replies_fd, result_fd, nonce):
     namespace = fresh_main()
     call = candidate_proxy(judged["entry_point"], requests_fd, replies_fd)
     try:
-        exec(compile(judged["context"], "<prompt>", "exec"), namespace)
+        context = compile(judged["context"], "<prompt>", "exec")
+    except SyntaxError as e:
+        unjudgeable(f"the prompt's code does not compile on its own ({e})")
+    try:
+        exec(context, namespace)
         namespace[judged["entry_point"]] = call
         exec(compile(judged["tests"], "<tests>", "exec"), namespace)
     except NameError as e:

@@ -179,7 +179,17 @@ def code_program(completion: str, example_meta: dict, test: str | None = None) -
     entry = example_meta["entry_point"]
     solution = code_solution(completion, example_meta["prompt"], entry)
     tests = example_meta["test"] if test is None else test
-    return Judged(solution, tests, entry, context=example_meta["prompt"])
+    return Judged(solution, tests, entry, context=prompt_context(example_meta["prompt"]))
+
+
+def prompt_context(prompt: str) -> str:
+    """The prompt as code the judge can run: a prompt that ends in a bare `def` line (no docstring)
+    gets a body (HumanEval's end in a docstring, which is one)."""
+    try:
+        compile(prompt, "<prompt>", "exec")
+        return prompt
+    except SyntaxError:
+        return prompt + "\n    pass\n"
 
 
 def score_code(completions: list[str], metas: list[dict], sandbox) -> list[Score]:

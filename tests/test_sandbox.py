@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from evals.sandbox import Sandbox, SandboxConfig, SandboxRefused, _pids_of_uid
+from evals.scoring import code_program
 from common.packaged import packaged_file
 
 REPO = Path(__file__).resolve().parents[1]
@@ -402,22 +403,16 @@ def test_run_many_keeps_order_and_isolates_failures():
     assert [r.passed for r in results] == [bool(i % 3) for i in range(9)]
 
 
-def test_every_humaneval_canonical_solution_passes():
-    problems = humaneval()
-    assert len(problems) == 164
-    results = SANDBOX.run_many([program(p, p["canonical_solution"]) for p in problems])
-    failed = [(p["task_id"], r.reason) for p, r in zip(problems, results) if not r.passed]
-    assert failed == []
-
-
 def without_last_line(solution: str) -> str:
     return "".join(solution.rstrip().splitlines(keepends=True)[:-1]) + "\n    pass\n"
 
 
 def test_broken_humaneval_solutions_fail():
-    """Every canonical solution with its last line removed, and every `return None`, fails."""
+    """Every canonical solution with its last line removed, and every `return None`, fails as
+    scoring runs it (judged; the canonical solutions pass: tests/test_sandbox_verdict.py)."""
     problems = humaneval()
     bodies = [without_last_line(p["canonical_solution"]) for p in problems] + ["    return None\n"] * len(problems)
-    results = SANDBOX.run_many([program(p, b) for p, b in zip(problems * 2, bodies)])
-    passed = [(p["task_id"], b) for p, b, r in zip(problems * 2, bodies, results) if r.passed]
+    metas = [{"prompt": p["prompt"], "entry_point": p["entry_point"], "test": program(p, "")[1]} for p in problems]
+    results = SANDBOX.run_many([code_program(b, m) for b, m in zip(bodies, metas * 2)])
+    passed = [(p["task_id"], b, r.status) for p, b, r in zip(problems * 2, bodies, results) if r.status != "failed"]
     assert passed == []
