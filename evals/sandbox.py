@@ -161,7 +161,8 @@ class _Server:
     def __init__(self, view: Path):
         self.proc = subprocess.Popen(
             [sys.executable, "-I", "-S", "-B", "-c", RUNNER, str(view)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": "/work", "TMPDIR": "/work"},  # the program's directory
             cwd="/", bufsize=0,
         )
         self.to_server, self.from_server = self.proc.stdin.fileno(), self.proc.stdout.fileno()
@@ -237,7 +238,7 @@ class Sandbox:
             stdout, stderr = _read_tail(scratch / "stdout", cfg.output_chars), _read_tail(scratch / "stderr", cfg.output_chars)
             finished = (scratch / "result").read_bytes() == request["nonce"].encode()
         finally:
-            _remove(scratch)
+            _remove_files(scratch)
         isolation = self._isolation([report.get("isolation", {})], False, stderr)
         status, reason = _classify(code, timed_out, finished, stderr, isolation)
         return SandboxResult(status, reason, code, stdout, stderr, duration, isolation)
@@ -260,7 +261,7 @@ class Sandbox:
             tests_stderr = _read_tail(scratch / "judge_stderr", cfg.output_chars)
             finished = (scratch / "result").read_bytes() == request["judge"]["nonce"].encode()
         finally:
-            _remove(scratch)
+            _remove_files(scratch)
         candidate = report.get("candidate", {})
         isolation = self._isolation([report.get("isolation", {}), candidate.get("isolation", {})], True, tests_stderr + stderr)
         status, reason = _classify(code, timed_out, finished, tests_stderr, isolation)
@@ -306,7 +307,7 @@ class Sandbox:
         while judged and self.as_root and uids[0] == uids[1]:
             uids[1] = secrets.randbelow(1 << 29) + (1 << 20)
         for name in ("stdout", "stderr", "result") + (("judge_stderr",) if judged else ()):
-            (scratch / name).touch()
+            os.close(os.open(scratch / name, os.O_CREAT | os.O_WRONLY, 0o644))
         rlimits = {"RLIMIT_AS": cfg.memory_mb << 20, "RLIMIT_CPU": cfg.cpu_s, "RLIMIT_FSIZE": cfg.file_mb << 20, "RLIMIT_CORE": 0}
         request = {
             "workdir": str(workdir), "rlimits": rlimits, "max_processes": cfg.max_processes,
@@ -432,6 +433,19 @@ def _pids_of_uid(uid: int) -> list[int]:
 def _state(proc_dir: str) -> str:
     with open(f"{proc_dir}/stat") as f:
         return f.read().rpartition(")")[2].split()[0]
+
+
+def _remove_files(scratch: Path) -> None:
+    """Delete a program's directory: its capture files and the empty working directory (the
+    program writes only inside its view), else whatever it left (`_remove`)."""
+    try:
+        for name in os.listdir(scratch):
+            if name != "work":
+                os.unlink(scratch / name)
+        os.rmdir(scratch / "work")
+        os.rmdir(scratch)
+    except OSError:
+        _remove(scratch)
 
 
 def _remove(scratch: Path) -> None:

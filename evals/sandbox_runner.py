@@ -348,8 +348,11 @@ def program(request, state, in_new_pid_namespace, libc, report_fd, channel=()):
             sys.modules.pop(name, None)  # the program's own import of them must reach the hook
         del libc
         phases = request["phases"]
-        workdir = os.path.realpath(os.getcwd())
-        os.environ.update(HOME=workdir, TMPDIR=workdir)
+        # HOME and TMPDIR are WORK in the server's environment already (setting them costs a
+        # child tens of copied pages); only a run without the view has another directory.
+        workdir = WORK if found["mount_view"] else os.path.realpath(os.getcwd())
+        if workdir != WORK:
+            os.environ.update(HOME=workdir, TMPDIR=workdir)
         nonce = request.pop("nonce", "").encode()
         readable = (*state["import_path"], workdir, *DEVICES)
         request_hook, role, judged = request["audit_hook"], request.get("role"), request.get("judged")
@@ -875,6 +878,7 @@ def serve():
         del request
         data = marshal.dumps(report)
         os.write(1, len(data).to_bytes(4, "little") + data)
+        reap()
 
 
 def start(libc, state, request, channel=(), part_on_stdin=False):
@@ -924,13 +928,28 @@ def run_judged(libc, state, request):
     report = finish(*judge_run, common)
     if "isolation" not in report:  # it may have died before reading its part: stdin is out of step
         raise SystemExit("sandbox: a judge ended before it reported; the server stops")
-    try:
+    # The verdict is in: the candidate is killed now and reaped once the report is sent (`reap`),
+    # so its teardown overlaps the client's work. Killed, it runs no more code; as PID 1 of its
+    # namespace its death takes every process it started.
+    # A failed run waits, for the candidate's own exit status (it may have ended the run).
+    done, status, _ = os.wait4(candidate[0], os.WNOHANG)
+    if not done:
         os.kill(candidate[0], signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    status = os.wait4(candidate[0], 0)[1]
-    report["candidate"] = dict(candidate_report, program=candidate[0], status=os.waitstatus_to_exitcode(status))
+        if report["status"] == 0:
+            UNREAPED.append(candidate[0])
+        else:
+            status, done = os.wait4(candidate[0], 0)[1], True
+    code = os.waitstatus_to_exitcode(status) if done else -signal.SIGKILL
+    report["candidate"] = dict(candidate_report, program=candidate[0], status=code)
     return report
+
+
+UNREAPED = []  # killed candidates, reaped after their run's report is sent
+
+
+def reap():
+    while UNREAPED:
+        os.wait4(UNREAPED.pop(), 0)
 
 
 serve()
