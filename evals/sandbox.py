@@ -1,12 +1,18 @@
 """Run untrusted programs (model-generated code) contained, many in parallel.
 
-    results = Sandbox(SandboxConfig(timeout_s=10)).run_many([[solution, tests], ...])
+    results = Sandbox(SandboxConfig(timeout_s=10)).run_many([Judged(solution, tests, entry_point), ...])
 
-Each program is a list of Python sources ("phases", e.g. the solution, then its tests), run by a
-warm fork server (`evals/sandbox_runner.py`, a `python -I -S -B` process per worker, started on
-first use; forking it costs ~1 ms where a fresh interpreter costs ~20 ms). The layers, outermost
-first; the kernel ones hold without the audit hook (`tests/test_sandbox.py` checks them with the
-hook switched off):
+A `Judged` program (what scoring and the RL reward run) is judged across two processes: the
+solution in a *candidate* process, the tests in a *judge* process, where calls of the entry point
+go to the candidate over a pipe as plain data (`evals/sandbox_calls.py`) and the verdict is the
+judge's alone (`Sandbox.run_judged`): nothing of the candidate's interpreter is in the judge's.
+A list of Python sources ("phases", e.g. a solution then its tests) runs in one process instead,
+and passes if its last phase returns; that verdict shares the interpreter with the program.
+
+Every process is forked by a warm fork server (`evals/sandbox_runner.py`, a `python -I -S -B`
+process per worker, started on first use; forking it costs ~1 ms where a fresh interpreter costs
+~20 ms). The layers, outermost first; the kernel ones hold without the audit hook
+(`tests/test_sandbox.py` checks them with the hook switched off):
 - file tree: a mount namespace whose root is a read-only tmpfs holding read-only copies (bind
   mounts) of the interpreter's import path and shared-library directories, /dev/null and
   /dev/urandom, and the program's own directory at /work: a fresh tmpfs of `file_mb` MiB, the one
@@ -26,13 +32,15 @@ hook switched off):
   executables (nosuid);
 - resource limits: address space, CPU seconds, size of any file it writes, number of processes;
   a scrubbed environment (HOME = TMPDIR = /work), stdin closed, its own session;
-- a Python audit hook (PEP 578), defence in depth and the guard of the pass/fail verdict: it
+- a Python audit hook (PEP 578), defence in depth (and the guard of a one-process verdict): it
   refuses opening files outside /work for writing (and outside the import path for reading),
   sockets, subprocess/fork/exec, importing ctypes or `_posixsubprocess`, signals, tracing, and other
   threads' frames or the GC's object lists (where the nonce could be found);
-- a wall-clock timeout; stdout/stderr go to files capped by the file-size limit (last bytes kept).
-A program passes only if its last phase returned and the runner then wrote this run's random nonce
-to a result file: an early `sys.exit(0)` / `os._exit(0)` / `atexit` trick is a failure.
+- a wall-clock timeout; stdout/stderr go to files capped by the file-size limit (last bytes kept),
+  and writing past it ends the process (SIGXFSZ), so a flood cannot stall the failure path.
+A program passes only if its tests returned and then the process that ran them wrote this run's
+random nonce to a result file (a judged run: the judge, which alone holds it): an early
+`sys.exit(0)` / `os._exit(0)` / `atexit` trick is a failure.
 
 Where the kernel refuses a layer (no user namespaces for this user, a container without
 CAP_SYS_ADMIN, not x86_64), the sandbox refuses to run code (`SandboxRefused`) unless the config

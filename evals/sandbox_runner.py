@@ -31,6 +31,13 @@ the status is sent only once every process of the program is gone. The program p
 7. runs the phases on a worker thread, each with a fresh copy of the builtins; the main thread
    writes the request's nonce to the result file only after that thread returned, so an early
    `sys.exit(0)` / `os._exit(0)` never counts as passed.
+
+A judged request (`run_judged`) forks two such program processes, each in a PID namespace of its
+own: the candidate (step 7 is `serve_candidate`: run the solution, answer calls) and the judge
+(`judge`: the prompt's code and the tests, calling the candidate through `candidate_proxy`; the
+nonce is its to write). Their only link is a pair of pipes carrying plain data
+(`evals/sandbox_calls.py`, prepended to this source); the judge reads its own part of the request
+(tests, nonce) from stdin, so the server, whose memory every later program inherits, never holds it.
 """
 
 import _thread
