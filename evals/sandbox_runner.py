@@ -607,6 +607,7 @@ def serve_candidate(phases, entry_point, requests_fd, replies_fd):
     except BaseException:
         report_error()
         _exit(1)
+    flush_output()
     while True:
         body = read_frame(os.read, requests_fd)
         if body is None:
@@ -622,7 +623,16 @@ def serve_candidate(phases, entry_point, requests_fd, replies_fd):
         except BaseException as e:
             report_error()
             payload = encode(("E", exception_name(e), exception_text(e)))
+        flush_output()  # it is killed, not exited, once the judge is done
         write_all(replies_fd, frame(payload))
+
+
+def flush_output():
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BaseException:
+        pass
 
 
 def changed_arguments(sent, args, kwargs):

@@ -330,6 +330,53 @@ def test_a_candidate_that_never_answers_times_out():
     assert r.status == "timeout", r
 
 
+REACH_THE_JUDGE = """
+import ctypes, gc, os
+errors = []
+for pid in range(1, 4):
+    try:
+        os.pidfd_open(pid)
+        errors.append(0)
+    except OSError as e:
+        errors.append(e.errno)
+libc = ctypes.CDLL(None, use_errno=True)
+for call in (310, 311, 438):  # process_vm_readv, process_vm_writev, pidfd_getfd
+    libc.syscall(call, 1, 0, 0, 0, 0, 0)
+    errors.append(ctypes.get_errno())
+import sys
+marker = "".join(["TESTS", "-MARKER"])  # not a constant of this code: only the tests' text has it
+seen, visited, todo, frame = 0, set(), [sys.modules], sys._getframe()
+while frame is not None:  # everything reachable from here: the stack's variables, the modules
+    todo += [frame.f_locals, frame.f_globals]
+    frame = frame.f_back
+while todo and len(visited) < 300000:
+    o = todo.pop()
+    if id(o) in visited:
+        continue
+    visited.add(id(o))
+    if isinstance(o, str):
+        seen += marker in o and o != marker
+    else:
+        todo += gc.get_referents(o)
+print("errors", errors, "seen", seen)
+
+def f():
+    print("called")
+    return 1
+"""
+
+
+def test_the_candidate_cannot_reach_the_judge_or_its_tests():
+    """With the audit hook off: no pidfd, no other process's memory, and the tests' text is
+    nowhere in the candidate's process (the judge reads them itself)."""
+    r = Sandbox(SandboxConfig(timeout_s=5, workers=1, allow_weak=True), audit_hook=False).run(
+        Judged(REACH_THE_JUDGE, "# TESTS-MARKER\nassert f() == 1", "f"))
+    assert r.passed, r
+    assert "seen 0" in r.stdout and "called" in r.stdout, r.stdout
+    if r.isolation["level"] == "strong":
+        assert "errors [1, 1, 1, 1, 1, 1]" in r.stdout, r.stdout  # EPERM from the seccomp filter
+
+
 def test_the_candidate_and_the_judge_are_apart():
     r = SANDBOX.run(Judged("def f():\n    return 1\n", "assert f() == 1", "f"))
     assert r.passed
