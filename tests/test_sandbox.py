@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from evals.sandbox import Sandbox, SandboxConfig, SandboxRefused, _pids_of_uid
+from evals.sandbox import Judged, Sandbox, SandboxConfig, SandboxRefused, _pids_of_uid
 from evals.scoring import code_program
 from common.packaged import packaged_file
 
@@ -128,6 +128,22 @@ def test_attack_is_contained(attack, listener, tmp_path):
     assert "[project]" not in result.stdout  # the repository file was not read out
     assert not connected.is_set()
     assert os.getpid() > 0 and SANDBOX.run(HEALTHY).passed  # we are alive and the next one runs
+
+
+def test_attacks_are_contained_in_a_judged_candidate(listener):
+    """The same attacks in the solution of a judged run (the candidate's process), with a wrong
+    function: none makes it pass, and the host is as it was."""
+    port, connected = listener
+    escape = Path("/tmp/prift_sandbox_escape")
+    escape.unlink(missing_ok=True)
+    repo_file_before = (REPO / "pyproject.toml").read_bytes()
+    programs = [Judged(ATTACKS[a].replace("PORT", str(port)) + "\ndef f(x):\n    return x + 1\n", "assert f(1) == 1", "f")
+                for a in sorted(ATTACKS)]
+    results = SANDBOX.run_many(programs)
+    assert [(a, r.status) for a, r in zip(sorted(ATTACKS), results) if r.passed] == []
+    assert not escape.exists() and (REPO / "pyproject.toml").read_bytes() == repo_file_before
+    assert not any("[project]" in r.stdout for r in results) and not connected.is_set()
+    assert SANDBOX.run(Judged(*HEALTHY, "add")).passed
 
 
 def test_isolation_is_reported():
