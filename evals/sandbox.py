@@ -294,7 +294,7 @@ class Sandbox:
             isolation["level"] = "weak"
         cfg = self.config
         if all(p.get("process_limit") for p in parts):
-            # No cgroup here: memory is bounded per process (RLIMIT_AS) times the processes the
+            # Without a cgroup, memory is bounded per process (RLIMIT_AS) times the processes the
             # program may have (RLIMIT_NPROC), plus the judge's one process.
             isolation["memory_bound_mb"] = cfg.memory_mb * (cfg.max_processes + judged)
             isolation["memory_bound"] = "RLIMIT_AS x RLIMIT_NPROC"

@@ -254,7 +254,7 @@ def probe():
 
 
 def test_memory_is_bounded_per_program():
-    """No cgroup here: the bound is the address-space limit per process times the processes the
+    """Without a cgroup, the bound is the address-space limit per process times the processes the
     program may have, and every result states it. Both factors are checked (audit hook off, so
     that fork is stopped by the kernel's process limit alone)."""
     cfg = SandboxConfig(timeout_s=10, memory_mb=256, max_processes=4, workers=1, allow_weak=True)
