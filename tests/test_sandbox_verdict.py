@@ -17,7 +17,7 @@ import pytest
 import rl.rewards
 from common.packaged import packaged_file
 from evals.sandbox import Judged, Sandbox, SandboxConfig
-from evals.scoring import code_program, score_code
+from evals.scoring import score_code
 from rl.rewards import code_tests
 
 CONFIG = SandboxConfig(timeout_s=5, cpu_s=5, memory_mb=512, workers=2, allow_weak=True)
