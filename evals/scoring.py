@@ -19,14 +19,7 @@ import logging
 import re
 from dataclasses import dataclass
 
-from evals.math_grader import (
-    clean_prediction,
-    extract_final,
-    last_boxed,
-    last_number,
-    math_equal,
-    strip_string,
-)
+from evals.math_grader import clean_prediction, extract_final, last_boxed, last_number, math_equal, strip_string
 from evals.sandbox import Judged
 
 log = logging.getLogger(__name__)
