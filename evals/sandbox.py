@@ -1,12 +1,18 @@
 """Run untrusted programs (model-generated code) contained, many in parallel.
 
-    results = Sandbox(SandboxConfig(timeout_s=10)).run_many([[solution, tests], ...])
+    results = Sandbox(SandboxConfig(timeout_s=10)).run_many([Judged(solution, tests, entry_point), ...])
 
-Each program is a list of Python sources ("phases", e.g. the solution, then its tests), run by a
-warm fork server (`evals/sandbox_runner.py`, a `python -I -S -B` process per worker, started on
-first use; forking it costs ~1 ms where a fresh interpreter costs ~20 ms). The layers, outermost
-first; the kernel ones hold without the audit hook (`tests/test_sandbox.py` checks them with the
-hook switched off):
+A `Judged` program (what scoring and the RL reward run) is judged across two processes: the
+solution in a *candidate* process, the tests in a *judge* process, where calls of the entry point
+go to the candidate over a pipe as plain data (`evals/sandbox_calls.py`) and the verdict is the
+judge's alone (`Sandbox.run_judged`): nothing of the candidate's interpreter is in the judge's.
+A list of Python sources ("phases", e.g. a solution then its tests) runs in one process instead,
+and passes if its last phase returns; that verdict shares the interpreter with the program.
+
+Every process is forked by a warm fork server (`evals/sandbox_runner.py`, a `python -I -S -B`
+process per worker, started on first use; forking it costs ~1 ms where a fresh interpreter costs
+~20 ms). The layers, outermost first; the kernel ones hold without the audit hook
+(`tests/test_sandbox.py` checks them with the hook switched off):
 - file tree: a mount namespace whose root is a read-only tmpfs holding read-only copies (bind
   mounts) of the interpreter's import path and shared-library directories, /dev/null and
   /dev/urandom, and the program's own directory at /work: a fresh tmpfs of `file_mb` MiB, the one
@@ -26,13 +32,15 @@ hook switched off):
   executables (nosuid);
 - resource limits: address space, CPU seconds, size of any file it writes, number of processes;
   a scrubbed environment (HOME = TMPDIR = /work), stdin closed, its own session;
-- a Python audit hook (PEP 578), defence in depth and the guard of the pass/fail verdict: it
+- a Python audit hook (PEP 578), defence in depth (and the guard of a one-process verdict): it
   refuses opening files outside /work for writing (and outside the import path for reading),
   sockets, subprocess/fork/exec, importing ctypes or `_posixsubprocess`, signals, tracing, and other
   threads' frames or the GC's object lists (where the nonce could be found);
-- a wall-clock timeout; stdout/stderr go to files capped by the file-size limit (last bytes kept).
-A program passes only if its last phase returned and the runner then wrote this run's random nonce
-to a result file: an early `sys.exit(0)` / `os._exit(0)` / `atexit` trick is a failure.
+- a wall-clock timeout; stdout/stderr go to files capped by the file-size limit (last bytes kept),
+  and writing past it ends the process (SIGXFSZ), so a flood cannot stall the failure path.
+A program passes only if its tests returned and then the process that ran them wrote this run's
+random nonce to a result file (a judged run: the judge, which alone holds it): an early
+`sys.exit(0)` / `os._exit(0)` / `atexit` trick is a failure.
 
 Where the kernel refuses a layer (no user namespaces for this user, a container without
 CAP_SYS_ADMIN, not x86_64), the sandbox refuses to run code (`SandboxRefused`) unless the config
@@ -68,9 +76,27 @@ from common.checks import at_least, positive, require
 
 log = logging.getLogger(__name__)
 
-RUNNER = (Path(__file__).with_name("sandbox_runner.py")).read_text()
+# The fork server's program: the call codec (also imported by the tests) and the runner.
+# The fork server's source: the call codec, then the runner that uses its names (one `-c` program).
+RUNNER = "\n".join(Path(__file__).with_name(name).read_text() for name in ("sandbox_calls.py", "sandbox_runner.py"))
 SERVER_GRACE_S = 30.0  # beyond the program's timeout, before a silent fork server counts as hung
-Status = Literal["passed", "failed", "timeout", "error"]
+UNJUDGEABLE = 4  # the judge's exit status when its tests cannot be run across two processes
+Status = Literal["passed", "failed", "timeout", "error", "unjudgeable"]
+
+
+@dataclass(frozen=True)
+class Judged:
+    """A program judged across two processes: `solution` (untrusted) runs in one, `context` then
+    `tests` (trusted dataset code) in the other, where `entry_point` calls into the first."""
+
+    solution: str
+    """The candidate's code (for a completion: the prompt, then the completion)."""
+    tests: str
+    """The tests; they call `entry_point` (HumanEval: `check(<entry_point>)` at the end)."""
+    entry_point: str
+    context: str = ""
+    """Trusted code the tests run after, in the judge: the prompt's imports and helpers (a helper
+    the prompt defines is the prompt's own in the tests, whatever the solution redefines)."""
 
 
 class SandboxRefused(RuntimeError):
@@ -117,8 +143,10 @@ class SandboxConfig:
 @dataclass
 class SandboxResult:
     status: Status
-    """passed: every phase returned; failed: an exception or an early exit; timeout; error: killed
-    by a resource limit (file size) or the sandbox itself could not run the program."""
+    """passed: every phase (judged: the tests) returned; failed: an exception or an early exit;
+    timeout; error: killed by a resource limit (file size) or the sandbox itself could not run the
+    program; unjudgeable (judged runs): the tests need more than plain data to cross to the
+    candidate (they pass it a function, or use a name only the solution defines), see `reason`."""
     reason: str
     """Why it did not pass (the last line of stderr, the signal, ...); empty when passed."""
     exit_code: int | None
@@ -142,18 +170,22 @@ class _Server:
     def __init__(self, view: Path):
         self.proc = subprocess.Popen(
             [sys.executable, "-I", "-S", "-B", "-c", RUNNER, str(view)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": "/work", "TMPDIR": "/work"},  # the program's directory
             cwd="/", bufsize=0,
         )
         self.to_server, self.from_server = self.proc.stdin.fileno(), self.proc.stdout.fileno()
 
-    def run(self, request: dict, wait_s: float) -> dict | None:
-        """Send a request; returns once the program and every process it started are gone:
-        {"program": pid, "status": exit code (negative: killed by that signal), "timed_out": bool,
-        "isolation": {...}} ("isolation" absent if the runner failed before it could report).
-        None if the server did not answer within wait_s."""
-        data = marshal.dumps(request)
-        os.write(self.to_server, len(data).to_bytes(4, "little") + data)
+    def run(self, request: dict, wait_s: float, judge: dict | None = None) -> dict | None:
+        """Send a request (and a judged run's judge part, which the judge process reads itself);
+        returns once the program and every process it started are gone: {"program": pid,
+        "status": exit code (negative: killed by that signal), "timed_out": bool, "isolation":
+        {...}} ("isolation" absent if the runner failed before it could report; a judged run's
+        candidate's own under "candidate"). None if the server did not answer within wait_s."""
+        frames = b"".join(len(d).to_bytes(4, "little") + d for d in map(marshal.dumps, [request] + ([judge] if judge else [])))
+        view = memoryview(frames)
+        while view:
+            view = view[os.write(self.to_server, view):]
         ready, _, _ = select.select([self.from_server], [], [], wait_s)
         if not ready:
             return None
@@ -201,47 +233,115 @@ class Sandbox:
                 weakref.finalize(self, shutil.rmtree, self._root, True)
             return self._root
 
-    def run(self, phases: list[str]) -> SandboxResult:
+    def run(self, program: list[str] | Judged) -> SandboxResult:
+        """A list of phases runs in one process and passes if its last phase returns: the program
+        and its tests share an interpreter, so that verdict is only as strong as the interpreter's
+        guard. A `Judged` program is judged across two processes (`run_judged`)."""
+        if isinstance(program, Judged):
+            return self.run_judged(program)
         cfg = self.config
         scratch = Path(tempfile.mkdtemp(dir=self.scratch_root))
         try:
-            request, uid = self._request(scratch, phases)
-            code, timed_out, report, duration = self._execute(request, uid)
-            with open(scratch / "stdout", "rb") as out, open(scratch / "stderr", "rb") as err:
-                stdout, stderr = _tail(out, cfg.output_chars), _tail(err, cfg.output_chars)
+            request, uids = self._request(scratch, program)
+            code, timed_out, report, duration = self._execute(request, uids)
+            stdout, stderr = _read_tail(scratch / "stdout", cfg.output_chars), _read_tail(scratch / "stderr", cfg.output_chars)
             finished = (scratch / "result").read_bytes() == request["nonce"].encode()
         finally:
-            _remove(scratch)
-        isolation = report.get("isolation", {})
-        self._check_isolation(isolation, stderr)
+            _remove_files(scratch)
+        isolation = self._isolation([report.get("isolation", {})], False, stderr)
         status, reason = _classify(code, timed_out, finished, stderr, isolation)
         return SandboxResult(status, reason, code, stdout, stderr, duration, isolation)
 
-    def _request(self, scratch: Path, phases: list[str]) -> tuple[dict, int | None]:
+    def run_judged(self, program: Judged) -> SandboxResult:
+        """The solution runs in a *candidate* process, the tests in a *judge* process; each is a
+        program process of its own (own PID namespace, uid, mount and IPC namespaces, view, limits,
+        seccomp, audit hook), and the two share two pipes: the tests' calls of the entry point go
+        to the candidate as plain data, its results come back as plain data built by the judge
+        (`evals.sandbox_calls`). The verdict is the judge's: its exit status and the nonce it
+        writes to a result file only it holds. Nothing in the candidate's interpreter (frames,
+        modules, builtins, `__eq__`) is in the judge's."""
+        cfg = self.config
+        scratch = Path(tempfile.mkdtemp(dir=self.scratch_root))
+        try:
+            request, uids = self._request(scratch, [program.solution], program)
+            code, timed_out, report, duration = self._execute(request, uids)
+            stdout = _read_tail(scratch / "stdout", cfg.output_chars)
+            stderr = _read_tail(scratch / "stderr", cfg.output_chars)
+            tests_stderr = _read_tail(scratch / "judge_stderr", cfg.output_chars)
+            finished = (scratch / "result").read_bytes() == request["judge"]["nonce"].encode()
+        finally:
+            _remove_files(scratch)
+        candidate = report.get("candidate", {})
+        isolation = self._isolation([report.get("isolation", {}), candidate.get("isolation", {})], True, tests_stderr + stderr)
+        status, reason = _classify(code, timed_out, finished, tests_stderr, isolation)
+        if code == UNJUDGEABLE and isolation:
+            status, reason = "unjudgeable", _last_line(tests_stderr).removeprefix("sandbox-unjudgeable: ")
+        elif status == "failed" and "sandbox-candidate-gone:" in reason:
+            reason = reason.removeprefix("sandbox-candidate-gone: ") + f" ({_candidate_end(candidate.get('status'), stderr)})"
+        combined = stderr + ("\n--- tests ---\n" + tests_stderr if tests_stderr.strip() else "")
+        return SandboxResult(status, reason, code, stdout, combined, duration, isolation)
+
+    def _isolation(self, parts: list[dict], judged: bool, stderr: str) -> dict:
+        """The isolation in force, from each process's report (a judged run's: the judge's, with
+        the candidate's under `candidate`; `level` is the weaker); refusal becomes SandboxRefused."""
+        isolation = dict(parts[0])
+        if judged and parts[1]:
+            isolation["candidate"] = parts[1]
+        for part in parts:
+            self._check_isolation(part, stderr)
+        if not all(parts):  # a process's runner failed before it reported: the run is an error
+            return {}
+        if any(p.get("level") != "strong" for p in parts):
+            isolation["level"] = "weak"
+        cfg = self.config
+        if all(p.get("process_limit") for p in parts):
+            # Without a cgroup, memory is bounded per process (RLIMIT_AS) times the processes the
+            # program may have (RLIMIT_NPROC), plus the judge's one process.
+            isolation["memory_bound_mb"] = cfg.memory_mb * (cfg.max_processes + judged)
+            isolation["memory_bound"] = "RLIMIT_AS x RLIMIT_NPROC"
+        else:
+            isolation["memory_bound_mb"] = None
+            isolation["memory_bound"] = "none: no binding process limit"
+        return isolation
+
+    def _request(self, scratch: Path, phases: list[str], judged: Judged | None = None) -> tuple[dict, list[int | None]]:
         """The program's files (capture files; a working directory, used only where the kernel
-        refuses the view) and the request the server gets."""
+        refuses the view) and the request the server gets; with the uid of each of its processes."""
         cfg = self.config
         workdir = scratch / "work"
         workdir.mkdir()
         # A uid no file on the machine belongs to; 2^20.. keeps clear of real users and of nobody.
-        uid = secrets.randbelow(1 << 29) + (1 << 20) if self.as_root else None
-        for name in ("stdout", "stderr", "result"):
-            (scratch / name).touch()
+        # A judged run's two processes get two, so neither may signal or trace the other.
+        uids = [secrets.randbelow(1 << 29) + (1 << 20) if self.as_root else None for _ in range(2 if judged else 1)]
+        while judged and self.as_root and uids[0] == uids[1]:
+            uids[1] = secrets.randbelow(1 << 29) + (1 << 20)
+        for name in ("stdout", "stderr", "result") + (("judge_stderr",) if judged else ()):
+            os.close(os.open(scratch / name, os.O_CREAT | os.O_WRONLY, 0o644))
         rlimits = {"RLIMIT_AS": cfg.memory_mb << 20, "RLIMIT_CPU": cfg.cpu_s, "RLIMIT_FSIZE": cfg.file_mb << 20, "RLIMIT_CORE": 0}
         request = {
-            "workdir": str(workdir), "stdout": str(scratch / "stdout"), "stderr": str(scratch / "stderr"),
-            "result": str(scratch / "result"), "rlimits": rlimits, "max_processes": cfg.max_processes,
-            "work_mb": cfg.file_mb, "uid": uid, "nonce": secrets.token_hex(16), "timeout_s": cfg.timeout_s,
-            "allow_weak": cfg.allow_weak, "audit_hook": self.audit_hook, "phases": list(phases),
+            "workdir": str(workdir), "rlimits": rlimits, "max_processes": cfg.max_processes,
+            "work_mb": cfg.file_mb, "timeout_s": cfg.timeout_s, "allow_weak": cfg.allow_weak,
+            "audit_hook": self.audit_hook,
         }
-        return request, uid
+        own = {"stdout": str(scratch / "stdout"), "stderr": str(scratch / "stderr"), "uid": uids[0], "phases": list(phases)}
+        if judged is None:
+            request.update(own, result=str(scratch / "result"), nonce=secrets.token_hex(16))
+            return request, uids
+        request["candidate"] = {**own, "role": "candidate", "judged": {"entry_point": judged.entry_point}}
+        request["judge"] = {
+            "stdout": os.devnull, "stderr": str(scratch / "judge_stderr"), "uid": uids[1],
+            "phases": [], "role": "judge", "result": str(scratch / "result"), "nonce": secrets.token_hex(16),
+            "judged": {"entry_point": judged.entry_point, "tests": judged.tests, "context": judged.context},
+        }
+        return request, uids
 
-    def _execute(self, request: dict, uid: int | None) -> tuple[int | None, bool, dict, float]:
+    def _execute(self, request: dict, uids: list[int | None]) -> tuple[int | None, bool, dict, float]:
         """Run one request on an idle server: (exit code, timed out, report, seconds)."""
         server = self._server()
         start = time.perf_counter()
         try:
-            report = server.run(request, self.config.timeout_s + SERVER_GRACE_S)
+            request = dict(request)
+            report = server.run(request, self.config.timeout_s + SERVER_GRACE_S, request.pop("judge", None))
         except BaseException:
             server.close()  # a server in an unknown state is not reused
             raise
@@ -250,7 +350,9 @@ class Sandbox:
             server.kill()
             return None, True, {}, time.perf_counter() - start
         self._idle.put(server)
-        _stop(report, uid)
+        _stop(report, uids[0] if len(uids) == 1 else uids[1])
+        if "candidate" in report:
+            _stop(report["candidate"], uids[0])
         return report["status"], report.get("timed_out", False), report, time.perf_counter() - start
 
     def _check_isolation(self, isolation: dict, stderr: str) -> None:
@@ -280,7 +382,7 @@ class Sandbox:
             except queue.Empty:
                 return
 
-    def run_many(self, programs: list[list[str]], progress: bool = False) -> list[SandboxResult]:
+    def run_many(self, programs: list[list[str] | Judged], progress: bool = False) -> list[SandboxResult]:
         """Run programs in parallel (threads waiting on processes); results in input order."""
         workers = self.config.workers or os.cpu_count() or 1
         with ThreadPoolExecutor(workers) as pool:
@@ -342,6 +444,19 @@ def _state(proc_dir: str) -> str:
         return f.read().rpartition(")")[2].split()[0]
 
 
+def _remove_files(scratch: Path) -> None:
+    """Delete a program's directory: its capture files and the empty working directory (the
+    program writes only inside its view), else whatever it left (`_remove`)."""
+    try:
+        for name in os.listdir(scratch):
+            if name != "work":
+                os.unlink(scratch / name)
+        os.rmdir(scratch / "work")
+        os.rmdir(scratch)
+    except OSError:
+        _remove(scratch)
+
+
 def _remove(scratch: Path) -> None:
     """Delete a program's directory whatever it did to it: a directory it made unreadable or
     unwritable (chmod 0, which binds a non-root owner too) is opened up and the removal retried."""
@@ -364,6 +479,21 @@ def _remove(scratch: Path) -> None:
         shutil.rmtree(scratch, onerror=open_up)
     except OSError as e:
         log.warning("sandbox: could not remove %s: %s", scratch, e)
+
+
+def _candidate_end(code: int | None, stderr: str) -> str:
+    """How a judged run's candidate process ended, for the reason of a failed call."""
+    if code is not None and code < 0:
+        how = f"candidate killed by {signal.Signals(-code).name}"
+    else:
+        how = f"candidate exit status {code}"
+    last = _last_line(stderr)
+    return f"{how}: {last}" if last else how
+
+
+def _read_tail(path: Path, chars: int) -> str:
+    with open(path, "rb") as f:
+        return _tail(f, chars)
 
 
 def _tail(f, chars: int) -> str:

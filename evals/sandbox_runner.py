@@ -31,6 +31,13 @@ the status is sent only once every process of the program is gone. The program p
 7. runs the phases on a worker thread, each with a fresh copy of the builtins; the main thread
    writes the request's nonce to the result file only after that thread returned, so an early
    `sys.exit(0)` / `os._exit(0)` never counts as passed.
+
+A judged request (`run_judged`) forks two such program processes, each in a PID namespace of its
+own: the candidate (step 7 is `serve_candidate`: run the solution, answer calls) and the judge
+(`judge`: the prompt's code and the tests, calling the candidate through `candidate_proxy`; the
+nonce is its to write). Their only link is a pair of pipes carrying plain data
+(`evals/sandbox_calls.py`, prepended to this source); the judge reads its own part of the request
+(tests, nonce) from stdin, so the server, whose memory every later program inherits, never holds it.
 """
 
 import _thread
@@ -46,6 +53,14 @@ import time
 import ctypes  # only the trusted server and the program before its filter use it (then unloaded)
 import traceback  # imported once here, so a failing program does not pay for it
 
+# The runner's own references, taken before any program runs: the program can replace the
+# modules' attributes (`os._exit`, `builtins.exec`), not these.
+_exit, _exec, _compile = os._exit, exec, compile
+import builtins as _builtins_module  # noqa: E402 (taken here, with the references above)
+
+_builtins_dict = dict(_builtins_module.__dict__)
+_server_main = sys.modules["__main__"]
+
 CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x00020000, 0x08000000, 0x10000000, 0x20000000, 0x40000000
 CLONE_ANY_NAMESPACE = 0x7E020000  # NEWNS | NEWCGROUP | NEWUTS | NEWIPC | NEWUSER | NEWPID | NEWNET
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 1, 2, 4, 8, 32
@@ -56,6 +71,7 @@ SYS_PIVOT_ROOT = 155
 WORK = "/work"  # the program's directory inside the view
 DEVICES = ("/dev/null", "/dev/urandom")
 REFUSED = 3  # exit status: the runner itself failed or refused to run the program
+UNJUDGEABLE = 4  # exit status of a judge whose tests the two-process design cannot run
 # Imported once by the server, so that programs (HumanEval: `from typing import List`, `import
 # math`) find them loaded. Only modules without state a program could share: not `random`, whose
 # seed would be the same in every program.
@@ -74,6 +90,7 @@ DENIED_SYSCALLS = (
     248, 249, 250,  # add_key, request_key, keyctl
     425, 426, 427,  # io_uring (its operations bypass seccomp)
     246, 320, 175, 313, 176,  # kexec, kernel modules
+    310, 311, 312, 434, 438,  # process_vm_readv/writev, kcmp, pidfd_open, pidfd_getfd: no reach into another process
 )
 SECCOMP_RET_KILL_PROCESS, SECCOMP_RET_ERRNO, SECCOMP_RET_ALLOW = 0x80000000, 0x00050000, 0x7FFF0000
 BPF_LD_W_ABS, BPF_JEQ_K, BPF_JGE_K, BPF_JSET_K, BPF_RET_K = 0x20, 0x15, 0x35, 0x45, 0x06
@@ -284,9 +301,10 @@ def cpu_limit_as_sigxcpu(status, usage, cpu_s):
 
 def redirect(request):
     """A session of its own; stdin from /dev/null, stdout/stderr to the parent's capture files.
-    Returns the result file's descriptor (opened while still privileged)."""
+    Returns the result file's descriptor (opened while still privileged; None for a candidate,
+    which has no say in the verdict)."""
     os.setsid()
-    result_fd = os.open(request["result"], os.O_WRONLY)
+    result_fd = os.open(request["result"], os.O_WRONLY) if request.get("result") else None
     for fd, path, flags in ((0, "/dev/null", os.O_RDONLY), (1, request["stdout"], os.O_WRONLY), (2, request["stderr"], os.O_WRONLY)):
         opened = os.open(path, flags)
         os.dup2(opened, fd)
@@ -317,12 +335,13 @@ def enter_view(libc, state, request, found):
         os.chdir(request["workdir"])
 
 
-def program(request, state, in_new_pid_namespace, libc, report_fd):
-    """Steps 1-7 of the module docstring in the program process; never returns."""
+def program(request, state, in_new_pid_namespace, libc, report_fd, channel=()):
+    """Steps 1-7 of the module docstring in the program process; never returns. `channel`: the
+    pipe ends of a judged run's role (`request["role"]`), kept open."""
     try:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
         result_fd = redirect(request)
-        close_all_but(report_fd, result_fd)
+        close_all_but(report_fd, *([result_fd] if result_fd is not None else []), *channel)
         found = {"mount_view": False, "pid_namespace": in_new_pid_namespace}
         enter_view(libc, state, request, found)
         isolation = lock_down(request, state, found, libc)
@@ -336,14 +355,24 @@ def program(request, state, in_new_pid_namespace, libc, report_fd):
             sys.modules.pop(name, None)  # the program's own import of them must reach the hook
         del libc
         phases = request["phases"]
-        workdir = os.path.realpath(os.getcwd())
-        os.environ.update(HOME=workdir, TMPDIR=workdir)
-        nonce = request.pop("nonce").encode()
-        readable = (*import_path_dirs(), workdir, *DEVICES)
-        request_hook = request["audit_hook"]
+        # HOME and TMPDIR are WORK in the server's environment already (setting them costs a
+        # child tens of copied pages); only a run without the view has another directory.
+        workdir = WORK if found["mount_view"] else os.path.realpath(os.getcwd())
+        if workdir != WORK:
+            os.environ.update(HOME=workdir, TMPDIR=workdir)
+        nonce = request.pop("nonce", "").encode()
+        readable = (*state["import_path"], workdir, *DEVICES)
+        request_hook, role, judged = request["audit_hook"], request.get("role"), request.get("judged")
         request.clear()
+        # Python ignores SIGXFSZ; by default it ends a process that writes past its file-size limit,
+        # so a flood of output ends the program at once instead of making its error path raise.
+        signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
         if request_hook:
             sys.addaudithook(make_guard(workdir, readable))
+        if role == "candidate":
+            serve_candidate(phases, judged["entry_point"], *channel)
+        if role == "judge":
+            judge(judged, *channel, result_fd, nonce)
         # The nonce stays a local of this (main) thread's frame; the program runs on another
         # thread, whose frames lead back to run_phases, not here (other threads' frames and the
         # GC's object lists are behind the hook).
@@ -352,11 +381,20 @@ def program(request, state, in_new_pid_namespace, libc, report_fd):
         _thread.start_new_thread(run_phases, (phases, finished))
         finished.acquire()
         os.write(result_fd, nonce)
-        os._exit(0)
+        _exit(0)
     except BaseException:
+        report_error()
+        _exit(REFUSED)
+
+
+def report_error():
+    """The current exception's traceback on stderr, if stderr still takes it (a program may have
+    replaced sys.stderr or filled its file): the exit that follows must happen regardless."""
+    try:
         traceback.print_exc()
         sys.stderr.flush()
-        os._exit(REFUSED)
+    except BaseException:
+        pass
 
 
 def close_all_but(*keep):
@@ -382,13 +420,14 @@ def lock_down(request, state, found, libc):
     process_limit = privileges["process_limit"]
     if process_limit:
         # The count covers every process of the uid in this user namespace: in one of our own,
-        # also the server (and the original process waiting for it).
-        limits["RLIMIT_NPROC"] = request["max_processes"] + (0 if state["root"] else 2)
+        # also the server (and the original process waiting for it), and a judged run's judge.
+        others = 0 if state["root"] else 3 if request.get("role") else 2
+        limits["RLIMIT_NPROC"] = request["max_processes"] + others
     for name, value in limits.items():
         set_limit(getattr(resource, name), value, value + 1 if name == "RLIMIT_CPU" else value)
     seccomp = False
     try:
-        install_seccomp(libc)
+        install_seccomp(libc, state["seccomp"])
         seccomp = True
     except OSError as e:
         missing["seccomp"] = str(e)
@@ -457,15 +496,19 @@ def seccomp_filter():
     return b"".join(struct.pack("=HBBI", *ins) for ins in head + body + tail)
 
 
-def install_seccomp(libc):
+def seccomp_program():
+    """The filter as the kernel takes it, built once by the server: (program, its buffer)."""
+    code = seccomp_filter()
+    buf = ctypes.create_string_buffer(code, len(code))
+    return SockFprog(len(code) // 8, ctypes.addressof(buf)), buf
+
+
+def install_seccomp(libc, program):
     """Step 4: no_new_privs, then the filter (inherited by every thread and child it makes)."""
     if libc is None or os.uname().machine != "x86_64":
         raise OSError(0, f"no seccomp filter for {os.uname().machine}")
-    code = seccomp_filter()
-    buf = ctypes.create_string_buffer(code, len(code))
-    prog = SockFprog(len(code) // 8, ctypes.addressof(buf))
     kernel_call("no_new_privs", prctl(libc, PR_SET_NO_NEW_PRIVS, 1))
-    kernel_call("seccomp", prctl(libc, PR_SET_SECCOMP, 2, ctypes.addressof(prog)))
+    kernel_call("seccomp", prctl(libc, PR_SET_SECCOMP, 2, ctypes.addressof(program[0])))
 
 
 def prctl(libc, option, arg2, arg3=0):
@@ -513,29 +556,225 @@ def make_guard(workdir, readable):
     return guard
 
 
+def fresh_main():
+    """A new `__main__` module's namespace (`import __main__` gives the program's, not this runner)."""
+    main = type(sys)("__main__")
+    sys.modules["__main__"] = main
+    return main.__dict__
+
+
 def run_phases(phases, finished):
     """Step 7, on a thread of its own. Any exception, SystemExit(0) included, ends the process
-    with status 1: `finished` is released only if the last phase returned."""
-    import builtins
-
-    pristine = dict(builtins.__dict__)
-    main = type(sys)("__main__")  # `import __main__` gives the program's module, not this runner
-    sys.modules["__main__"] = main
-    namespace = main.__dict__
+    with status 1: `finished` is released only if the last phase returned. The runner's own
+    references (`_exit`, `_exec`, `_compile`, saved at start-up) are used, not the modules'
+    attributes a program can replace; its frames and globals remain reachable from the program,
+    which is why scoring uses judged runs (`judge`), not this verdict."""
+    pristine = dict(_builtins_dict)
+    namespace = fresh_main()
     try:
         for i, source in enumerate(phases):
             namespace["__builtins__"] = dict(pristine)
-            exec(compile(source, f"<phase {i}>", "exec"), namespace)
+            _exec(_compile(source, f"<phase {i}>", "exec"), namespace)
     except SystemExit as e:
-        sys.stderr.write(f"sandbox: the program raised SystemExit({e.code!r}) before its tests finished\n")
-        sys.stderr.flush()
-        os._exit(1)
+        try:
+            sys.stderr.write(f"sandbox: the program raised SystemExit({e.code!r}) before its tests finished\n")
+            sys.stderr.flush()
+        except BaseException:
+            pass
+        _exit(1)
     except BaseException:
-        traceback.print_exc()
-        sys.stderr.flush()
-        os._exit(1)
-    sys.stdout.flush()
+        report_error()
+        _exit(1)
+    try:
+        sys.stdout.flush()
+    except BaseException:
+        _exit(1)
     finished.release()
+
+
+# ---------------------------------------------------------------- judged runs: two processes
+
+
+def serve_candidate(phases, entry_point, requests_fd, replies_fd):
+    """The candidate process of a judged run: run the solution, then answer calls of its
+    `entry_point` until the judge is done (the server kills it then). A failing solution exits;
+    the judge reads that as a failed call. Nothing here is trusted: the program may have replaced
+    any of it, and all it can do with that is choose the bytes of its replies."""
+    namespace = fresh_main()
+    try:
+        for i, source in enumerate(phases):
+            exec(compile(source, f"<phase {i}>", "exec"), namespace)
+    except BaseException:
+        report_error()
+        _exit(1)
+    flush_output()
+    while True:
+        body = read_frame(os.read, requests_fd)
+        if body is None:
+            _exit(0)
+        args, kwargs = decode(body)
+        try:
+            fn = namespace.get(entry_point)
+            if fn is None:
+                raise NameError(f"name {entry_point!r} is not defined")
+            result = fn(*args, **kwargs)
+            reply = ("R", result, changed_arguments(body, args, kwargs))
+            payload = encode(reply, lenient=True)
+        except BaseException as e:
+            report_error()
+            payload = encode(("E", exception_name(e), exception_text(e)))
+        flush_output()  # it is killed, not exited, once the judge is done
+        write_all(replies_fd, frame(payload))
+
+
+def flush_output():
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BaseException:
+        pass
+
+
+def changed_arguments(sent, args, kwargs):
+    """The mutable arguments after the call if the call changed any (by value), else None: the
+    judge copies them back into its own, as in-place changes would be seen in one interpreter."""
+    if encode((args, kwargs), lenient=True) == sent:
+        return None
+    mutable = (list, dict, set)
+    changed = {i: a for i, a in enumerate(args) if type(a) in mutable}
+    changed.update((k, v) for k, v in kwargs.items() if type(v) in mutable)
+    return changed
+
+
+def exception_name(e):
+    """The nearest builtin exception class of `e` (a ValueError subclass goes as ValueError)."""
+    import builtins
+
+    for cls in type(e).__mro__:
+        if getattr(builtins, cls.__name__, None) is cls and issubclass(cls, Exception):
+            return cls.__name__
+    return "CandidateError"
+
+
+def exception_text(e):
+    try:
+        return str(e)[:2000]
+    except BaseException:
+        return ""
+
+
+class CandidateError(Exception):
+    """The candidate raised an exception of no builtin type, or replied with something that is
+    not plain data: to the tests, a call that raised."""
+
+
+def judge(judged, requests_fd, replies_fd, result_fd, nonce):
+    """The judge process of a judged run: the prompt's own code (its imports and helpers, trusted
+    dataset code), with the entry point bound to a proxy that calls the candidate process, then
+    the tests. Passed = the tests returned, and then the nonce is written to the result file,
+    which only this process holds."""
+    namespace = fresh_main()
+    call = candidate_proxy(judged["entry_point"], requests_fd, replies_fd)
+    try:
+        context = compile(judged["context"], "<prompt>", "exec")
+    except SyntaxError as e:
+        unjudgeable(f"the prompt's code does not compile on its own ({e})")
+    try:
+        exec(context, namespace)
+        namespace[judged["entry_point"]] = call
+        exec(compile(judged["tests"], "<tests>", "exec"), namespace)
+    except NameError as e:
+        if e.name and e.name not in namespace:  # raised by the tests, not passed on by the proxy
+            unjudgeable(f"the tests use {e.name!r}, which the prompt does not define (only {judged['entry_point']!r} is called in the candidate's process)")
+        report_error()
+        _exit(1)
+    except BaseException:
+        report_error()
+        _exit(1)
+    os.write(result_fd, nonce)
+    _exit(0)
+
+
+def unjudgeable(why):
+    os.write(2, f"\nsandbox-unjudgeable: {why}\n".encode())
+    _exit(UNJUDGEABLE)
+
+
+def candidate_gone(why):
+    os.write(2, f"\nsandbox-candidate-gone: {why}\n".encode())
+    _exit(1)
+
+
+def candidate_proxy(entry_point, requests_fd, replies_fd):
+    """`candidate(...)` for the tests: the arguments go to the candidate process as plain data,
+    its reply comes back as a value built here, or as an exception of the builtin type it names
+    (CandidateError for any other). A test that passes something other than plain data cannot be
+    judged (exit UNJUDGEABLE); a candidate that ended or broke the framing fails the run."""
+    raisable = RAISABLE
+
+    def candidate(*args, **kwargs):
+        try:
+            payload = encode((args, kwargs))
+        except NotPlainData as e:
+            unjudgeable(f"the tests pass {entry_point} an argument that cannot cross to its process ({e})")
+        try:
+            write_all(requests_fd, frame(payload))
+            body = read_frame(os.read, replies_fd)
+        except (OSError, BadMessage) as e:
+            candidate_gone(f"the candidate's process failed during a call: {type(e).__name__}: {e}")
+        if body is None:
+            candidate_gone("the candidate's process ended before it answered a call")
+        try:
+            reply = decode(body)
+        except BadMessage as e:
+            raise CandidateError(f"the candidate's reply is not plain data ({e})") from None
+        if type(reply) is tuple and len(reply) == 3 and reply[0] == "R":
+            copy_back(reply[2], args, kwargs)
+            return reply[1]
+        if type(reply) is tuple and len(reply) == 3 and reply[0] == "E" and type(reply[1]) is type(reply[2]) is str:
+            cls = raisable.get(reply[1], CandidateError)
+            try:
+                error = cls(reply[2])
+            except Exception:
+                error = CandidateError(f"{reply[1]}: {reply[2]}")
+            raise error
+        raise CandidateError("the candidate's reply is not a result or an exception")
+
+    candidate.__name__ = candidate.__qualname__ = entry_point
+    return candidate
+
+
+# What a candidate's exception may be raised as in the tests, by name. StopIteration is left out:
+# raised through map() or a lambda inside all(), it would end the tests' iteration early, as if
+# every remaining check had held.
+RAISABLE = {n: c for n, c in vars(_builtins_module).items()
+            if isinstance(c, type) and issubclass(c, Exception) and not issubclass(c, (StopIteration, StopAsyncIteration))}
+
+
+def copy_back(changed, args, kwargs):
+    """Apply the candidate's in-place changes to the judge's own arguments (top level, by value)."""
+    if type(changed) is not dict:
+        return
+    for key, new in changed.items():
+        if type(key) is int and 0 <= key < len(args):
+            old = args[key]
+        elif type(key) is str and key in kwargs:
+            old = kwargs[key]
+        else:
+            continue
+        if type(old) is not type(new):
+            continue
+        if type(old) is list:
+            old[:] = new
+        elif type(old) in (dict, set):
+            old.clear()
+            old.update(new)
+
+
+def write_all(fd, data):
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 # ---------------------------------------------------------------- the server loop
@@ -565,6 +804,73 @@ def read_report(fd):
     return report
 
 
+WARM_PROGRAM = '''
+from typing import List
+import math
+
+
+def f(numbers: List[int], scale: float = 1.0) -> list:
+    """A docstring."""
+    out = [x * scale for x in numbers if x % 2 == 0]
+    return sorted(set(out)) + [len({str(n): n for n in numbers}), math.floor(sum(numbers) / 2)]
+
+
+def check(candidate):
+    assert candidate([1, 2, 3, 4]) == [2.0, 4.0, 4, 5]
+    assert abs(candidate([2], 0.5)[0] - 1.0) < 1e-6
+    assert candidate([]) == [0, 0], "empty"
+
+
+check(f)
+try:
+    check(lambda *a: None)
+except AssertionError:
+    pass
+'''
+
+
+def warm_up(libc):
+    """Do, in the server, the pure-Python work each program process repeats: compile and run a
+    small program with its tests, fail one, the call codec, the reports. Lazily built caches and
+    specialised bytecode then belong to the server, and each forked child writes to (so copies)
+    about half as many of its pages: the largest cost of a program process is those page faults."""
+    for _ in range(8):
+        namespace = {}
+        exec(compile(WARM_PROGRAM, "<warm-up>", "exec"), namespace)
+        try:
+            namespace["check"](lambda *a: None)
+        except AssertionError:
+            traceback.format_exc()
+        body = frame(encode(((1, -(1 << 70), "a\u00e9", [1.5, None, float("nan")], {"k": (True, b"x", frozenset({2}))}), {"s": {3}})))
+        decode(body[4:])
+        encode(("E", exception_name(ValueError("x")), exception_text(ValueError("x"))))
+        marshal.loads(marshal.dumps({"isolation": {"uid": 1, "level": "strong", "missing": {}}, "status": 0}))
+        fresh_main()
+        warm_call()
+    if libc is not None:  # ctypes makes a function object per libc function on first use
+        for name in ("unshare", "mount", "umount2", "syscall", "prctl", "capset", "setns"):
+            getattr(libc, name)
+
+
+def warm_call():
+    """One call through the judge's proxy and the candidate's side of the pipes, in-process."""
+    calls_r, calls_w = os.pipe()
+    replies_r, replies_w = os.pipe()
+    try:
+        args, kwargs = ([3, 1, 2], "text", 2.5), {"flag": True}
+        write_all(calls_w, frame(encode((args, kwargs))))
+        body = read_frame(os.read, calls_r)
+        got_args, got_kwargs = decode(body)
+        got_args[0].sort()
+        reply = ("R", sorted(got_args[0]), changed_arguments(body, got_args, got_kwargs))
+        write_all(replies_w, frame(encode(reply, lenient=True)))
+        answer = decode(read_frame(os.read, replies_r))
+        copy_back(answer[2], args, kwargs)
+    finally:
+        for fd in (calls_r, calls_w, replies_r, replies_w):
+            os.close(fd)
+
+
 def serve():
     """One request at a time: fork the program, collect its report, reap it (timeout included),
     send report and exit status to the parent in one message."""
@@ -572,6 +878,11 @@ def serve():
     for name in PRELOAD:
         __import__(name)
     state = prepare(libc, sys.argv[1])
+    state["import_path"] = import_path_dirs()
+    state["seccomp"] = seccomp_program() if libc is not None else None
+    warm_up(libc)
+    sys.modules["__main__"] = _server_main
+    gc.collect()
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})  # for sigtimedwait in wait_program
     while True:
@@ -580,20 +891,82 @@ def serve():
         except EOFError:  # the parent is gone
             return
         request = marshal.loads(read_exactly(0, size))
-        report_r, report_w = os.pipe()
-        pid, fresh = fork_program(libc, state)
-        if pid == 0:
-            os.close(report_r)
-            program(request, state, fresh, libc, report_w)
-        os.close(report_w)
-        report = read_report(report_r)  # returns when the program closed the pipe: code runs now
-        os.close(report_r)
-        status, usage, timed_out = wait_program(pid, request["timeout_s"])
-        code = cpu_limit_as_sigxcpu(status, usage, request["rlimits"]["RLIMIT_CPU"]) if fresh else os.waitstatus_to_exitcode(status)
-        report.update(program=pid, timed_out=timed_out, status=code)
+        report = run_judged(libc, state, request) if "candidate" in request else run_single(libc, state, request)
         del request
         data = marshal.dumps(report)
         os.write(1, len(data).to_bytes(4, "little") + data)
+        reap()
+
+
+def start(libc, state, request, channel=(), part_on_stdin=False):
+    """Fork one program process; returns (pid, in a fresh PID namespace, its report pipe).
+    `part_on_stdin`: the child reads the rest of its request (a judge's tests and nonce) from the
+    server's stdin itself, so they are never in the server's memory, which later programs inherit."""
+    report_r, report_w = os.pipe()
+    pid, fresh = fork_program(libc, state)
+    if pid == 0:
+        os.close(report_r)
+        if part_on_stdin:
+            request = {**request, **marshal.loads(read_exactly(0, int.from_bytes(read_exactly(0, 4), "little")))}
+        program(request, state, fresh, libc, report_w, channel)
+    os.close(report_w)
+    return pid, fresh, report_r
+
+
+def finish(pid, fresh, report_r, request):
+    """Collect a started program's report and reap it (at its timeout, killed)."""
+    report = read_report(report_r)  # returns when the program closed the pipe: code runs now
+    os.close(report_r)
+    status, usage, timed_out = wait_program(pid, request["timeout_s"])
+    code = cpu_limit_as_sigxcpu(status, usage, request["rlimits"]["RLIMIT_CPU"]) if fresh else os.waitstatus_to_exitcode(status)
+    report.update(program=pid, timed_out=timed_out, status=code)
+    return report
+
+
+def run_single(libc, state, request):
+    return finish(*start(libc, state, request), request)
+
+
+def run_judged(libc, state, request):
+    """A judged run: the candidate and the judge, each PID 1 of a PID namespace of its own (neither
+    can name the other's processes), with its own uid, mount and IPC namespace, joined only by two
+    pipes: calls one way, replies the other. The judge's part of the request follows this one on
+    stdin and is read by the judge alone. The judge's status and result file are the verdict;
+    when the judge is done (or killed at the timeout) the candidate is killed."""
+    calls_r, calls_w = os.pipe()
+    replies_r, replies_w = os.pipe()
+    common = request
+    candidate = start(libc, state, {**common, **common.pop("candidate")}, (calls_r, replies_w))
+    judge_run = start(libc, state, common, (calls_w, replies_r), part_on_stdin=True)
+    for fd in (calls_r, calls_w, replies_r, replies_w):
+        os.close(fd)
+    candidate_report = read_report(candidate[2])
+    os.close(candidate[2])
+    report = finish(*judge_run, common)
+    if "isolation" not in report:  # it may have died before reading its part: stdin is out of step
+        raise SystemExit("sandbox: a judge ended before it reported; the server stops")
+    # The verdict is in: the candidate is killed now and reaped once the report is sent (`reap`),
+    # so its teardown overlaps the client's work. Killed, it runs no more code; as PID 1 of its
+    # namespace its death takes every process it started.
+    # A failed run waits, for the candidate's own exit status (it may have ended the run).
+    done, status, _ = os.wait4(candidate[0], os.WNOHANG)
+    if not done:
+        os.kill(candidate[0], signal.SIGKILL)
+        if report["status"] == 0:
+            UNREAPED.append(candidate[0])
+        else:
+            status, done = os.wait4(candidate[0], 0)[1], True
+    code = os.waitstatus_to_exitcode(status) if done else -signal.SIGKILL
+    report["candidate"] = dict(candidate_report, program=candidate[0], status=code)
+    return report
+
+
+UNREAPED = []  # killed candidates, reaped after their run's report is sent
+
+
+def reap():
+    while UNREAPED:
+        os.wait4(UNREAPED.pop(), 0)
 
 
 serve()

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from evals.math_grader import (clean_prediction, extract_final, last_boxed, last_number, math_equal, parse_digits,
                                strip_string)
+from evals.sandbox import Judged
 
 log = logging.getLogger(__name__)
 
@@ -252,14 +253,38 @@ def code_solution(completion: str, prompt: str, entry_point: str) -> str:
     return prompt + code
 
 
-def code_program(completion: str, example_meta: dict) -> list[str]:
-    """Sandbox phases for one completion: the solution, then the task's tests (fresh builtins)."""
-    solution = code_solution(completion, example_meta["prompt"], example_meta["entry_point"])
-    return [solution, example_meta["test"]]
+def code_program(completion: str, example_meta: dict, test: str | None = None) -> Judged:
+    """The sandbox program for one completion: the solution runs in the candidate's process; the
+    task's tests (`test`, default all of them) run after the prompt's own code in the judge's,
+    where the entry point calls into the candidate (`evals.sandbox.Sandbox.run_judged`)."""
+    entry = example_meta["entry_point"]
+    solution = code_solution(completion, example_meta["prompt"], entry)
+    tests = example_meta["test"] if test is None else test
+    return Judged(solution, tests, entry, context=prompt_context(example_meta["prompt"]))
+
+
+def prompt_context(prompt: str) -> str:
+    """The prompt as code the judge can run: a prompt that ends in a bare `def` line (no docstring)
+    gets a body (HumanEval's end in a docstring, which is one)."""
+    try:
+        compile(prompt, "<prompt>", "exec")
+        return prompt
+    except SyntaxError:
+        return prompt + "\n    pass\n"
 
 
 def score_code(completions: list[str], metas: list[dict], sandbox) -> list[Score]:
     """Run every completion's program in the sandbox (in parallel); passed only if every test ran
-    and passed."""
+    and passed. A task the two-process judge cannot run is scored wrong, with its reason."""
     results = sandbox.run_many([code_program(c, m) for c, m in zip(completions, metas)], progress=len(metas) > 50)
+    log_unjudgeable(results, metas)
     return [Score(r.passed, r.status, "" if r.passed else f"{r.status}: {r.reason}") for r in results]
+
+
+def log_unjudgeable(results, metas: list[dict]) -> None:
+    """Say which tasks the judge could not run (they score 0 whatever the completion)."""
+    reasons = {m.get("entry_point", "?"): r.reason for r, m in zip(results, metas) if r.status == "unjudgeable"}
+    if reasons:
+        count = sum(r.status == "unjudgeable" for r in results)
+        log.warning("sandbox: %d programs could not be judged (scored wrong): %s", count,
+                    "; ".join(f"{k}: {v}" for k, v in sorted(reasons.items())[:5]))

@@ -24,7 +24,7 @@ from typing import Callable
 
 from evals.sandbox import Sandbox, SandboxConfig
 from evals.bounded import TIMEOUT
-from evals.scoring import MathJob, code_solution, last_boxed, score_answer, score_math_many
+from evals.scoring import MathJob, code_program, last_boxed, log_unjudgeable, score_answer, score_math_many
 
 log = logging.getLogger(__name__)
 
@@ -113,19 +113,20 @@ def use_sandbox(config: SandboxConfig) -> None:
 
 def code_tests(prompts, completions, code, scorer=None, **_) -> list[float | None]:
     """Fraction of the task's tests that pass in the sandbox. `code` holds, per row, the prompt
-    stub, the entry point and a list of tests; each test runs as its own program, after the
-    solution, so one failing assert does not hide the others."""
+    stub, the entry point and a list of tests; each test runs as its own judged program (the
+    solution in one process, the test in another: `evals.scoring.code_program`), so one failing
+    assert does not hide the others."""
     if _SANDBOX is None:
         use_sandbox(RL_SANDBOX)
     programs, owners = [], []
     for i, (c, meta, kind) in enumerate(zip(completions, code, _kinds(scorer, len(completions)))):
         if kind not in (None, "code"):
             continue
-        solution = code_solution(completion_text(c), meta["prompt"], meta["entry_point"])
         for test in meta["tests"]:
-            programs.append([solution, meta.get("setup", "") + "\n" + test])
+            programs.append(code_program(completion_text(c), meta, meta.get("setup", "") + "\n" + test))
             owners.append(i)
     results = _SANDBOX.run_many(programs)
+    log_unjudgeable(results, [code[i] for i in owners])
     passed, total = [0] * len(completions), [0] * len(completions)
     for i, r in zip(owners, results):
         total[i] += 1

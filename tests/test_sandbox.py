@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from evals.sandbox import Sandbox, SandboxConfig, SandboxRefused, _pids_of_uid
+from evals.sandbox import Judged, Sandbox, SandboxConfig, SandboxRefused, _pids_of_uid
+from evals.scoring import code_program
 from common.packaged import packaged_file
 
 REPO = Path(__file__).resolve().parents[1]
@@ -127,6 +128,22 @@ def test_attack_is_contained(attack, listener, tmp_path):
     assert "[project]" not in result.stdout  # the repository file was not read out
     assert not connected.is_set()
     assert os.getpid() > 0 and SANDBOX.run(HEALTHY).passed  # we are alive and the next one runs
+
+
+def test_attacks_are_contained_in_a_judged_candidate(listener):
+    """The same attacks in the solution of a judged run (the candidate's process), with a wrong
+    function: none makes it pass, and the host is as it was."""
+    port, connected = listener
+    escape = Path("/tmp/prift_sandbox_escape")
+    escape.unlink(missing_ok=True)
+    repo_file_before = (REPO / "pyproject.toml").read_bytes()
+    programs = [Judged(ATTACKS[a].replace("PORT", str(port)) + "\ndef f(x):\n    return x + 1\n", "assert f(1) == 1", "f")
+                for a in sorted(ATTACKS)]
+    results = SANDBOX.run_many(programs)
+    assert [(a, r.status) for a, r in zip(sorted(ATTACKS), results) if r.passed] == []
+    assert not escape.exists() and (REPO / "pyproject.toml").read_bytes() == repo_file_before
+    assert not any("[project]" in r.stdout for r in results) and not connected.is_set()
+    assert SANDBOX.run(Judged(*HEALTHY, "add")).passed
 
 
 def test_isolation_is_reported():
@@ -402,22 +419,16 @@ def test_run_many_keeps_order_and_isolates_failures():
     assert [r.passed for r in results] == [bool(i % 3) for i in range(9)]
 
 
-def test_every_humaneval_canonical_solution_passes():
-    problems = humaneval()
-    assert len(problems) == 164
-    results = SANDBOX.run_many([program(p, p["canonical_solution"]) for p in problems])
-    failed = [(p["task_id"], r.reason) for p, r in zip(problems, results) if not r.passed]
-    assert failed == []
-
-
 def without_last_line(solution: str) -> str:
     return "".join(solution.rstrip().splitlines(keepends=True)[:-1]) + "\n    pass\n"
 
 
 def test_broken_humaneval_solutions_fail():
-    """Every canonical solution with its last line removed, and every `return None`, fails."""
+    """Every canonical solution with its last line removed, and every `return None`, fails as
+    scoring runs it (judged; the canonical solutions pass: tests/test_sandbox_verdict.py)."""
     problems = humaneval()
     bodies = [without_last_line(p["canonical_solution"]) for p in problems] + ["    return None\n"] * len(problems)
-    results = SANDBOX.run_many([program(p, b) for p, b in zip(problems * 2, bodies)])
-    passed = [(p["task_id"], b) for p, b, r in zip(problems * 2, bodies, results) if r.passed]
+    metas = [{"prompt": p["prompt"], "entry_point": p["entry_point"], "test": program(p, "")[1]} for p in problems]
+    results = SANDBOX.run_many([code_program(b, m) for b, m in zip(bodies, metas * 2)])
+    passed = [(p["task_id"], b, r.status) for p, b, r in zip(problems * 2, bodies, results) if r.status != "failed"]
     assert passed == []
