@@ -128,3 +128,57 @@ def test_curves_are_mean_and_sample_std_over_runs_step_by_step():
     assert steps == [1, 2, 3] and counts == [2, 2, 1]
     assert means == pytest.approx([0.4, 0.6, 1.0])
     assert stds[:2] == pytest.approx([math.sqrt(0.08), math.sqrt(0.08)]) and stds[2] is None
+
+
+def binomial_cdf(k: int, n: int, p: float) -> float:
+    """P(X <= k) for X ~ Binomial(n, p), summed term by term in float64."""
+    return sum(math.comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(k + 1))
+
+
+@pytest.mark.parametrize("successes,tries", [(0, 6), (6, 6), (1, 30), (17, 40), (0, 200)])
+def test_the_exact_binomial_interval_is_where_the_tails_hold_2_5_percent(successes, tries):
+    from workflows.report.stats import exact_binomial
+
+    lo, hi = exact_binomial(successes, tries)
+    if successes < tries:  # the upper end: P(X <= successes) = 2.5% there
+        assert binomial_cdf(successes, tries, hi) == pytest.approx(0.025, abs=1e-9)
+    else:
+        assert hi == 1.0
+    if successes > 0:  # the lower end: P(X >= successes) = 2.5% there
+        assert 1 - binomial_cdf(successes - 1, tries, lo) == pytest.approx(0.025, abs=1e-9)
+    else:
+        assert lo == 0.0
+    if successes == 0:
+        assert hi == pytest.approx(1 - 0.025 ** (1 / tries))  # 0 of 6: 45.9%, the issue's figure
+
+
+def test_a_cell_whose_samples_all_agree_gets_the_exact_interval_not_zero_width():
+    from workflows.report.stats import cell_interval
+
+    wrong = [{"p0": [0.0, 0.0], "p1": [0.0, 0.0], "p2": [0.0, 0.0]}]  # GSM8K 0 of 3 problems x 2 samples
+    cell = cell_interval(wrong, "avg")
+    assert (cell.estimate, cell.lo) == (0.0, 0.0) and cell.hi == pytest.approx(1 - 0.025 ** (1 / 6))
+    right = cell_interval([{"p0": [1.0, 1.0], "p1": [1.0, 1.0]}], "pass_at_n")  # 2 problems solved of 2
+    assert right.hi == 1.0 and right.lo == pytest.approx(0.025 ** (1 / 2))
+    mixed = [{f"p{i}": [float(i % 2), float(i % 3 == 0)] for i in range(40)}]
+    assert cell_interval(mixed, "avg").hi - cell_interval(mixed, "avg").lo > 0.15  # a wide sample keeps its width
+
+
+def test_the_detectable_difference_is_2_8_standard_errors_and_never_zero():
+    from workflows.report.stats import DETECTABLE_Z, detectable, paired_difference
+
+    assert DETECTABLE_Z == pytest.approx(1.959964 + 0.841621, abs=1e-6)  # normal quantiles 0.975 and 0.8
+    draws = np.array([0.1, -0.1, 0.3, -0.3])
+    assert detectable(draws) == pytest.approx(DETECTABLE_Z * np.std(draws, ddof=1))
+    # all 0 in both arms, 6 tries each: the Agresti-Caffo floor, (1/8 * 7/8 / 8 * 2) ** 0.5 standard error
+    zeros = np.zeros((1, 3))
+    none_found = paired_difference(zeros, zeros, counts=((0, 6), (0, 6)))
+    assert (none_found.lo, none_found.hi) == (0.0, 0.0)
+    assert none_found.detectable == pytest.approx(DETECTABLE_Z * math.sqrt(2 * (1 / 8) * (7 / 8) / 8))
+    # Bernoulli scores, 200 problems: the bootstrap standard error of a paired difference is about
+    # sqrt(var(d) / n); the detectable difference follows it
+    rng = np.random.default_rng(1)
+    a, b = rng.integers(0, 2, (1, 200)).astype(float), rng.integers(0, 2, (1, 200)).astype(float)
+    d = (a - b)[0]
+    expected = DETECTABLE_Z * d.std(ddof=0) / math.sqrt(200)
+    assert paired_difference(a, b).detectable == pytest.approx(expected, rel=0.1)

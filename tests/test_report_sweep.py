@@ -145,7 +145,8 @@ def test_sft_to_rl_table_pairs_seeds_and_keeps_runs_without_signal_apart(report)
     assert mass[1].startswith(f"{avg(21):.1f} [") and mass[2].startswith(f"{avg(24):.1f} [")
     assert mass[3].startswith(f"{avg(24) - avg(21):+.1f} [") and sft[3].startswith(f"{avg(15) - avg(9):+.1f} [")
     pass_n = 100 * (24 + 3) / PROBLEMS - 100 * (21 + 3) / PROBLEMS  # Pass@2: a problem either sample solves
-    assert mass[6].startswith(f"{pass_n:+.1f} [")
+    assert mass[7].startswith(f"{pass_n:+.1f} [")
+    assert float(mass[4].lstrip("±")) > 0  # the change the test could detect, beside it
     assert flagged[3] == "+0.0 [+0.0, +0.0]"
     lo, hi = (float(v) for v in sft[3].split("[")[1].rstrip("]").split(","))
     assert 0 < lo < avg(15) - avg(9) < hi  # 6 of 30 problems gained on one seed: the interval excludes 0
@@ -158,7 +159,7 @@ def test_findings_name_only_differences_whose_interval_excludes_zero(report):
     assert f"prift_mass above sft on gsm8k (SFT models), {avg(21) - avg(9):+.1f} points" in findings
     assert "Left out as RL results (no learning signal): sft seed 1." in findings
     rows = table_rows(text, "## Method comparisons (paired, Avg@n)")
-    assert rows["prift_mass − sft (sft)"][4] == "difference"
+    assert rows["prift_mass − sft (sft)"][5] == "difference"
 
 
 def test_findings_say_no_significant_difference_when_every_interval_includes_zero(tmp_path):
@@ -171,7 +172,8 @@ def test_findings_say_no_significant_difference_when_every_interval_includes_zer
     found = comparisons([group("sft", 9), group("prift_prob", 10)])  # one problem's sample in 30
     assert len(found) == 1 and not found[0].interval.significant
     text = findings(found, [])
-    assert "No significant difference between the methods: every one of the 1 paired 95% intervals includes 0." in text
+    assert "No significant difference between the methods: every one of the 1 paired 95% intervals includes 0" in text
+    assert "none of these tests could have detected a difference smaller than " in text
     assert "above" not in text and "below" not in text
     assert findings([], []) == ("**Findings.** No two methods could be compared (one method in the sweep, "
                                 "or no per-problem scores).")

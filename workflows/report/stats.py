@@ -13,6 +13,15 @@ report gives the same interval every time. With one seed only the problems vary.
 Two methods are compared paired: each resample draws ONE set of problems and scores both methods
 on it (their seeds are drawn independently: seed s of one method and of another are different
 training runs). The difference is called a difference only when that interval excludes 0.
+
+Honest at the edges. A percentile bootstrap cannot see variance its sample does not show: a cell
+whose samples are all wrong would get [0, 0], as if 0% were certain (0 right of 6 is compatible
+with a rate up to 45.9%). So a cell's interval is never narrower than the exact (Clopper-Pearson)
+binomial interval of its pooled tries (`cell_interval`), and a difference's standard error is never
+below the Agresti-Caffo one of its two pooled proportions (`detectable`). Each difference carries
+its minimum detectable difference: the smallest true difference its test would find with 95%
+confidence and 80% power, (z_0.975 + z_0.8) x its standard error, so a null reads "none of X
+points or more detected", not just "no significant difference".
 """
 
 from __future__ import annotations
@@ -27,6 +36,9 @@ from evals.metrics import pass_at_k
 RESAMPLES = 2000
 SEED = 0
 LEVEL = 0.95
+DETECTABLE_Z = 1.959963984540054 + 0.8416212335729143
+"""z of a two-sided 95% test plus z of 80% power: a minimum detectable difference is this many
+standard errors."""
 
 
 @dataclass(frozen=True)
@@ -36,6 +48,8 @@ class Interval:
     estimate: float
     lo: float
     hi: float
+    detectable: float | None = None
+    """A difference's minimum detectable difference (95% confidence, 80% power); None for a level."""
 
     @property
     def significant(self) -> bool:
@@ -107,22 +121,85 @@ def bootstrap_mean(strata: list[np.ndarray], resamples: int = RESAMPLES, seed: i
     return _interval(np.mean([x.mean() for x in strata]), draws / len(strata))
 
 
+def change_interval(before: np.ndarray, after: np.ndarray,
+                    counts: tuple[tuple[int, int], tuple[int, int]] | None = None) -> Interval:
+    """after - before for matrices whose rows are the same seeds (an RL model against the SFT model
+    it started from) and columns the same problems: the bootstrap of the per-seed, per-problem
+    change, with its detectable difference (`counts`: after's and before's pooled tries)."""
+    i = bootstrap_mean([after - before])
+    return Interval(i.estimate, i.lo, i.hi, detectable(bootstrap_resamples(after - before), *(counts or (None, None))))
+
+
 def bootstrap_resamples(x: np.ndarray, resamples: int = RESAMPLES, seed: int = SEED) -> np.ndarray:
     """The bootstrap distribution itself (the resampled means of one matrix), for checks."""
     rng = np.random.default_rng(seed)
     return _resampled_means(x, _weights(rng, x.shape[0], resamples), _weights(rng, x.shape[1], resamples))
 
 
-def paired_difference(a: np.ndarray, b: np.ndarray, resamples: int = RESAMPLES, seed: int = SEED) -> Interval:
+def paired_difference(a: np.ndarray, b: np.ndarray, resamples: int = RESAMPLES, seed: int = SEED,
+                      counts: tuple[tuple[int, int], tuple[int, int]] | None = None) -> Interval:
     """mean(a) - mean(b) for two [seeds, problems] matrices with the same problem columns, and its
-    paired percentile interval: the same problems drawn for both, the seeds of each drawn apart."""
+    paired percentile interval: the same problems drawn for both, the seeds of each drawn apart.
+    `counts`: each arm's pooled (successes, tries), for the detectable difference's floor."""
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"paired comparison needs the same problems: {a.shape[1]} vs {b.shape[1]} columns")
     rng = np.random.default_rng(seed)
     problem_w = _weights(rng, a.shape[1], resamples)
     draws = (_resampled_means(a, _weights(rng, a.shape[0], resamples), problem_w)
              - _resampled_means(b, _weights(rng, b.shape[0], resamples), problem_w))
-    return _interval(a.mean() - b.mean(), draws)
+    i = _interval(a.mean() - b.mean(), draws)
+    return Interval(i.estimate, i.lo, i.hi, detectable(draws, *(counts or (None, None))))
+
+
+def exact_binomial(successes: int, tries: int, level: float = LEVEL) -> tuple[float, float]:
+    """The exact (Clopper-Pearson) interval of a binomial rate: with 0 of n the upper end is
+    1 - ((1 - level) / 2) ** (1 / n).
+
+    >>> [round(x, 4) for x in exact_binomial(0, 6)]
+    [0.0, 0.4593]
+    """
+    from scipy.stats import beta
+
+    tail = (1 - level) / 2
+    lo = 0.0 if successes == 0 else float(beta.ppf(tail, successes, tries - successes + 1))
+    hi = 1.0 if successes == tries else float(beta.ppf(1 - tail, successes + 1, tries - successes))
+    return lo, hi
+
+
+def pooled_counts(per_seed: list[dict[str, list[float]]], metric: str, problems: list[str]) -> tuple[int, int] | None:
+    """(successes, tries) behind a cell: every sample for `avg` and `pass_at_1`, every problem (solved
+    in its n samples or not) for `pass_at_n`; None for other metrics (no binomial count)."""
+    if metric in ("avg", "pass_at_1"):
+        scores = [x for seed in per_seed for p in problems for x in seed[p]]
+        return int(round(sum(scores))), len(scores)
+    if metric == "pass_at_n":
+        solved = [max(seed[p]) > 0 for seed in per_seed for p in problems]
+        return sum(solved), len(solved)
+    return None
+
+
+def cell_interval(per_seed: list[dict[str, list[float]]], metric: str, problems: list[str] | None = None) -> Interval:
+    """A cell's mean and its bootstrap interval, widened where needed to the exact binomial interval
+    of its pooled tries (which the percentile bootstrap cannot go below honestly)."""
+    problems = shared_problems(per_seed) if problems is None else problems
+    boot = bootstrap_mean([score_matrix(per_seed, metric, problems)])
+    counts = pooled_counts(per_seed, metric, problems)
+    if counts is None:
+        return boot
+    lo, hi = exact_binomial(*counts)
+    return Interval(boot.estimate, min(boot.lo, lo), max(boot.hi, hi))
+
+
+def detectable(draws: np.ndarray, a: tuple[int, int] | None = None, b: tuple[int, int] | None = None) -> float:
+    """Minimum detectable difference: DETECTABLE_Z x the difference's standard error, the larger of
+    the bootstrap draws' spread and, given both arms' pooled (successes, tries), the Agresti-Caffo
+    standard error of a difference of proportions (one success and one failure added to each arm),
+    which stays above 0 when every sample agrees."""
+    se = float(np.std(draws, ddof=1)) if len(draws) > 1 else 0.0
+    if a is not None and b is not None:
+        pa, pb = (a[0] + 1) / (a[1] + 2), (b[0] + 1) / (b[1] + 2)
+        se = max(se, (pa * (1 - pa) / (a[1] + 2) + pb * (1 - pb) / (b[1] + 2)) ** 0.5)
+    return DETECTABLE_Z * se
 
 
 def curve(histories: list[dict[int, float]]) -> tuple[list[int], list[float], list[float | None], list[int]]:

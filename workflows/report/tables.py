@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from evals.metrics import pick
 from evals.tasks import TASKS
 from workflows.report.collect import STAGES, Run
-from workflows.report.stats import (RESAMPLES, SEED, Interval, bootstrap_mean, mean_std, paired_difference,
-                                    score_matrix, shared_problems)
+from workflows.report.stats import (RESAMPLES, SEED, Interval, bootstrap_mean, cell_interval, change_interval,
+                                    mean_std, paired_difference, pooled_counts, score_matrix, shared_problems)
 from workflows.rundir import run_label
 
 BASELINE = "sft"
@@ -147,8 +147,7 @@ def task_interval_tables(rows: list[Group]) -> list[str]:
         out += ["", f"### {task}: {len(problems)} problems × {n} samples per model and seed", "",
                 "| model | seeds | " + " | ".join(h for h, _, _ in columns) + " |", "|---" * (len(columns) + 2) + "|"]
         for g, _ in present:
-            cells = [_ci(bootstrap_mean([score_matrix(task_samples(g, task, key), metric, problems)]))
-                     for _, key, metric in columns]
+            cells = [_ci(cell_interval(task_samples(g, task, key), metric, problems)) for _, key, metric in columns]
             out.append(f"| {g.label} | {len(g.seeds)} | " + " | ".join(cells) + " |")
     return out
 
@@ -200,19 +199,23 @@ def comparisons(rows: list[Group]) -> list[Comparison]:
                 sa, sb = task_samples(by_method[a], task), task_samples(by_method[b], task)
                 problems = shared_problems(sa, sb) if sa and sb else []
                 if problems:
-                    diff = paired_difference(score_matrix(sa, "avg", problems), score_matrix(sb, "avg", problems))
+                    counts = (pooled_counts(sa, "avg", problems), pooled_counts(sb, "avg", problems))
+                    diff = paired_difference(score_matrix(sa, "avg", problems), score_matrix(sb, "avg", problems),
+                                             counts=counts)
                     out.append(Comparison(stage, task, a, b, len(problems), diff))
     return out
 
 
 def comparison_table(found: list[Comparison]) -> str:
-    """The paired method comparisons (`comparisons`): A − B in Avg@n points, its 95% interval, a verdict."""
-    lines = ["| models | task | problems | A − B, Avg@n (points) | 95% interval | verdict |", "|---" * 6 + "|"]
+    """The paired method comparisons (`comparisons`): A − B in Avg@n points, its 95% interval, the
+    smallest difference the test could detect, a verdict."""
+    lines = ["| models | task | problems | A − B, Avg@n (points) | 95% interval | detectable (80% power) | verdict |",
+             "|---" * 7 + "|"]
     for c in found:
-        verdict = "difference" if c.interval.significant else "no significant difference"
         i = c.interval
+        verdict = "difference" if i.significant else f"none of {_points(i.detectable)} or more detected"
         lines.append(f"| {c.a} − {c.b} ({c.stage}) | {c.task} | {c.problems} | {100 * i.estimate:+.1f} | "
-                     f"[{100 * i.lo:+.1f}, {100 * i.hi:+.1f}] | {verdict} |")
+                     f"[{100 * i.lo:+.1f}, {100 * i.hi:+.1f}] | ±{100 * i.detectable:.1f} | {verdict} |")
     return "\n".join(lines)
 
 
@@ -252,8 +255,10 @@ def rl_changes(runs: list[Run]) -> list[RLChange]:
                 change = RLChange(method, task, [r.seed for r in members], flagged, {}, {}, {})
                 for metric in ("avg", "pass_at_n"):
                     a, b = score_matrix(sft, metric, problems), score_matrix(rl, metric, problems)
-                    change.sft[metric], change.rl[metric] = bootstrap_mean([a]), bootstrap_mean([b])
-                    change.delta[metric] = bootstrap_mean([b - a])
+                    change.sft[metric], change.rl[metric] = cell_interval(sft, metric, problems), cell_interval(
+                        rl, metric, problems)
+                    counts = (pooled_counts(rl, metric, problems), pooled_counts(sft, metric, problems))
+                    change.delta[metric] = change_interval(a, b, counts)
                 out.append(change)
     return out
 
@@ -264,20 +269,33 @@ def rl_change_tables(changes: list[RLChange], samples: dict[str, tuple[int, int]
     for task in sorted({c.task for c in changes}):
         p, n = samples.get(task, ("?", "?"))
         out += ["", f"### SFT -> RL on {task}: {p} problems × {n} samples per model and seed", "",
-                "| method | seeds | SFT Avg@n | RL Avg@n | Δ Avg@n | SFT Pass@n | RL Pass@n | Δ Pass@n |",
-                "|---" * 8 + "|"]
+                "| method | seeds | SFT Avg@n | RL Avg@n | Δ Avg@n | detectable Δ | SFT Pass@n | RL Pass@n "
+                "| Δ Pass@n |",
+                "|---" * 9 + "|"]
         for c in (c for c in changes if c.task == task):
             label = (f"{c.method}, seed {c.seeds[0]} (no learning signal: shown, not averaged)" if c.flagged
                      else c.method)
             cells = [_ci(c.sft["avg"]), _ci(c.rl["avg"]), _ci(c.delta["avg"], True),
+                     f"±{100 * c.delta['avg'].detectable:.1f}",
                      _ci(c.sft["pass_at_n"]), _ci(c.rl["pass_at_n"]), _ci(c.delta["pass_at_n"], True)]
             out.append(f"| {label} | {', '.join(map(str, c.seeds))} | " + " | ".join(cells) + " |")
     return out
 
 
+def _points(x: float) -> str:
+    return f"{100 * x:.1f} points"
+
+
+def _span(intervals) -> str:
+    """'12.3 points' or '8.1 to 25.0 points': the range of some differences' detectable sizes."""
+    sizes = sorted(100 * i.detectable for i in intervals)
+    return f"{sizes[0]:.1f} points" if sizes[0] == sizes[-1] else f"{sizes[0]:.1f} to {sizes[-1]:.1f} points"
+
+
 def findings(found: list[Comparison], changes: list[RLChange]) -> str:
     """The findings paragraph, generated from the paired tests: a difference is named only when
-    its interval excludes 0; otherwise it says "no significant difference"."""
+    its interval excludes 0; otherwise it says "no significant difference" and the smallest
+    difference the tests could have detected."""
     def points(i: Interval) -> str:
         return f"{100 * i.estimate:+.1f} points [{100 * i.lo:+.1f}, {100 * i.hi:+.1f}]"
 
@@ -294,16 +312,19 @@ def findings(found: list[Comparison], changes: list[RLChange]) -> str:
         rest = [c for c in found if not c.interval.significant]
         if rest and not real:
             parts.append(f"No significant difference between the methods: every one of the {len(rest)} paired "
-                         "95% intervals includes 0.")
+                         f"95% intervals includes 0, and none of these tests could have detected a difference "
+                         f"smaller than {_span(c.interval for c in rest)} (95% confidence, 80% power).")
         elif rest:
             parts.append("No significant difference elsewhere (" + "; ".join(
-                f"{c.a} vs {c.b} on {c.task}, {stage_name[c.stage]}" for c in rest) + ").")
+                f"{c.a} vs {c.b} on {c.task}, {stage_name[c.stage]}, none of {_points(c.interval.detectable)} "
+                "or more detected" for c in rest) + ").")
     averaged = [c for c in changes if not c.flagged]
     if averaged:
         moved = [c for c in averaged if c.delta["avg"].significant]
         parts.append(("RL changed Avg@n significantly for " + "; ".join(
             f"{c.method} on {c.task}, {points(c.delta['avg'])}" for c in moved) + ".") if moved else
-            "RL made no significant difference to Avg@n from any SFT start.")
+            "RL made no significant difference to Avg@n from any SFT start; these changes could have been "
+            f"detected from {_span(c.delta['avg'] for c in averaged)} up.")
     skipped = sorted({f"{c.method} seed {c.seeds[0]}" for c in changes if c.flagged})
     if skipped:
         parts.append(f"Left out as RL results (no learning signal): {', '.join(skipped)}.")
@@ -357,7 +378,7 @@ def sample_sizes(rows: list[Group]) -> dict[str, tuple[int, int]]:
 def interval_of_run(samples: dict, task: str, metric: str) -> Interval | None:
     """One run's interval on one task (problems resampled, one seed), for the MLflow metrics."""
     per_problem = samples.get(task, {}).get("score")
-    return bootstrap_mean([score_matrix([per_problem], metric)]) if per_problem else None
+    return cell_interval([per_problem], metric) if per_problem else None
 
 
 def run_change(sft: dict, rl: dict, task: str, metric: str) -> Interval | None:
@@ -366,5 +387,6 @@ def run_change(sft: dict, rl: dict, task: str, metric: str) -> Interval | None:
     problems = shared_problems([a], [b]) if a and b else []
     if not problems:
         return None
-    return bootstrap_mean([score_matrix([b], metric, problems) - score_matrix([a], metric, problems)])
+    counts = (pooled_counts([b], metric, problems), pooled_counts([a], metric, problems))
+    return change_interval(score_matrix([a], metric, problems), score_matrix([b], metric, problems), counts)
 
