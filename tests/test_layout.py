@@ -11,10 +11,11 @@ ALLOWED = {pkg: set(ORDER[i + 1:]) for i, pkg in enumerate(ORDER)} | {"rl": {"ev
 
 
 # The comparison report reads what the pipeline wrote (run folders, MLflow) and the method's and the
-# evals' code; the pipeline never needs it, so only the command line that starts it imports it.
+# evals' code; the pipeline never needs it, so only the command line that starts it imports it, and
+# the planner, which reads an earlier sweep's comparisons and shares the report's statistics.
 REPORT = "workflows.report"
 REPORT_MAY_IMPORT = {"common", "evals", "prift", REPORT, "workflows.rundir", "workflows.tracking"}
-REPORT_IMPORTERS = {"workflows/cli.py"}
+REPORT_IMPORTERS = {"workflows/cli.py", "workflows/plan.py"}
 
 
 def imported_modules(path: Path) -> set[str]:

@@ -13,6 +13,8 @@
                                                model) -> OUTPUT_DIR/eval/N/<task>/
     prift report SWEEP [--storage DIR]         method x task tables, drift from the base, token view
                                                of a finished sweep -> SWEEP/report/ and MLflow
+    prift plan CONFIG [--accuracy P] [--from SWEEP]   the difference each task's comparisons could
+                                               detect (95%, 80% power) and the tokens to generate
 
 Heavy libraries are imported only by the subcommand that needs them. A problem with what the user
 gave (an `InputError`: config, model, data, tasks, resources) is a message on stderr and exit code 2,
@@ -33,7 +35,7 @@ log = logging.getLogger("prift")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="prift", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in ("run", "validate", "prior", "sft", "rl", "eval"):
+    for name in ("run", "validate", "prior", "sft", "rl", "eval", "plan"):
         p = sub.add_parser(name)
         p.add_argument("config")
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -41,6 +43,11 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--model", help="model folder or hub name (defaults: see above)")
         if name == "eval":
             p.add_argument("--name", help="results folder under eval/; default: 'base' or the model folder's name")
+        if name == "plan":
+            p.add_argument("--accuracy", type=float, default=0.5,
+                           help="assumed accuracy of the compared models (default 0.5, the worst case)")
+            p.add_argument("--from", dest="earlier", type=Path,
+                           help="an earlier sweep folder: its measured errors and generation rates instead")
         if name == "validate":
             p.add_argument("--explain", action="store_true",
                            help="print every field of the parsed config with its value and documentation, "
@@ -70,9 +77,17 @@ def _command(args) -> int:
 
         print(write_report(resolve_sweep(args.sweep, args.storage), to_mlflow=not args.no_mlflow))
         return 0
+    from common.errors import InputError
     from workflows.config import load_config
 
     cfg = load_config(args.config, args.overrides)
+    if args.command == "plan":
+        from workflows.plan import plan, render
+
+        if args.earlier and not args.earlier.is_dir():
+            raise InputError(f"--from: {args.earlier} is not a sweep folder")
+        print(render(plan(cfg, args.accuracy, args.earlier)))
+        return 0
     if args.command == "validate" and args.explain:
         from workflows.explain import render
 
