@@ -231,7 +231,8 @@ _BEGIN, _END = "\\begin{pmatrix}", "\\end{pmatrix}"
 
 
 def _is_matrix(text: str) -> bool:
-    return text.startswith(("\\begin{pmatrix}", "\\begin{bmatrix}")) and text.endswith(("\\end{pmatrix}", "\\end{bmatrix}"))
+    return (text.startswith(("\\begin{pmatrix}", "\\begin{bmatrix}"))
+            and text.endswith(("\\end{pmatrix}", "\\end{bmatrix}")))
 
 
 def _matrix_cells(text: str) -> list[list[str]]:

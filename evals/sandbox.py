@@ -171,7 +171,8 @@ class _Server:
         self.proc = subprocess.Popen(
             [sys.executable, "-I", "-S", "-B", "-c", RUNNER, str(view)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": "/work", "TMPDIR": "/work"},  # the program's directory
+            env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8",
+                 "HOME": "/work", "TMPDIR": "/work"},  # the program's directory
             cwd="/", bufsize=0,
         )
         self.to_server, self.from_server = self.proc.stdin.fileno(), self.proc.stdout.fileno()
@@ -182,7 +183,8 @@ class _Server:
         "status": exit code (negative: killed by that signal), "timed_out": bool, "isolation":
         {...}} ("isolation" absent if the runner failed before it could report; a judged run's
         candidate's own under "candidate"). None if the server did not answer within wait_s."""
-        frames = b"".join(len(d).to_bytes(4, "little") + d for d in map(marshal.dumps, [request] + ([judge] if judge else [])))
+        frames = b"".join(len(d).to_bytes(4, "little") + d
+                          for d in map(marshal.dumps, [request] + ([judge] if judge else [])))
         view = memoryview(frames)
         while view:
             view = view[os.write(self.to_server, view):]
@@ -244,7 +246,8 @@ class Sandbox:
         try:
             request, uids = self._request(scratch, program)
             code, timed_out, report, duration = self._execute(request, uids)
-            stdout, stderr = _read_tail(scratch / "stdout", cfg.output_chars), _read_tail(scratch / "stderr", cfg.output_chars)
+            stdout = _read_tail(scratch / "stdout", cfg.output_chars)
+            stderr = _read_tail(scratch / "stderr", cfg.output_chars)
             finished = (scratch / "result").read_bytes() == request["nonce"].encode()
         finally:
             _remove_files(scratch)
@@ -272,12 +275,14 @@ class Sandbox:
         finally:
             _remove_files(scratch)
         candidate = report.get("candidate", {})
-        isolation = self._isolation([report.get("isolation", {}), candidate.get("isolation", {})], True, tests_stderr + stderr)
+        isolation = self._isolation([report.get("isolation", {}), candidate.get("isolation", {})], True,
+                                    tests_stderr + stderr)
         status, reason = _classify(code, timed_out, finished, tests_stderr, isolation)
         if code == UNJUDGEABLE and isolation:
             status, reason = "unjudgeable", _last_line(tests_stderr).removeprefix("sandbox-unjudgeable: ")
         elif status == "failed" and "sandbox-candidate-gone:" in reason:
-            reason = reason.removeprefix("sandbox-candidate-gone: ") + f" ({_candidate_end(candidate.get('status'), stderr)})"
+            reason = (reason.removeprefix("sandbox-candidate-gone: ")
+                      + f" ({_candidate_end(candidate.get('status'), stderr)})")
         combined = stderr + ("\n--- tests ---\n" + tests_stderr if tests_stderr.strip() else "")
         return SandboxResult(status, reason, code, stdout, combined, duration, isolation)
 
@@ -317,13 +322,15 @@ class Sandbox:
             uids[1] = secrets.randbelow(1 << 29) + (1 << 20)
         for name in ("stdout", "stderr", "result") + (("judge_stderr",) if judged else ()):
             os.close(os.open(scratch / name, os.O_CREAT | os.O_WRONLY, 0o644))
-        rlimits = {"RLIMIT_AS": cfg.memory_mb << 20, "RLIMIT_CPU": cfg.cpu_s, "RLIMIT_FSIZE": cfg.file_mb << 20, "RLIMIT_CORE": 0}
+        rlimits = {"RLIMIT_AS": cfg.memory_mb << 20, "RLIMIT_CPU": cfg.cpu_s,
+                   "RLIMIT_FSIZE": cfg.file_mb << 20, "RLIMIT_CORE": 0}
         request = {
             "workdir": str(workdir), "rlimits": rlimits, "max_processes": cfg.max_processes,
             "work_mb": cfg.file_mb, "timeout_s": cfg.timeout_s, "allow_weak": cfg.allow_weak,
             "audit_hook": self.audit_hook,
         }
-        own = {"stdout": str(scratch / "stdout"), "stderr": str(scratch / "stderr"), "uid": uids[0], "phases": list(phases)}
+        own = {"stdout": str(scratch / "stdout"), "stderr": str(scratch / "stderr"),
+               "uid": uids[0], "phases": list(phases)}
         if judged is None:
             request.update(own, result=str(scratch / "result"), nonce=secrets.token_hex(16))
             return request, uids
@@ -366,7 +373,8 @@ class Sandbox:
             )
         if isolation.get("level") == "weak" and not self._warned:
             self._warned = True
-            log.warning("sandbox: running untrusted code with WEAK isolation (allow_weak), missing: %s", isolation.get("missing"))
+            log.warning("sandbox: running untrusted code with WEAK isolation (allow_weak), missing: %s",
+                        isolation.get("missing"))
 
     def _server(self) -> _Server:
         try:

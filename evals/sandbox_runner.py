@@ -61,7 +61,8 @@ import builtins as _builtins_module  # noqa: E402 (taken here, with the referenc
 _builtins_dict = dict(_builtins_module.__dict__)
 _server_main = sys.modules["__main__"]
 
-CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x00020000, 0x08000000, 0x10000000, 0x20000000, 0x40000000
+CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = (
+    0x00020000, 0x08000000, 0x10000000, 0x20000000, 0x40000000)
 CLONE_ANY_NAMESPACE = 0x7E020000  # NEWNS | NEWCGROUP | NEWUTS | NEWIPC | NEWUSER | NEWPID | NEWNET
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 1, 2, 4, 8, 32
 MS_NOATIME, MS_NODIRATIME, MS_BIND, MS_REC, MS_PRIVATE, MS_RELATIME = 1024, 2048, 4096, 16384, 1 << 18, 1 << 21
@@ -239,7 +240,8 @@ def build_view(libc, view):
         if os.path.islink("/" + name) and not os.path.lexists(view + "/" + name):
             os.symlink(os.readlink("/" + name), view + "/" + name)
     os.mkdir(view + WORK, 0o755)
-    kernel_call("remount view read-only", libc.mount(None, view.encode(), None, MS_REMOUNT | MS_RDONLY | tmpfs_flags, None))
+    kernel_call("remount view read-only",
+                libc.mount(None, view.encode(), None, MS_REMOUNT | MS_RDONLY | tmpfs_flags, None))
 
 
 def bind(libc, source, target, flags):
@@ -305,7 +307,8 @@ def redirect(request):
     which has no say in the verdict)."""
     os.setsid()
     result_fd = os.open(request["result"], os.O_WRONLY) if request.get("result") else None
-    for fd, path, flags in ((0, "/dev/null", os.O_RDONLY), (1, request["stdout"], os.O_WRONLY), (2, request["stderr"], os.O_WRONLY)):
+    for fd, path, flags in ((0, "/dev/null", os.O_RDONLY), (1, request["stdout"], os.O_WRONLY),
+                            (2, request["stderr"], os.O_WRONLY)):
         opened = os.open(path, flags)
         os.dup2(opened, fd)
         os.close(opened)
@@ -324,7 +327,8 @@ def enter_view(libc, state, request, found):
     options = f"size={request['work_mb']}m,nr_inodes=4096,mode=0700,uid={uid},gid={uid}"
     try:
         kernel_call("unshare(mount, ipc)", libc.unshare(CLONE_NEWNS | CLONE_NEWIPC))
-        kernel_call("mount work", libc.mount(b"tmpfs", (view + WORK).encode(), b"tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, options.encode()))
+        kernel_call("mount work", libc.mount(b"tmpfs", (view + WORK).encode(), b"tmpfs",
+                                             MS_NOSUID | MS_NODEV | MS_NOEXEC, options.encode()))
         os.chdir(view)
         kernel_call("pivot_root", libc.syscall(SYS_PIVOT_ROOT, b".", b"."))
         kernel_call("detach old root", libc.umount2(b".", MNT_DETACH))
@@ -439,7 +443,8 @@ def lock_down(request, state, found, libc):
     }
     if not process_limit:
         missing.setdefault("process_limit", "no throw-away uid or user namespace to count processes in")
-    strong = all(isolation[k] for k in ("network_namespace", "mount_view", "pid_namespace", "seccomp", "unprivileged", "process_limit"))
+    strong = all(isolation[k] for k in ("network_namespace", "mount_view", "pid_namespace", "seccomp", "unprivileged",
+                                        "process_limit"))
     isolation["level"] = "strong" if strong else "weak"
     isolation["missing"] = {} if strong else missing
     return isolation
@@ -685,7 +690,8 @@ def judge(judged, requests_fd, replies_fd, result_fd, nonce):
         exec(compile(judged["tests"], "<tests>", "exec"), namespace)
     except NameError as e:
         if e.name and e.name not in namespace:  # raised by the tests, not passed on by the proxy
-            unjudgeable(f"the tests use {e.name!r}, which the prompt does not define (only {judged['entry_point']!r} is called in the candidate's process)")
+            unjudgeable(f"the tests use {e.name!r}, which the prompt does not define"
+                        f" (only {judged['entry_point']!r} is called in the candidate's process)")
         report_error()
         _exit(1)
     except BaseException:
@@ -748,7 +754,8 @@ def candidate_proxy(entry_point, requests_fd, replies_fd):
 # raised through map() or a lambda inside all(), it would end the tests' iteration early, as if
 # every remaining check had held.
 RAISABLE = {n: c for n, c in vars(_builtins_module).items()
-            if isinstance(c, type) and issubclass(c, Exception) and not issubclass(c, (StopIteration, StopAsyncIteration))}
+            if isinstance(c, type) and issubclass(c, Exception)
+            and not issubclass(c, (StopIteration, StopAsyncIteration))}
 
 
 def copy_back(changed, args, kwargs):
@@ -841,7 +848,8 @@ def warm_up(libc):
             namespace["check"](lambda *a: None)
         except AssertionError:
             traceback.format_exc()
-        body = frame(encode(((1, -(1 << 70), "a\u00e9", [1.5, None, float("nan")], {"k": (True, b"x", frozenset({2}))}), {"s": {3}})))
+        body = frame(encode(((1, -(1 << 70), "a\u00e9", [1.5, None, float("nan")], {"k": (True, b"x", frozenset({2}))}),
+                             {"s": {3}})))
         decode(body[4:])
         encode(("E", exception_name(ValueError("x")), exception_text(ValueError("x"))))
         marshal.loads(marshal.dumps({"isolation": {"uid": 1, "level": "strong", "missing": {}}, "status": 0}))
@@ -918,7 +926,8 @@ def finish(pid, fresh, report_r, request):
     report = read_report(report_r)  # returns when the program closed the pipe: code runs now
     os.close(report_r)
     status, usage, timed_out = wait_program(pid, request["timeout_s"])
-    code = cpu_limit_as_sigxcpu(status, usage, request["rlimits"]["RLIMIT_CPU"]) if fresh else os.waitstatus_to_exitcode(status)
+    code = (cpu_limit_as_sigxcpu(status, usage, request["rlimits"]["RLIMIT_CPU"]) if fresh
+            else os.waitstatus_to_exitcode(status))
     report.update(program=pid, timed_out=timed_out, status=code)
     return report
 

@@ -115,7 +115,8 @@ def _math_scores(examples: list[Example], texts: list[list[str]], truncated: lis
     return [flat[i * n : (i + 1) * n] for i in range(len(examples))]
 
 
-def score_task(task: Task, examples: list[Example], completions: list[list[str]], sandbox: Sandbox) -> list[list[Score]]:
+def score_task(task: Task, examples: list[Example], completions: list[list[str]],
+               sandbox: Sandbox) -> list[list[Score]]:
     if task.scorer == "math":  # strict: `truncated` plays no part without the flexible fallback
         return _math_scores(examples, completions)
     if task.scorer == "code":
@@ -143,7 +144,9 @@ def verify_scores(task: Task, examples: list[Example], outputs: list[list[Comple
 
 
 def _texts(outputs: list[list[Completion]]) -> tuple[list[list[str]], list[list[bool]]]:
-    return [[c.text for c in outs] for outs in outputs], [[c.finish_reason == "length" for c in outs] for outs in outputs]
+    texts = [[c.text for c in outs] for outs in outputs]
+    truncated = [[c.finish_reason == "length" for c in outs] for outs in outputs]
+    return texts, truncated
 
 
 def sample_row(ex: Example, index: int, c: Completion, s: Score, flexible: Score | None = None,
@@ -159,13 +162,15 @@ def sample_row(ex: Example, index: int, c: Completion, s: Score, flexible: Score
         row |= {"extracted_flexible": flexible.extracted, "extractor_flexible": flexible.extractor,
                 "score_flexible": flexible.value, "reason_flexible": flexible.reason}
     if verified is not None:
-        row |= {"extracted_verify": verified.extracted, "score_verify": verified.value, "reason_verify": verified.reason}
+        row |= {"extracted_verify": verified.extracted, "score_verify": verified.value,
+                "reason_verify": verified.reason}
     return row
 
 
 def timeout_counts(**variants: list[list[Score]] | None) -> dict[str, int]:
     """How many answers of each scoring timed out: `score_timeouts` (primary), `score_timeouts_<variant>`."""
-    return {("score_timeouts" + (f"_{name}" if name != "primary" else "")): sum(s.reason == TIMEOUT for r in rows for s in r)
+    return {("score_timeouts" + (f"_{name}" if name != "primary" else "")):
+                sum(s.reason == TIMEOUT for r in rows for s in r)
             for name, rows in variants.items() if rows is not None}
 
 
@@ -268,7 +273,8 @@ def add_token_entropy(model: str, cfg: EvalStageConfig, out_dir: Path, loaded: l
             prompts = chat_ids(tokenizer, [e.prompt for e in examples], cfg.system_prompt)
             prompt_of = {str(e.id): p for e, p in zip(examples, prompts)}
             t0 = time.perf_counter()
-            per_token = completion_entropies(lm, [prompt_of[str(r["id"])] for r in rows], [r["completion_ids"] for r in rows])
+            per_token = completion_entropies(lm, [prompt_of[str(r["id"])] for r in rows],
+                                             [r["completion_ids"] for r in rows])
             per_problem: dict[str, list[float]] = {}
             for row, h in zip(rows, per_token):
                 row[ENTROPY] = float(h.mean()) if len(h) else None
@@ -322,7 +328,8 @@ def check_eval_inputs(model: str, cfg: EvalStageConfig) -> None:
         check_context_budget(spec.name, examples, prompts, context, cfg.sampling.max_new_tokens)
 
 
-def _run_task(generator, sandbox, spec: TaskSpec, examples: list[Example], prompts, key: str, cfg: EvalStageConfig, folder: Path):
+def _run_task(generator, sandbox, spec: TaskSpec, examples: list[Example], prompts, key: str, cfg: EvalStageConfig,
+              folder: Path):
     task = TASKS[spec.name]
     log.info("eval %s: %d problems x %d samples (%s)", spec.name, len(examples), cfg.sampling.n, generator.backend)
     t0 = time.perf_counter()

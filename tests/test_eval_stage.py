@@ -42,7 +42,8 @@ def test_scores_and_metrics_follow_the_completions(tiny_model, tmp_path, monkeyp
     # problem i: i of its 4 samples are right
     answers = {ex.prompt[:60]: [f"\\boxed{{{ex.gold}}}"] * i + ["\\boxed{-1}"] * (4 - i) for i, ex in enumerate(gsm)}
     monkeypatch.setattr(evals.generate, "make_generator", lambda model, *a, **k: Oracle(model, answers))
-    cfg = EvalStageConfig(tasks=[TaskSpec("gsm8k", limit=4)], sampling=SamplingConfig(n=4, temperature=1.0, max_new_tokens=16))
+    cfg = EvalStageConfig(tasks=[TaskSpec("gsm8k", limit=4)],
+                          sampling=SamplingConfig(n=4, temperature=1.0, max_new_tokens=16))
 
     summary = run_eval(tiny_model, cfg, tmp_path)
 
@@ -65,7 +66,8 @@ def test_math_reports_strict_and_flexible_and_credits_no_truncated_guess(tiny_mo
         (f"So the answer is \\boxed{{{gold}}}. Checking: 5 + {gold}", "length"),  # stated before the cut
     ]
     monkeypatch.setattr(evals.generate, "make_generator", lambda model, *a, **k: Scripted(model, outs))
-    cfg = EvalStageConfig(tasks=[TaskSpec("gsm8k", limit=1)], sampling=SamplingConfig(n=4, temperature=1.0, max_new_tokens=16))
+    cfg = EvalStageConfig(tasks=[TaskSpec("gsm8k", limit=1)],
+                          sampling=SamplingConfig(n=4, temperature=1.0, max_new_tokens=16))
 
     summary = run_eval(tiny_model, cfg, tmp_path)
 
@@ -108,7 +110,8 @@ def test_math_records_math_verify_beside_the_protocol_and_counts_timeouts(tiny_m
 
 
 def test_a_finished_task_is_not_rerun_but_a_changed_one_is(tiny_model, tmp_path, monkeypatch):
-    cfg = EvalStageConfig(tasks=[TaskSpec("mmlu_medical", limit=2)], backend="hf", sampling=SamplingConfig(max_new_tokens=4))
+    cfg = EvalStageConfig(tasks=[TaskSpec("mmlu_medical", limit=2)], backend="hf",
+                          sampling=SamplingConfig(max_new_tokens=4))
     run_eval(tiny_model, cfg, tmp_path)
     stamp = (tmp_path / "mmlu_medical" / "metrics.json").stat().st_mtime_ns
 
@@ -119,7 +122,8 @@ def test_a_finished_task_is_not_rerun_but_a_changed_one_is(tiny_model, tmp_path,
     run_eval(tiny_model, cfg, tmp_path)
     assert (tmp_path / "mmlu_medical" / "metrics.json").stat().st_mtime_ns == stamp
     with pytest.raises(AssertionError, match="loaded a model"):  # another seed is another result
-        run_eval(tiny_model, EvalStageConfig(tasks=cfg.tasks, backend="hf", sampling=SamplingConfig(max_new_tokens=4, seed=1)), tmp_path)
+        run_eval(tiny_model, EvalStageConfig(tasks=cfg.tasks, backend="hf",
+                                             sampling=SamplingConfig(max_new_tokens=4, seed=1)), tmp_path)
 
 
 def test_bad_task_data_fails_before_the_model_is_touched(tmp_path):
@@ -153,7 +157,8 @@ def test_prompt_plus_max_new_tokens_beyond_the_context_fails_before_generation(t
 def test_max_model_len_is_the_context_and_a_prompt_alone_can_blow_it(tiny_model):
     cfg = EvalStageConfig(tasks=[TaskSpec("gsm8k", limit=1), TaskSpec("pubmedqa", limit=3)], max_model_len=300,
                           sampling=SamplingConfig(max_new_tokens=1))
-    with pytest.raises(TaskError, match=r"pubmedqa: .*context of 300 tokens \(3 of 3 prompts do not fit\); lower the task's") as e:
+    with pytest.raises(TaskError, match=r"pubmedqa: .*context of 300 tokens \(3 of 3 prompts do not fit\);"
+                                        r" lower the task's") as e:
         check_eval_inputs(tiny_model, cfg)
     assert "max_new_tokens to" not in str(e.value)  # no max_new_tokens could help
 
@@ -190,8 +195,9 @@ def test_hf_ignores_sampling_defaults_in_the_models_generation_config(tiny_model
 
     folder = tmp_path / "model"
     shutil.copytree(tiny_model, folder)
-    own = json.loads((folder / "generation_config.json").read_text()) if (folder / "generation_config.json").exists() else {}
-    (folder / "generation_config.json").write_text(json.dumps(own | {"repetition_penalty": 50.0, "no_repeat_ngram_size": 1}))
+    gen_config = folder / "generation_config.json"
+    own = json.loads(gen_config.read_text()) if gen_config.exists() else {}
+    gen_config.write_text(json.dumps(own | {"repetition_penalty": 50.0, "no_repeat_ngram_size": 1}))
     gen = HFGenerator(str(folder))
     prompt = gen.chat(["What is 3 plus 4?"])[0]
     ids = list(prompt)
@@ -217,7 +223,8 @@ def test_cli_eval_with_vllm_matches_hf_greedy(tiny_model, tmp_path):
     assert main(["eval", str(path), "--set", "eval.backend=hf", "--name", "hf"]) == 0
     for task in ("gsm8k", "mmlu_medical"):
         vllm_rows, hf_rows = (
-            [json.loads(line) for line in (tmp_path / "run" / "eval" / name / task / "samples.jsonl").read_text().splitlines()]
+            [json.loads(line)
+             for line in (tmp_path / "run" / "eval" / name / task / "samples.jsonl").read_text().splitlines()]
             for name in ("base", "hf")
         )
         assert [r["completion"] for r in vllm_rows] == [r["completion"] for r in hf_rows]

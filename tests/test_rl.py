@@ -58,9 +58,10 @@ def test_tiny_model_learns_a_verifiable_reward_with_hf_rollouts(tiny_model, tmp_
 @pytest.mark.slow
 def test_cli_rl_with_vllm_colocate_learns(tiny_model, tmp_path):
     config = {"model": tiny_model, "output_dir": str(tmp_path / "run"),
-              "rl": {"prompts": {"generators": [{"size": 32}]}, "rewards": [{"name": "digits"}], "rollout": "vllm_colocate",
-                     "num_generations": 4, "per_device_batch_size": 8, "max_completion_length": 12,
-                     "learning_rate": 5.0e-3, "max_steps": 30, "logging_steps": 5, "save_steps": 30, "max_model_len": 512}}
+              "rl": {"prompts": {"generators": [{"size": 32}]}, "rewards": [{"name": "digits"}],
+                     "rollout": "vllm_colocate", "num_generations": 4, "per_device_batch_size": 8,
+                     "max_completion_length": 12, "learning_rate": 5.0e-3, "max_steps": 30, "logging_steps": 5,
+                     "save_steps": 30, "max_model_len": 512}}
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(config))
     assert main(["rl", str(path)]) == 0
@@ -78,7 +79,8 @@ def test_a_failing_reward_scores_zero_for_its_samples_and_the_run_goes_on(tiny_m
     monkeypatch.setitem(rl.rewards.REWARDS, "flaky", flaky)
     history = History()
     with caplog.at_level(logging.INFO, logger="rl.rewards"):
-        run_rl(tiny_model, tiny_rl(rewards=[RewardSpec("flaky")], max_steps=2, logging_steps=1), tmp_path, callbacks=[history])
+        run_rl(tiny_model, tiny_rl(rewards=[RewardSpec("flaky")], max_steps=2, logging_steps=1), tmp_path,
+               callbacks=[history])
     assert history.steps == [1, 2]
     means = [log["rewards/flaky/mean"] for log in history.logs if "reward" in log]
     assert len(means) == 2 and all(0 < m < 1 for m in means), means  # odd prompts scored 0, even 1
@@ -99,7 +101,8 @@ def test_empty_prompt_set_and_unknown_generator_fail_before_any_model(tmp_path):
     with pytest.raises(TaskError, match="no prompts"):
         run_rl(str(tmp_path / "no-model"), tiny_rl(prompts=PromptsConfig(generators=[])), tmp_path)
     with pytest.raises(TaskError, match="reasoning-gym dataset 'no_such_gym'"):
-        run_rl(str(tmp_path / "no-model"), tiny_rl(prompts=PromptsConfig(generators=[GeneratorSpec("no_such_gym")])), tmp_path)
+        run_rl(str(tmp_path / "no-model"), tiny_rl(prompts=PromptsConfig(generators=[GeneratorSpec("no_such_gym")])),
+               tmp_path)
 
 
 def test_prompts_that_are_in_an_eval_set_are_refused(tmp_path):

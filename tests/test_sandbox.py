@@ -137,7 +137,8 @@ def test_attacks_are_contained_in_a_judged_candidate(listener):
     escape = Path("/tmp/prift_sandbox_escape")
     escape.unlink(missing_ok=True)
     repo_file_before = (REPO / "pyproject.toml").read_bytes()
-    programs = [Judged(ATTACKS[a].replace("PORT", str(port)) + "\ndef f(x):\n    return x + 1\n", "assert f(1) == 1", "f")
+    programs = [Judged(ATTACKS[a].replace("PORT", str(port)) + "\ndef f(x):\n    return x + 1\n",
+                       "assert f(1) == 1", "f")
                 for a in sorted(ATTACKS)]
     results = SANDBOX.run_many(programs)
     assert [(a, r.status) for a, r in zip(sorted(ATTACKS), results) if r.passed] == []
@@ -148,7 +149,8 @@ def test_attacks_are_contained_in_a_judged_candidate(listener):
 
 def test_isolation_is_reported():
     r = SANDBOX.run(HEALTHY)
-    assert {"level", "uid", "mount_view", "pid_namespace", "network_namespace", "seccomp", "process_limit"} <= set(r.isolation)
+    assert {"level", "uid", "mount_view", "pid_namespace", "network_namespace", "seccomp",
+            "process_limit"} <= set(r.isolation)
     assert r.isolation["level"] == ("strong" if KERNEL_ALLOWS else "weak"), r.isolation
     if os.getuid() == 0 and KERNEL_ALLOWS:  # as root the program must not run as root
         assert r.isolation["uid"] != 0
@@ -336,7 +338,8 @@ import ctypes, json, os, sys
 libc = ctypes.CDLL(None, use_errno=True)
 prefix = os.path.realpath(sys.base_prefix)
 parts = prefix.split("/")
-closed = next(("/".join(parts[:i]) for i in range(2, len(parts) + 1) if not os.stat("/".join(parts[:i])).st_mode & 1), None)
+closed = next(("/".join(parts[:i]) for i in range(2, len(parts) + 1)
+               if not os.stat("/".join(parts[:i])).st_mode & 1), None)
 if closed:
     if libc.unshare(0x00020000) != 0 or libc.mount(None, b"/", None, 16384 | (1 << 18), None) != 0:
         print(json.dumps({"setup": f"no mount namespace for root: {os.strerror(ctypes.get_errno())}"}))
@@ -366,7 +369,8 @@ def test_process_limit_binds_when_not_root():
     user namespace, it must still stop a fork bomb, or the sandbox must refuse to run it."""
     if os.getuid() != 0:  # already not root: the test above is this one
         return test_process_limit_binds_as_this_user()
-    proc = subprocess.run([sys.executable, "-c", AS_NOBODY, FORK_BOMB], cwd=REPO, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", AS_NOBODY, FORK_BOMB], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     if "setup" in out:  # root without namespaces cannot show nobody the interpreter; nor run us
@@ -386,7 +390,8 @@ NO_NAMESPACES = """
 import ctypes, json, logging, struct
 logging.basicConfig(level=logging.WARNING)
 libc = ctypes.CDLL(None, use_errno=True)
-code = b"".join(struct.pack("=HBBI", *i) for i in [(0x20, 0, 0, 0), (0x15, 0, 1, 272), (6, 0, 0, 0x50001), (6, 0, 0, 0x7FFF0000)])
+code = b"".join(struct.pack("=HBBI", *i)
+                for i in [(0x20, 0, 0, 0), (0x15, 0, 1, 272), (6, 0, 0, 0x50001), (6, 0, 0, 0x7FFF0000)])
 buf = ctypes.create_string_buffer(code, len(code))
 prog = ctypes.create_string_buffer(struct.pack("=HxxxxxxQ", len(code) // 8, ctypes.addressof(buf)))
 ulong = ctypes.c_ulong

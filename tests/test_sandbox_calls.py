@@ -13,9 +13,9 @@ import pytest
 from evals.sandbox_calls import MAX_DEPTH, MAX_MESSAGE, BadMessage, NotPlainData, decode, encode, frame, read_frame
 
 PLAIN = (type(None), bool, int, float, complex, str, bytes, list, tuple, dict, set, frozenset)
-VALUES = [None, True, 0, -1, 255, -256, 1 << 64, -(1 << 9999), 0.1, -0.0, math.inf, -math.inf, 1 + 2j, "", "é\U0001F600",
-          "\udc80", b"", b"\x00\xff", [], [1, [2, (3,)]], (), ((),), {1, "a", (2, 3)}, frozenset({frozenset({1})}),
-          {"a": [1], (1, 2): {3: None}, 4.5: b"x"}]
+VALUES = [None, True, 0, -1, 255, -256, 1 << 64, -(1 << 9999), 0.1, -0.0, math.inf, -math.inf, 1 + 2j,
+          "", "é\U0001F600", "\udc80", b"", b"\x00\xff", [], [1, [2, (3,)]], (), ((),), {1, "a", (2, 3)},
+          frozenset({frozenset({1})}), {"a": [1], (1, 2): {3: None}, 4.5: b"x"}]
 
 
 def plain(value, depth=0) -> bool:

@@ -170,10 +170,10 @@ def test_redefining_a_helper_of_the_prompt_changes_nothing(humaneval):
 FORGED_EQ = {
     "object": "class Anything:\n    def __eq__(self, other):\n        return True\n    def __ne__(self, other):\n"
               "        return False\n    __hash__ = object.__hash__\n\ndef square(x):\n    return Anything()\n",
-    "int_subclass": "class Int(int):\n    def __eq__(self, other):\n        return True\n    __hash__ = int.__hash__\n\n"
-                    "def square(x):\n    return Int(0)\n",
-    "str_subclass": "class Str(str):\n    def __eq__(self, other):\n        return True\n    __hash__ = str.__hash__\n\n"
-                    "def square(x):\n    return Str('0')\n",
+    "int_subclass": "class Int(int):\n    def __eq__(self, other):\n        return True\n"
+                    "    __hash__ = int.__hash__\n\ndef square(x):\n    return Int(0)\n",
+    "str_subclass": "class Str(str):\n    def __eq__(self, other):\n        return True\n"
+                    "    __hash__ = str.__hash__\n\ndef square(x):\n    return Str('0')\n",
 }
 
 
@@ -199,7 +199,8 @@ def test_stop_iteration_does_not_end_the_tests_early():
 @pytest.mark.parametrize("exit_call", ["os._exit(0)", "sys.exit(0)", "os.kill(os.getpid(), 9)"])
 def test_early_exits_fail(exit_call):
     for where in ("top", "call"):
-        source = f"import os, sys\n{exit_call if where == 'top' else ''}\ndef square(x):\n    {exit_call}\n    return x * x\n"
+        source = (f"import os, sys\n{exit_call if where == 'top' else ''}\n"
+                  f"def square(x):\n    {exit_call}\n    return x * x\n")
         assert verdicts(f"```python\n{source}```", SQUARE) == (False, 0.0), (exit_call, where)
 
 
@@ -225,7 +226,8 @@ def test_a_failing_program_with_flooded_stderr_fails_fast():
 
     programs = [[body(False) + "flood()\n", "assert False"]]
     for ignore in (False, True):
-        programs.append(Judged(body(ignore) + "flood()\ndef square(x):\n    return x * x\n", "assert square(2) == 4", "square"))
+        programs.append(Judged(body(ignore) + "flood()\ndef square(x):\n    return x * x\n",
+                               "assert square(2) == 4", "square"))
         programs.append(Judged(body(ignore) + "def square(x):\n    flood()\n", "assert square(2) == 4", "square"))
     results = sandbox.run_many(programs)
     for r in results:
@@ -260,7 +262,8 @@ def test_memory_is_bounded_per_program():
     program may have, and every result states it. Both factors are checked (audit hook off, so
     that fork is stopped by the kernel's process limit alone)."""
     cfg = SandboxConfig(timeout_s=10, memory_mb=256, max_processes=4, workers=1, allow_weak=True)
-    r = Sandbox(cfg, audit_hook=False).run(Judged(MEMORY.format(too_much=300), "got, forks = probe()\nprint(got, forks)\n"
+    r = Sandbox(cfg, audit_hook=False).run(Judged(MEMORY.format(too_much=300),
+                                                  "got, forks = probe()\nprint(got, forks)\n"
                                                   "assert got and 0 < forks <= 3, (got, forks)", "probe"))
     if not r.isolation.get("process_limit"):
         assert r.isolation["memory_bound_mb"] is None and r.isolation["memory_bound"].startswith("none")
@@ -319,16 +322,21 @@ def test_plain_data_exceptions_and_in_place_changes_cross_exactly():
 
 
 def test_what_cannot_cross_is_reported_not_run_in_one_interpreter():
-    passes_a_function = SANDBOX.run(Judged("def apply(f, x):\n    return f(x)\n", "assert apply(lambda v: v + 1, 1) == 2", "apply"))
+    passes_a_function = SANDBOX.run(Judged("def apply(f, x):\n    return f(x)\n",
+                                           "assert apply(lambda v: v + 1, 1) == 2", "apply"))
     assert passes_a_function.status == "unjudgeable" and "function" in passes_a_function.reason, passes_a_function
-    uses_a_solution_name = SANDBOX.run(Judged("class Pair:\n    pass\ndef f(p):\n    return 1\n", "assert f(Pair()) == 1", "f"))
-    assert uses_a_solution_name.status == "unjudgeable" and "'Pair'" in uses_a_solution_name.reason, uses_a_solution_name
-    assert score_code(["    return f(x)\n"], [{"prompt": "def apply(f, x):\n", "entry_point": "apply",
-                                               "test": "assert apply(abs, -1) == 1"}], SANDBOX)[0].extracted == "unjudgeable"
+    uses_a_solution_name = SANDBOX.run(Judged("class Pair:\n    pass\ndef f(p):\n    return 1\n",
+                                              "assert f(Pair()) == 1", "f"))
+    assert (uses_a_solution_name.status == "unjudgeable"
+            and "'Pair'" in uses_a_solution_name.reason), uses_a_solution_name
+    takes_a_function = score_code(["    return f(x)\n"], [{"prompt": "def apply(f, x):\n", "entry_point": "apply",
+                                                        "test": "assert apply(abs, -1) == 1"}], SANDBOX)
+    assert takes_a_function[0].extracted == "unjudgeable"
 
 
 def test_a_candidate_that_never_answers_times_out():
-    r = Sandbox(SandboxConfig(timeout_s=1, cpu_s=1)).run(Judged("def f():\n    while True:\n        pass\n", "assert f() == 1", "f"))
+    r = Sandbox(SandboxConfig(timeout_s=1, cpu_s=1)).run(Judged("def f():\n    while True:\n        pass\n",
+                                                                "assert f() == 1", "f"))
     assert r.status == "timeout", r
 
 
