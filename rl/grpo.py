@@ -38,7 +38,7 @@ from common.precision import Precision
 from rl.learning_signal import learning_signal, weights_fingerprint
 from rl.prompts import PromptsConfig, build_rows, check_no_eval_overlap
 from evals import bounded
-from evals.sandbox import SandboxConfig
+from sandbox import SandboxConfig
 from rl.rewards import REWARDS, RL_SANDBOX, guarded, use_sandbox
 from rl.vllm_server import VLLMServerConfig
 from rl.weight_sync import WeightSyncError, prepare_colocated_vllm, probe_in_subprocess, probe_trainer

@@ -22,7 +22,7 @@ import functools
 import logging
 from typing import Callable
 
-from evals.sandbox import Sandbox, SandboxConfig
+from sandbox import Sandbox, SandboxConfig
 from evals.bounded import TIMEOUT
 from evals.scoring import MathJob, code_program, last_boxed, log_unjudgeable, score_answer, score_math_many
 

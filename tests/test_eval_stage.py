@@ -11,7 +11,7 @@ from transformers import AutoConfig
 import evals.generate
 from evals import bounded
 from evals.generate import Generator, HFGenerator, SamplingConfig, chat_ids
-from evals.sandbox import Sandbox, SandboxConfig
+from sandbox import Sandbox, SandboxConfig
 from evals.stage import EvalStageConfig, check_eval_inputs, run_eval, score_task
 from evals.tasks import TASKS, TaskError, TaskSpec, load_examples
 from common.models import load_tokenizer

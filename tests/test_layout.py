@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-ORDER = ["workflows", "rl", "evals", "prift", "common"]  # each may import only those after it
-ALLOWED = {pkg: set(ORDER[i + 1:]) for i, pkg in enumerate(ORDER)} | {"rl": {"evals", "common"}, "evals": {"common"}}
+ORDER = ["workflows", "rl", "evals", "sandbox", "prift", "common"]  # each may import only those after it
+ALLOWED = {pkg: set(ORDER[i + 1:]) for i, pkg in enumerate(ORDER)} | {
+    "rl": {"evals", "sandbox", "common"}, "evals": {"sandbox", "common"}, "sandbox": {"common"}}
 
 
 # The comparison report reads what the pipeline wrote (run folders, MLflow) and the method's and the
@@ -61,7 +62,7 @@ def test_the_report_imports_only_what_it_reads_and_only_the_command_line_imports
     assert importers == REPORT_IMPORTERS
 
 
-@pytest.mark.parametrize("package", ["prift", "evals", "rl"])
+@pytest.mark.parametrize("package", ["prift", "evals", "rl", "sandbox"])
 def test_a_package_map_names_every_module(package):
     """The map in the package's docstring: one line per module, starting with its name."""
     listed = {line.split()[0] for line in ast.get_docstring(ast.parse((ROOT / package / "__init__.py").read_text()))

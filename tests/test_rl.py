@@ -145,7 +145,7 @@ def test_the_code_reward_runs_under_the_rl_stage_sandbox_limits():
     import time
 
     import rl.rewards
-    from evals.sandbox import SandboxConfig
+    from sandbox import SandboxConfig
 
     meta = {"prompt": "", "entry_point": "f", "setup": "", "tests": ["assert f(1) == 2"]}
     slow = "import time\ndef f(x):\n    time.sleep(4)\n    return x + 1\n"

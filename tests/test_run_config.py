@@ -69,7 +69,7 @@ def test_every_stage_spells_precision_alike_and_names_the_choices():
 
 
 def test_a_section_given_in_part_keeps_the_defaults_of_the_field_that_holds_it():
-    from evals.sandbox import SandboxConfig
+    from sandbox import SandboxConfig
     from rl.rewards import RL_SANDBOX
 
     assert RL_SANDBOX.timeout_s != SandboxConfig().timeout_s  # else this test could not tell them apart

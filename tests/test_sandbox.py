@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from evals.sandbox import Judged, Sandbox, SandboxConfig, SandboxRefused, _pids_of_uid
+from sandbox import Judged, Sandbox, SandboxConfig, SandboxRefused
+from sandbox.client import _pids_of_uid
 from evals.scoring import code_program
 from common.packaged import packaged_file
 
@@ -354,7 +355,7 @@ os.setuid(65534)
 if os.fork() == 0:
     os._exit(int(libc.unshare(0x10000000 | 0x00020000 | 0x08000000 | 0x20000000 | 0x40000000) == 0))
 out = {"kernel_allows": os.waitstatus_to_exitcode(os.wait()[1]) == 1, "uid": os.getuid()}
-from evals.sandbox import Sandbox, SandboxConfig, SandboxRefused
+from sandbox import Sandbox, SandboxConfig, SandboxRefused
 try:
     r = Sandbox(SandboxConfig(timeout_s=10, max_processes=8), audit_hook=False).run([sys.argv[1], ""])
     out.update(stdout=r.stdout, stderr=r.stderr, isolation=r.isolation)
@@ -397,7 +398,7 @@ prog = ctypes.create_string_buffer(struct.pack("=HxxxxxxQ", len(code) // 8, ctyp
 ulong = ctypes.c_ulong
 assert libc.prctl(38, ulong(1), ulong(0), ulong(0), ulong(0)) == 0
 assert libc.prctl(22, ulong(2), prog, ulong(0), ulong(0)) == 0
-from evals.sandbox import Sandbox, SandboxConfig, SandboxRefused
+from sandbox import Sandbox, SandboxConfig, SandboxRefused
 out = {}
 try:
     Sandbox(SandboxConfig()).run(["x = 1", ""])

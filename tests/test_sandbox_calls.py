@@ -10,7 +10,7 @@ import struct
 
 import pytest
 
-from evals.sandbox_calls import MAX_DEPTH, MAX_MESSAGE, BadMessage, NotPlainData, decode, encode, frame, read_frame
+from sandbox.calls import MAX_DEPTH, MAX_MESSAGE, BadMessage, NotPlainData, decode, encode, frame, read_frame
 
 PLAIN = (type(None), bool, int, float, complex, str, bytes, list, tuple, dict, set, frozenset)
 VALUES = [None, True, 0, -1, 255, -256, 1 << 64, -(1 << 9999), 0.1, -0.0, math.inf, -math.inf, 1 + 2j,

@@ -16,7 +16,7 @@ import pytest
 
 import rl.rewards
 from common.packaged import packaged_file
-from evals.sandbox import Judged, Sandbox, SandboxConfig
+from sandbox import Judged, Sandbox, SandboxConfig
 from evals.scoring import score_code
 from rl.rewards import code_tests
 

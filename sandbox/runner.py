@@ -1,4 +1,4 @@
-"""The fork server that runs untrusted programs (started by `evals.sandbox`, never imported by it).
+"""The fork server that runs untrusted programs (started by `sandbox`, never imported by it).
 
 `serve()` runs as `python -I -S -B -c <this source> <view dir>`: a trusted process that has already
 paid for interpreter start-up and imports, and reads requests (length-prefixed marshal) on stdin.
@@ -27,7 +27,7 @@ the status is sent only once every process of the program is gone. The program p
    io_uring and keyring calls fail with EPERM whatever route the program takes to them;
 5. reports what it achieved (`isolation`) on the server's report pipe and closes it; if a layer is
    missing and the request does not say `allow_weak`, it stops here (exit 3) without running code;
-6. installs the audit hook (`make_guard`, PEP 578; defence in depth, see `evals/sandbox.py`);
+6. installs the audit hook (`make_guard`, PEP 578; defence in depth, see `sandbox/client.py`);
 7. runs the phases on a worker thread, each with a fresh copy of the builtins; the main thread
    writes the request's nonce to the result file only after that thread returned, so an early
    `sys.exit(0)` / `os._exit(0)` never counts as passed.
@@ -36,7 +36,7 @@ A judged request (`run_judged`) forks two such program processes, each in a PID 
 own: the candidate (step 7 is `serve_candidate`: run the solution, answer calls) and the judge
 (`judge`: the prompt's code and the tests, calling the candidate through `candidate_proxy`; the
 nonce is its to write). Their only link is a pair of pipes carrying plain data
-(`evals/sandbox_calls.py`, prepended to this source); the judge reads its own part of the request
+(`sandbox/calls.py`, prepended to this source); the judge reads its own part of the request
 (tests, nonce) from stdin, so the server, whose memory every later program inherits, never holds it.
 """
 

@@ -9,7 +9,7 @@ so a reply cannot carry an object with a forged `__eq__`, a code object or a ref
 candidate's interpreter. What the candidate side encodes is only a convenience (it may be patched:
 whatever it sends is data it chose, which is no more than a return value).
 
-This source is prepended to `sandbox_runner.py` to form the fork server's program, and is imported
+This source is prepended to `sandbox/runner.py` to form the fork server's program, and is imported
 by the tests, so it depends on nothing but the standard library and defines nothing at import time
 but functions and constants.
 """

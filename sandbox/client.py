@@ -4,12 +4,12 @@
 
 A `Judged` program (what scoring and the RL reward run) is judged across two processes: the
 solution in a *candidate* process, the tests in a *judge* process, where calls of the entry point
-go to the candidate over a pipe as plain data (`evals/sandbox_calls.py`) and the verdict is the
+go to the candidate over a pipe as plain data (`sandbox/calls.py`) and the verdict is the
 judge's alone (`Sandbox.run_judged`): nothing of the candidate's interpreter is in the judge's.
 A list of Python sources ("phases", e.g. a solution then its tests) runs in one process instead,
 and passes if its last phase returns; that verdict shares the interpreter with the program.
 
-Every process is forked by a warm fork server (`evals/sandbox_runner.py`, a `python -I -S -B`
+Every process is forked by a warm fork server (`sandbox/runner.py`, a `python -I -S -B`
 process per worker, started on first use; forking it costs ~1 ms where a fresh interpreter costs
 ~20 ms). The layers, outermost first; the kernel ones hold without the audit hook
 (`tests/test_sandbox.py` checks them with the hook switched off):
@@ -78,7 +78,7 @@ log = logging.getLogger(__name__)
 
 # The fork server's program: the call codec (also imported by the tests) and the runner.
 # The fork server's source: the call codec, then the runner that uses its names (one `-c` program).
-RUNNER = "\n".join(Path(__file__).with_name(name).read_text() for name in ("sandbox_calls.py", "sandbox_runner.py"))
+RUNNER = "\n".join(Path(__file__).with_name(name).read_text() for name in ("calls.py", "runner.py"))
 SERVER_GRACE_S = 30.0  # beyond the program's timeout, before a silent fork server counts as hung
 UNJUDGEABLE = 4  # the judge's exit status when its tests cannot be run across two processes
 Status = Literal["passed", "failed", "timeout", "error", "unjudgeable"]
@@ -164,7 +164,7 @@ class SandboxResult:
 
 
 class _Server:
-    """One fork server (`sandbox_runner.serve`): a warm, trusted process that forks a program per
+    """One fork server (`sandbox.runner.serve`): a warm, trusted process that forks a program per
     request, inside the namespaces and view it made at start-up, and reaps it."""
 
     def __init__(self, view: Path):
@@ -260,7 +260,7 @@ class Sandbox:
         program process of its own (own PID namespace, uid, mount and IPC namespaces, view, limits,
         seccomp, audit hook), and the two share two pipes: the tests' calls of the entry point go
         to the candidate as plain data, its results come back as plain data built by the judge
-        (`evals.sandbox_calls`). The verdict is the judge's: its exit status and the nonce it
+        (`sandbox.calls`). The verdict is the judge's: its exit status and the nonce it
         writes to a result file only it holds. Nothing in the candidate's interpreter (frames,
         modules, builtins, `__eq__`) is in the judge's."""
         cfg = self.config
