@@ -40,7 +40,8 @@ class SFTStageConfig:
     """Training settings of the SFT stage (defaults: the paper's math recipe, scaled by the batch)."""
 
     method: str = "prift_mass"
-    """`sft`, `dft`, `prift_prob` or `prift_mass`; ignored when `rule` is set."""
+    """A name of prift.weights.METHODS (`sft`, `dft`, `prift_prob`, `prift_mass`, `eaft`, `asft`, `rho1`,
+    `iw_sft`, ... and the prior twins; docs/workbench.md); ignored when `rule` is set."""
     rule: WeightRule | None = None
     """A custom rule of the family (prift.weights.WeightRule), e.g. power alpha=10 with the prior signal."""
     optim: str = "adamw_torch"
