@@ -178,7 +178,7 @@ def build_trainer(model_name: str, dataset, cfg: SFTStageConfig, prior: PriorCon
     args = sft_args(cfg, out_dir, sharding)
     model = load_causal_lm(model_name, dtype=torch.float32, device=device)
     ref_model = None
-    if rule.needs_prior and prior.mode == "online":
+    if rule.needs_prior and (prior.mode == "online" or rule.kl_coef > 0):  # the anchor needs q's whole distribution
         ref_model = load_causal_lm(prior.reference or model_name, dtype=resolve_dtype(prior.precision, device), device=device)
     log.info("SFT: method=%s rule=%s prior=%s bf16=%s packing=%s", cfg.method, rule, prior.mode, args.bf16, cfg.packing)
     return PriftTrainer(

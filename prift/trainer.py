@@ -7,7 +7,8 @@ the [B, L, V] logits. The weight of each token comes from
   - the policy itself, detached (online rules: DFT and friends): log p from the fused head; the mass
     and entropies from the hidden states of the same training forward (captured by a hook on the
     decoder), the head applied again without gradient to the response positions only.
-ASFT's anchor (`kl_coef`) needs the reference's whole distribution: the resident reference only.
+ASFT's anchor (`kl_coef`) needs the reference's whole distribution: the resident reference, loaded for
+it also in cached mode (its per-token prior signals then come from the same reference run).
 The loss is `prift.loss.weighted_nll`, normalised by TRL's `num_items_in_batch` (response tokens of the
 whole accumulated batch, gathered over ranks), so micro-batching and data parallelism do not change it.
 With `PriftCollator(packing=True)` a micro-batch is one padding-free row (`packed_batch`): the
@@ -210,7 +211,7 @@ class PriftTrainer(SFTTrainer):
                 self.ref_model, ref_hidden, inputs["input_ids"], response, prior_names, vocab_chunk=self.vocab_chunk
             ).items()}
         if rule.kl_coef > 0 and ref_hidden is None:
-            raise ValueError("kl_coef > 0 (ASFT) needs the resident reference (prior.mode: online)")
+            raise ValueError("kl_coef > 0 (ASFT) needs the resident reference (ref_model=)")
         captured = []
         hook = None
         if online_names or rule.kl_coef > 0:  # the training forward's own hidden states, not a second forward

@@ -10,7 +10,7 @@ comparison (online vs prior for each rule) is one field of `WeightRule`:
 | linear    | s                                                              | DFT         | PriFT-prob   |
 | power     | s ** alpha                                                     | (-p^k: see `objective`) | prift_pk |
 | threshold | 1[s >= threshold]                                              | ProFit      | prift_profit |
-| nucleus   | 1[u >= tau]                                                    |             | PriFT-mass   |
+| nucleus   | 1[u >= tau]                                                    | online_mass | PriFT-mass   |
 | entropy   | (H_top20 / entropy_norm) ** alpha  (H with entropy_topk: 0)    | EAFT        | prift_eaft   |
 | excess    | 1[log q - log p in the micro-batch's top keep_ratio] / keep_ratio | Rho-1 (reads both) |    |
 | ratio     | min(exp(mean over the sequence of log p - log q), ratio_clip)  | iw-SFT (reads both) |     |
@@ -74,8 +74,8 @@ class WeightRule:
     """`ratio` rule (iw-SFT): the sequence weight exp(mean_t log p - log q) is clipped to [0, ratio_clip]
     (the reference code's 16)."""
     kl_coef: float = 0.0
-    """ASFT's anchor: add kl_coef * KL(q || p) per response token, over the whole vocabulary (needs
-    `prior.mode: online`; 0: no anchor; LLaMA-Factory's `asft_alpha` default: 0.1)."""
+    """ASFT's anchor: add kl_coef * KL(q || p) per response token, over the whole vocabulary, from the
+    resident reference whatever `prior.mode` says (0: no anchor; LLaMA-Factory's `asft_alpha`: 0.1)."""
     objective: Literal["nll", "prob"] = "nll"
     """`nll`: -w log p; `prob`: the probability objective (1 - p^alpha) / alpha of arXiv 2510.00526
     (the `-p^k` family: same gradient as `power` online, its own loss value); online `power` only."""
@@ -125,6 +125,7 @@ METHODS: dict[str, WeightRule] = {
     "dft": WeightRule("linear", "online"),
     "prift_prob": WeightRule("linear", "prior"),
     "prift_mass": WeightRule("nucleus", "prior", tau=0.5),
+    "online_mass": WeightRule("nucleus", "online", tau=0.5),
     "profit": WeightRule("threshold", "online", threshold=0.1),
     "prift_profit": WeightRule("threshold", "prior", threshold=0.1),
     "neg_pk": WeightRule("power", "online", alpha=10.0, objective="prob"),

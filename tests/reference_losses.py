@@ -11,6 +11,7 @@ function with the signal's source swapped). Sources, pinned by commit, are in do
   GaotangLi/Beyond-Log-Likelihood main_verl/trainer/fsdp_sft_trainer.py: objective "GeneralFamily-k"
   emmyqin/iw_sft bounding_trainers.py: IwSFTLoss(sum_over_time=True, temp=1.0)
   Rho-1 (arXiv 2404.07965, Eq. 4; no training code published): the paper's formula
+  online_mass (PriFT-mass's rule on the policy; no published code): its definition, u >= tau
 """
 
 import math
@@ -99,3 +100,14 @@ def rho1(logits, target, ref_logits, ratio=0.6):
         chosen[torch.argsort(excess, descending=True, stable=True)[:keep]] = 1.0
     n = excess.numel()
     return (chosen * ce).sum() / (n * ratio), chosen / ratio
+
+
+def nucleus(logits, target, num_items_in_batch, tau=0.5, signal_logits=None):
+    """w = 1[u >= tau], u = q(y) + sum of the probabilities strictly below q(y)."""
+    valid = target != IGNORE
+    with torch.no_grad():
+        logq = F.log_softmax(logits if signal_logits is None else signal_logits, dim=-1)[valid]
+        lq = logq.gather(-1, target[valid][:, None])
+        u = lq.exp().squeeze(-1) + torch.where(logq < lq, logq.exp(), 0.0).sum(-1)
+        w = (u >= tau).double()
+    return (w * _per_token_ce(logits, target)[valid]).sum() / num_items_in_batch, w

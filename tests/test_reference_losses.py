@@ -37,6 +37,7 @@ def reference(method, pol, ref, labels, n):
         "asft": lambda: ref_fn.asft(flat, target, ref_flat),
         "prift_asft": lambda: ref_fn.asft(flat, target, ref_flat, signal_logits=ref_flat),
         "rho1": lambda: ref_fn.rho1(flat, target, ref_flat),
+        "online_mass": lambda: ref_fn.nucleus(flat, target, n),
         "iw_sft": lambda: ref_fn.iw_sft(pol, labels, F.log_softmax(ref, -1).gather(-1, labels.clamp(min=0)[..., None])
                                         .squeeze(-1), n),
     }

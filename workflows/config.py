@@ -128,7 +128,8 @@ class PipelineConfig:
     methods: list[str] = field(default_factory=lambda: ["prift_mass"])
     """SFT methods to compare (any of prift.weights.METHODS: sft, dft, prift_prob, prift_mass, profit,
     prift_profit, neg_pk, prift_pk, eaft, prift_eaft, asft, prift_asft, rho1, iw_sft); one run each,
-    per seed. The methods with a KL anchor (asft, prift_asft) need `prior.mode: online`."""
+    per seed. The methods with a KL anchor (asft, prift_asft) load the resident reference whatever
+    `prior.mode` says: the cache does not hold q's whole distribution."""
     seeds: list[int] = field(default_factory=lambda: [0])
     """Seeds (SFT and RL); one run per method and seed."""
     stages: StageSwitches = field(default_factory=StageSwitches)
@@ -237,14 +238,6 @@ class RunConfig:
                 f"names ({', '.join(map(str, methods))}): keep one name in pipeline.methods (the runs' label) or "
                 "drop sft.rule (a rule worth sweeping belongs in prift/weights.py's METHODS)"
             ])
-        mode = getattr(self.prior, "mode", None)
-        if mode == "cached" and isinstance(methods, list) and self.sft is not None:
-            anchored = [m for m, r in self.rules().items() if r.kl_coef > 0]
-            if anchored:
-                raise FieldErrors([
-                    f"prior.mode: {', '.join(anchored)} add KL(q || p) over the whole vocabulary, which the cache "
-                    "does not hold; set prior.mode: online (the resident reference) for them"
-                ])
 
     def rules(self) -> dict[str, WeightRule]:
         """The weight rule each method of the sweep trains: `sft.rule` if set, else the method's own.
