@@ -91,7 +91,7 @@ def _rows_signals(rows: torch.Tensor, targets: torch.Tensor, vocab_chunk: int, n
     total = torch.zeros(n, device=rows.device)  # sum exp(z - running_max) over all tokens seen
     below = torch.zeros(n, device=rows.device)  # same, over tokens with z < z_target
     spread = torch.zeros(n, device=rows.device)  # sum exp(z - running_max) * (z - running_max)
-    want_entropy, want_top = "entropy" in names, "entropy_top" in names
+    want_mass, want_entropy, want_top = "mass" in names, "entropy" in names, "entropy_top" in names
     top = torch.full((n, 0), float("-inf"), device=rows.device)
     for v0 in range(0, rows.shape[1], vocab_chunk):
         block = rows[:, v0 : v0 + vocab_chunk].float()
@@ -99,19 +99,24 @@ def _rows_signals(rows: torch.Tensor, targets: torch.Tensor, vocab_chunk: int, n
         # A row whose logits so far are all -inf keeps max -inf; shift by 0 there to avoid inf - inf.
         shift = torch.where(torch.isneginf(new_max), 0.0, new_max)
         rescale = torch.exp(running_max - shift)  # exp(-inf) = 0 on the first chunk
-        e = torch.exp(block - shift[:, None])
-        if want_entropy:  # sum e'(z - m') = r (sum e (z - m) + total (m - m')); 0 * -inf terms are 0
+        d = block - shift[:, None]
+        e = torch.exp(d)
+        if want_entropy:  # sum e'(z - m') = r (sum e (z - m) + total (m - m'))
             moved = torch.where(torch.isneginf(running_max), 0.0, running_max - shift)
-            spread = rescale * (spread + total * moved) + torch.where(e > 0, e * (block - shift[:, None]), 0.0).sum(1)
-        if want_top:
-            top = torch.cat([top, block], dim=1)
+            # e underflows to 0 below d = -104, so clamping there changes no term and keeps 0 * -inf out
+            spread = rescale * (spread + total * moved) + (e * d.clamp_(min=-200.0)).sum(1)
+        if want_top:  # each chunk's own top k, then the merge: no copy of the whole chunk
+            block_top = block.topk(min(EAFT_TOPK, block.shape[1]), dim=1).values
+            top = torch.cat([top, block_top], dim=1)
             top = top.topk(min(EAFT_TOPK, top.shape[1]), dim=1).values
         total = total * rescale + e.sum(dim=1)
-        below = below * rescale + torch.where(block < z_target[:, None], e, 0.0).sum(dim=1)
+        if want_mass:
+            below = below * rescale + torch.where(block < z_target[:, None], e, 0.0).sum(dim=1)
         running_max = new_max
     shift = torch.where(torch.isneginf(running_max), 0.0, running_max)
     out = {"logprob": z_target - shift - torch.log(total)}
-    out["mass"] = ((below + torch.exp(z_target - shift)) / total).clamp_(max=1.0)
+    if want_mass:
+        out["mass"] = ((below + torch.exp(z_target - shift)) / total).clamp_(max=1.0)
     if want_entropy:
         out["entropy"] = (torch.log(total) - spread / total).clamp_(min=0.0)
     if want_top:
