@@ -305,3 +305,17 @@ def test_every_named_method_has_its_own_colour():
 
     colours = [method_colour(m) for m in ["base", *METHODS]]
     assert len(set(colours)) == len(colours)
+
+
+def test_each_prior_twin_is_compared_with_its_online_form():
+    from workflows.report_tables import Group, comparisons
+
+    def group(method, solved):
+        per_seed = [{"gsm8k": {"score": {f"p{p}": s for p, s in enumerate(scores(solved))}}}]
+        return Group(f"{method} (sft)", method, "sft", [0], [{}], per_seed)
+
+    found = comparisons([group("sft", 9), group("eaft", 10), group("prift_eaft", 21), group("rho1", 9)])
+    pairs = {(c.a, c.b) for c in found}
+    assert pairs == {("eaft", "sft"), ("prift_eaft", "sft"), ("rho1", "sft"), ("prift_eaft", "eaft")}
+    twin_row = next(c for c in found if (c.a, c.b) == ("prift_eaft", "eaft"))
+    assert twin_row.interval.significant and twin_row.interval.estimate > 0
