@@ -186,7 +186,7 @@ class PriftTrainer(SFTTrainer):
         self.weight_rule = weight_rule
         self.ref_model = ref_model
         self.vocab_chunk = vocab_chunk
-        self._ref_checked = False
+        self._heads_checked: set[int] = set()  # ids of the models whose output head was checked
         self._packing_checked: set[int] = set()  # ids of the models whose packed attention was checked
         self._window: WindowSums | None = None
         if ref_model is not None:
@@ -215,6 +215,7 @@ class PriftTrainer(SFTTrainer):
         captured = []
         hook = None
         if online_names or rule.kl_coef > 0:  # the training forward's own hidden states, not a second forward
+            self._check_head(policy, inputs)
             hook = policy.get_decoder().register_forward_hook(lambda _m, _a, out: captured.append(out.last_hidden_state))
         try:
             outputs = model(**inputs, use_cache=False, fused_lm_head=True)
@@ -258,13 +259,26 @@ class PriftTrainer(SFTTrainer):
     def _reference_hidden(self, inputs) -> torch.Tensor:
         """The resident reference's last hidden states of the batch (packed rows scored per example)."""
         model, ids, attention_mask = self.ref_model, inputs["input_ids"], inputs.get("attention_mask")
-        if not self._ref_checked:  # a head check: attention across packed examples does not matter to it
-            check_head_matches_forward(model, ids, torch.ones_like(ids) if attention_mask is None else attention_mask)
-            self._ref_checked = True
+        self._check_head(model, inputs)
         if "position_ids" in inputs:
             self._check_packing(model, ids.device)
             model = PackedScorer(model, inputs["position_ids"])
         return model.get_decoder()(input_ids=ids, attention_mask=attention_mask).last_hidden_state
+
+    def _check_head(self, model, inputs) -> None:
+        """Once per model: the head applied to hidden states must give its own forward's logits (else
+        the signals read from hidden states would be wrong). Attention across packed examples does
+        not matter to this check."""
+        if id(model) in self._heads_checked:
+            return
+        ids, attention_mask = inputs["input_ids"], inputs.get("attention_mask")
+        training = model.training
+        model.eval()  # dropout would tell the two forwards apart
+        try:
+            check_head_matches_forward(model, ids, torch.ones_like(ids) if attention_mask is None else attention_mask)
+        finally:
+            model.train(training)
+        self._heads_checked.add(id(model))
 
     def _record(self, mode: str, outputs, stats: LossStats, nll_share: float) -> None:
         metrics = self._metrics[mode]
