@@ -10,7 +10,7 @@ logits, not one per response token. It costs a second pass of the output head (t
 backward's recompute) over the response tokens: ASFT is the one method here that is not cheap.
 
 `topk_kl` is the approximation a stored top-k of q would allow (no resident reference): the sum
-over q's k most likely tokens only. It is not used in training; tests/test_anchor.py and
+over q's k most likely tokens only. It is not used in training; tests/test_reference_losses.py and
 docs/workbench.md measure its error against the exact KL.
 """
 
