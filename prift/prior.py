@@ -1,10 +1,11 @@
-"""The prior stage: score SFT data once with the frozen reference and store two numbers per token.
+"""The prior stage: score SFT data once with the frozen reference and store four numbers per token.
 
 PriFT's weight depends only on (reference, data), so instead of running a second full model on every
 training batch (the official code), this stage runs it once, with no gradient, over the tokenized
 data and stores per response token
 
     prior_logprob = log q(y_t)     prior_mass = u_t   (see prift.signals)
+    prior_entropy = H(q_t)         prior_entropy_top = EAFT's top-20 entropy of q_t
 
 next to the token ids. Training then reads them from the batch: one pass serves every epoch, both
 PriFT variants, every rule of the family and every seed of a sweep. The scoring itself is
@@ -57,19 +58,21 @@ from common.models import (
     load_tokenizer,
     resolve_model_path,
 )
-from prift.reference import score_rows
+from prift.reference import STORED_SIGNALS, score_rows
 from prift.signals import DEFAULT_ROW_CHUNK, DEFAULT_VOCAB_CHUNK
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 2  # bump when what is stored, or how it is computed, changes (2: Arrow shards)
+# Bump when what is stored, or how it is computed, changes: the format is part of the cache key, so
+# a cache of another format is never read, its data rescored (2: Arrow shards; 3: the entropies).
+CACHE_FORMAT = 3
+SIGNAL_COLUMNS = tuple(f"prior_{name}" for name in STORED_SIGNALS)
 
 SCHEMA = pa.schema(
     [
         ("input_ids", pa.list_(pa.int32())),
         ("response_mask", pa.list_(pa.int8())),
-        ("prior_logprob", pa.list_(pa.float32())),
-        ("prior_mass", pa.list_(pa.float32())),
+        *((col, pa.list_(pa.float32())) for col in SIGNAL_COLUMNS),
         ("index", pa.int64()),
     ]
 )
@@ -181,8 +184,8 @@ def write_shard(path: Path, rows: list[dict], scored: list, counts: dict) -> Non
     """One Arrow IPC stream file holding the shard's rows in input order; its statistics ride in the
     schema metadata, so the file alone says what it holds. Atomic: tmp, then rename."""
     masks = [np.asarray(r["response_mask"], dtype=bool) for r in rows]
-    lps = np.concatenate([lp[m] for (lp, _), m in zip(scored, masks)]) if rows else np.empty(0, np.float32)
-    us = np.concatenate([u[m] for (_, u), m in zip(scored, masks)]) if rows else np.empty(0, np.float32)
+    lps = np.concatenate([s["logprob"][m] for s, m in zip(scored, masks)]) if rows else np.empty(0, np.float32)
+    us = np.concatenate([s["mass"][m] for s, m in zip(scored, masks)]) if rows else np.empty(0, np.float32)
     stats = counts | {
         "kept": len(rows),
         "response_tokens": int(lps.size),
@@ -192,8 +195,7 @@ def write_shard(path: Path, rows: list[dict], scored: list, counts: dict) -> Non
     columns = [
         _list_array([r["input_ids"] for r in rows], np.int32),
         _list_array([r["response_mask"] for r in rows], np.int8),
-        _list_array([lp for lp, _ in scored], np.float32),
-        _list_array([u for _, u in scored], np.float32),
+        *(_list_array([s[name] for s in scored], np.float32) for name in STORED_SIGNALS),
         pa.array([r["index"] for r in rows], pa.int64()),
     ]
     schema = SCHEMA.with_metadata({STATS_KEY: json.dumps(stats)})
@@ -339,6 +341,7 @@ def run_prior(model_name: str, data: DataConfig, cfg: PriorConfig, prior_dir: st
         raise DataError(f"no row has a response token left within max_length={data.max_length}")
     tokens = max(total["response_tokens"], 1)
     meta = {
+        "format": CACHE_FORMAT,
         "reference": reference,
         "rows": total["kept"],
         "dtype": str(dtype),
@@ -354,10 +357,14 @@ def run_prior(model_name: str, data: DataConfig, cfg: PriorConfig, prior_dir: st
 
 
 def load_prior(folder: str | Path):
-    """The stored rows in input order as one `datasets.Dataset` (input_ids, response_mask,
-    prior_logprob, prior_mass, index), memory-mapped from the shard files: nothing is copied into
+    """The stored rows in input order as one `datasets.Dataset` (input_ids, response_mask, the
+    SIGNAL_COLUMNS, index), memory-mapped from the shard files: nothing is copied into
     Python objects until a row is read."""
     import datasets
 
     files = sorted((Path(folder) / "data").glob("shard-*.arrow"))
-    return datasets.concatenate_datasets([datasets.Dataset.from_file(str(f)) for f in files])
+    table = datasets.concatenate_datasets([datasets.Dataset.from_file(str(f)) for f in files])
+    missing = [c for c in SIGNAL_COLUMNS if c not in table.column_names]
+    if missing:  # a folder of another cache format, reached by path: never read its columns as ours
+        raise InputError(f"prior cache {folder} lacks {missing}: written by another cache format; rescore it")
+    return table

@@ -1,4 +1,4 @@
-"""The frozen reference as a scorer: per-token log q(y_t) and u_t (see prift.signals) of a causal LM.
+"""The frozen reference as a scorer: per-token log q(y_t), u_t and entropies (prift.signals) of a causal LM.
 
 Used by the prior stage (prift.prior), by the trainer's online mode and by the token view. The
 reference's logits are never materialised for a whole batch: `reference_signals` takes the last
@@ -16,7 +16,9 @@ from tqdm.auto import tqdm
 
 from common.batching import length_batches, pad
 from common.lm_head import check_head_matches_forward, hidden_to_logits
-from prift.signals import DEFAULT_ROW_CHUNK, DEFAULT_VOCAB_CHUNK, token_signals
+from prift.signals import DEFAULT_ROW_CHUNK, DEFAULT_VOCAB_CHUNK, SIGNAL_NAMES, signal_set
+
+STORED_SIGNALS = SIGNAL_NAMES  # what the prior stage stores per token, as `prior_<name>` columns
 
 
 @torch.no_grad()
@@ -33,26 +35,42 @@ def reference_signals(
 
     Entries that are not response tokens (prompt, padding, position 0) are 0.
     """
+    out = reference_signal_set(model, input_ids, attention_mask, response_mask, ("logprob", "mass"),
+                               row_chunk=row_chunk, vocab_chunk=vocab_chunk)
+    return out["logprob"], out["mass"]
+
+
+@torch.no_grad()
+def reference_signal_set(model, input_ids, attention_mask, response_mask, names=SIGNAL_NAMES, *,
+                         row_chunk: int = DEFAULT_ROW_CHUNK, vocab_chunk: int = DEFAULT_VOCAB_CHUNK):
+    """The signals `names` (prift.signals) aligned to tokens as `reference_signals` does, by name."""
     hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    return hidden_signals(model, hidden, input_ids, response_mask, names, row_chunk=row_chunk, vocab_chunk=vocab_chunk)
+
+
+@torch.no_grad()
+def hidden_signals(model, hidden, input_ids, response_mask, names, *, row_chunk: int = DEFAULT_ROW_CHUNK,
+                   vocab_chunk: int = DEFAULT_VOCAB_CHUNK) -> dict[str, torch.Tensor]:
+    """Token-aligned [B, L] signals from the decoder's last hidden states [B, L, D] (of the reference,
+    or of the policy's own training forward for the online signals), the head applied by row chunks."""
     predicts = response_mask[:, 1:].bool()  # position j-1 predicts token j
-    h = hidden[:, :-1][predicts]
+    h = hidden.detach()[:, :-1][predicts]
     targets = input_ids[:, 1:][predicts]
-    lp = torch.empty(targets.shape, dtype=torch.float32, device=input_ids.device)
-    u = torch.empty_like(lp)
+    flat = {n: torch.empty(targets.shape, dtype=torch.float32, device=input_ids.device) for n in names}
     for r0 in range(0, targets.numel(), row_chunk):
         logits = hidden_to_logits(model, h[r0 : r0 + row_chunk])
-        lp[r0 : r0 + row_chunk], u[r0 : r0 + row_chunk] = token_signals(
-            logits, targets[r0 : r0 + row_chunk], vocab_chunk=vocab_chunk, row_chunk=row_chunk
-        )
-    out_lp = torch.zeros(input_ids.shape, dtype=torch.float32, device=input_ids.device)
-    out_u = torch.zeros_like(out_lp)
-    out_lp[:, 1:][predicts] = lp
-    out_u[:, 1:][predicts] = u
-    return out_lp, out_u
+        block = signal_set(logits, targets[r0 : r0 + row_chunk], names, vocab_chunk=vocab_chunk, row_chunk=row_chunk)
+        for n in names:
+            flat[n][r0 : r0 + row_chunk] = block[n]
+    out = {}
+    for n in names:
+        out[n] = torch.zeros(input_ids.shape, dtype=torch.float32, device=input_ids.device)
+        out[n][:, 1:][predicts] = flat[n]
+    return out
 
 
-def score_rows(model, rows: list[dict], cfg, *, progress: bool = True) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per row, (prior_logprob, prior_mass) float32 arrays as long as its input_ids.
+def score_rows(model, rows: list[dict], cfg, *, progress: bool = True) -> list[dict[str, np.ndarray]]:
+    """Per row, {name: float32 array as long as its input_ids} for each of STORED_SIGNALS.
 
     `rows` hold input_ids, response_mask and index; `cfg` gives batch_tokens, row_chunk and
     vocab_chunk (a `prift.prior.PriorConfig`). Batches are formed from the rows sorted by length, so
@@ -70,11 +88,12 @@ def score_rows(model, rows: list[dict], cfg, *, progress: bool = True) -> list[t
         if not checked:
             check_head_matches_forward(model, ids, attn)
             checked = True
-        lp, u = reference_signals(model, ids, attn, resp, row_chunk=cfg.row_chunk, vocab_chunk=cfg.vocab_chunk)
-        if not (torch.isfinite(lp[resp.bool()]).all() and torch.isfinite(u).all()):
+        out = reference_signal_set(model, ids, attn, resp, STORED_SIGNALS, row_chunk=cfg.row_chunk,
+                                   vocab_chunk=cfg.vocab_chunk)
+        if not all(torch.isfinite(v).all() for v in out.values()):
             raise FloatingPointError(f"non-finite reference signal in rows {[rows[i]['index'] for i in batch]}")
-        lp, u = lp.cpu(), u.cpu()
+        out = {name: v.cpu() for name, v in out.items()}
         for k, i in enumerate(batch):
-            n = len(seqs[k])
-            results[i] = (lp[k, :n].numpy().copy(), u[k, :n].numpy().copy())  # float32: 4 bytes a value
+            n = len(seqs[k])  # float32: 4 bytes a value
+            results[i] = {name: v[k, :n].numpy().copy() for name, v in out.items()}
     return results

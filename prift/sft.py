@@ -40,7 +40,8 @@ class SFTStageConfig:
     """Training settings of the SFT stage (defaults: the paper's math recipe, scaled by the batch)."""
 
     method: str = "prift_mass"
-    """`sft`, `dft`, `prift_prob` or `prift_mass`; ignored when `rule` is set."""
+    """A name of prift.weights.METHODS (`sft`, `dft`, `prift_prob`, `prift_mass`, `eaft`, `asft`, `rho1`,
+    `iw_sft`, ... and the prior twins; docs/workbench.md); ignored when `rule` is set."""
     rule: WeightRule | None = None
     """A custom rule of the family (prift.weights.WeightRule), e.g. power alpha=10 with the prior signal."""
     optim: str = "adamw_torch"
@@ -177,7 +178,7 @@ def build_trainer(model_name: str, dataset, cfg: SFTStageConfig, prior: PriorCon
     args = sft_args(cfg, out_dir, sharding)
     model = load_causal_lm(model_name, dtype=torch.float32, device=device)
     ref_model = None
-    if rule.needs_prior and prior.mode == "online":
+    if rule.needs_prior and (prior.mode == "online" or rule.kl_coef > 0):  # the anchor needs q's whole distribution
         ref_model = load_causal_lm(prior.reference or model_name,
                                    dtype=resolve_dtype(prior.precision, device), device=device)
     log.info("SFT: method=%s rule=%s prior=%s bf16=%s packing=%s", cfg.method, rule, prior.mode, args.bf16, cfg.packing)

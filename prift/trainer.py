@@ -2,9 +2,13 @@
 
 The forward is TRL's own fused LM head (`fused_lm_head=True`): per-token log p(y_t) without building
 the [B, L, V] logits. The weight of each token comes from
-  - the batch (`prior_logprob`, `prior_mass` columns written by the prior stage): cached mode, or
+  - the batch (the `prior_*` columns written by the prior stage): cached mode, or
   - a resident frozen reference run on the batch (`ref_model=`): the official online mode, or
-  - the policy itself, detached (online rules: DFT and friends).
+  - the policy itself, detached (online rules: DFT and friends): log p from the fused head; the mass
+    and entropies from the hidden states of the same training forward (captured by a hook on the
+    decoder), the head applied again without gradient to the response positions only.
+ASFT's anchor (`kl_coef`) needs the reference's whole distribution: the resident reference, loaded for
+it also in cached mode (its per-token prior signals then come from the same reference run).
 The loss is `prift.loss.weighted_nll`, normalised by TRL's `num_items_in_batch` (response tokens of the
 whole accumulated batch, gathered over ranks), so micro-batching and data parallelism do not change it.
 With `PriftCollator(packing=True)` a micro-batch is one padding-free row (`packed_batch`): the
@@ -30,13 +34,15 @@ from trl import SFTTrainer
 from prift.loss import LossStats, to_label_space, weighted_nll
 from common.batching import pad
 from common.lm_head import check_head_matches_forward
-from prift.reference import reference_signals
+from prift.anchor import anchor_kl
+from prift.reference import hidden_signals
+from prift.signals import SIGNAL_NAMES
 from prift.weights import WeightRule
 
 log = logging.getLogger(__name__)
 
 IGNORE = -100
-SIGNAL_COLUMNS = ("prior_logprob", "prior_mass")
+SIGNAL_COLUMNS = tuple(f"prior_{name}" for name in SIGNAL_NAMES)  # the prior stage's columns
 
 
 @dataclass
@@ -142,6 +148,16 @@ class PackedScorer:
         return getattr(self._model, name)
 
 
+def sequence_ids(inputs) -> torch.Tensor:
+    """[B, L]: which example each token belongs to (a padded row is one; a packed row's examples start
+    where position_ids restart), for the rules that weigh whole sequences."""
+    ids = inputs["input_ids"]
+    if "position_ids" in inputs:
+        starts = (inputs["position_ids"] == 0).long().cumsum(-1)
+        return starts + torch.arange(ids.shape[0], device=ids.device)[:, None] * (ids.shape[1] + 1)
+    return torch.arange(ids.shape[0], device=ids.device)[:, None].expand(ids.shape)
+
+
 @dataclass
 class WindowSums:
     """What the training steps since the last log add up to, over micro-batches and ranks:
@@ -170,7 +186,7 @@ class PriftTrainer(SFTTrainer):
         self.weight_rule = weight_rule
         self.ref_model = ref_model
         self.vocab_chunk = vocab_chunk
-        self._ref_checked = False
+        self._heads_checked: set[int] = set()  # ids of the models whose output head was checked
         self._packing_checked: set[int] = set()  # ids of the models whose packed attention was checked
         self._window: WindowSums | None = None
         if ref_model is not None:
@@ -180,24 +196,48 @@ class PriftTrainer(SFTTrainer):
         if return_outputs:
             raise NotImplementedError("PriftTrainer does not return logits (the fused head never builds them)")
         mode = "train" if self.model.training else "eval"
-        prior_lp, prior_u = (inputs.pop(c, None) for c in SIGNAL_COLUMNS)
+        signals = {c: inputs.pop(c, None) for c in SIGNAL_COLUMNS}  # token-aligned, from the cache
         rule = self.weight_rule
         response = inputs["labels"] != IGNORE
+        policy = self.accelerator.unwrap_model(model)
         if "position_ids" in inputs:
-            self._check_packing(self.accelerator.unwrap_model(model), inputs["input_ids"].device)
-        if self.ref_model is not None and rule.needs_prior:
-            prior_lp, prior_u = self._signals(self.ref_model, inputs, response)
-        online_u = None
-        if rule.needs_online_mass:
-            _, online_u = self._signals(self.accelerator.unwrap_model(model), inputs, response)
-        outputs = model(**inputs, use_cache=False, fused_lm_head=True)
+            self._check_packing(policy, inputs["input_ids"].device)
+        prior_names = [s.removeprefix("prior_") for s in rule.signals if s.startswith("prior_")]
+        online_names = [s.removeprefix("online_") for s in rule.signals
+                        if s.startswith("online_") and s != "online_logprob"]
+        ref_hidden = None
+        if self.ref_model is not None and (prior_names or rule.kl_coef > 0):
+            ref_hidden = self._reference_hidden(inputs)
+            signals |= {f"prior_{n}": v for n, v in hidden_signals(
+                self.ref_model, ref_hidden, inputs["input_ids"], response, prior_names, vocab_chunk=self.vocab_chunk
+            ).items()}
+        if rule.kl_coef > 0 and ref_hidden is None:
+            raise ValueError("kl_coef > 0 (ASFT) needs the resident reference (ref_model=)")
+        captured = []
+        hook = None
+        if online_names or rule.kl_coef > 0:  # the training forward's own hidden states, not a second forward
+            self._check_head(policy, inputs)
+            hook = policy.get_decoder().register_forward_hook(
+                lambda _m, _a, out: captured.append(out.last_hidden_state))
+        try:
+            outputs = model(**inputs, use_cache=False, fused_lm_head=True)
+        finally:
+            if hook is not None:
+                hook.remove()
+        if online_names:
+            signals |= {f"online_{n}": v for n, v in hidden_signals(
+                policy, captured[0], inputs["input_ids"], response, online_names, vocab_chunk=self.vocab_chunk
+            ).items()}
+        kl = None
+        if rule.kl_coef > 0:
+            kl = anchor_kl(policy, captured[0], self.ref_model, ref_hidden, response)
         loss, stats = weighted_nll(
             outputs.log_probs,
             outputs.label_mask,
             rule,
-            prior_logprob=None if prior_lp is None else to_label_space(prior_lp),
-            prior_mass=None if prior_u is None else to_label_space(prior_u),
-            online_mass=None if online_u is None else to_label_space(online_u),
+            signals={k: to_label_space(v) for k, v in signals.items() if v is not None},
+            sequence_ids=to_label_space(sequence_ids(inputs)),
+            kl=kl,
             num_items_in_batch=num_items_in_batch,
         )
         if not torch.isfinite(loss):
@@ -218,15 +258,29 @@ class PriftTrainer(SFTTrainer):
             self._packing_checked.add(id(model))
 
     @torch.no_grad()
-    def _signals(self, model, inputs, response):
-        ids, attention_mask = inputs["input_ids"], inputs.get("attention_mask")
-        if not self._ref_checked:  # a head check: attention across packed examples does not matter to it
-            check_head_matches_forward(model, ids, torch.ones_like(ids) if attention_mask is None else attention_mask)
-            self._ref_checked = True
+    def _reference_hidden(self, inputs) -> torch.Tensor:
+        """The resident reference's last hidden states of the batch (packed rows scored per example)."""
+        model, ids, attention_mask = self.ref_model, inputs["input_ids"], inputs.get("attention_mask")
+        self._check_head(model, inputs)
         if "position_ids" in inputs:
             self._check_packing(model, ids.device)
             model = PackedScorer(model, inputs["position_ids"])
-        return reference_signals(model, ids, attention_mask, response, vocab_chunk=self.vocab_chunk)
+        return model.get_decoder()(input_ids=ids, attention_mask=attention_mask).last_hidden_state
+
+    def _check_head(self, model, inputs) -> None:
+        """Once per model: the head applied to hidden states must give its own forward's logits (else
+        the signals read from hidden states would be wrong). Attention across packed examples does
+        not matter to this check."""
+        if id(model) in self._heads_checked:
+            return
+        ids, attention_mask = inputs["input_ids"], inputs.get("attention_mask")
+        training = model.training
+        model.eval()  # dropout would tell the two forwards apart
+        try:
+            check_head_matches_forward(model, ids, torch.ones_like(ids) if attention_mask is None else attention_mask)
+        finally:
+            model.train(training)
+        self._heads_checked.add(id(model))
 
     def _record(self, mode: str, outputs, stats: LossStats, nll_share: float) -> None:
         metrics = self._metrics[mode]

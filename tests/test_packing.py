@@ -6,6 +6,7 @@ into two micro-batches must give the padded loss and the padded gradient of ever
 """
 
 import copy
+import dataclasses
 
 import datasets
 import pytest
@@ -42,15 +43,20 @@ def tiny_llama(vocab: int, seed: int, attn: str = "sdpa") -> LlamaForCausalLM:
     return LlamaForCausalLM(config).double()
 
 
-def float64_signals(ref, ids: list[int]) -> tuple[list[float], list[float]]:
-    """log q and the mass score u of each token given the ones before it, from full float64 logits of the
+def float64_signals(ref, ids: list[int]) -> dict[str, list[float]]:
+    """The prior columns of each token given the ones before it, from full float64 logits of the
     example alone (entry 0: 0)."""
     with torch.no_grad():
-        logq = torch.log_softmax(ref(torch.tensor([ids])).logits[0, :-1].double(), -1)
+        z = ref(torch.tensor([ids])).logits[0, :-1].double()
+    logq = torch.log_softmax(z, -1)
     y = torch.tensor(ids[1:])
     lq = logq.gather(-1, y[:, None]).squeeze(-1)
     u = lq.exp() + torch.where(logq < lq[:, None], logq.exp(), 0.0).sum(-1)
-    return [0.0, *lq.tolist()], [0.0, *u.tolist()]
+    h = -(logq.exp() * logq).sum(-1)
+    lr = torch.log_softmax(z.topk(20, -1).values, -1)
+    h_top = -(lr.exp() * lr).sum(-1)
+    return {k: [0.0, *v.tolist()] for k, v in
+            {"prior_logprob": lq, "prior_mass": u, "prior_entropy": h, "prior_entropy_top": h_top}.items()}
 
 
 @pytest.fixture(scope="module")
@@ -67,9 +73,8 @@ def examples(tokenizer):
     out = []
     for prompt, response in SHAPES:
         ids = torch.randint(0, vocab, (prompt + response,), generator=gen).tolist()
-        lq, u = float64_signals(ref, ids)
         out.append({"input_ids": ids, "labels": labels_from_mask(ids, [0] * prompt + [1] * response),
-                    "prior_logprob": lq, "prior_mass": u})
+                    **float64_signals(ref, ids)})
     return out, ref
 
 
@@ -81,11 +86,19 @@ CASES = {  # name: (rule, prior mode): every method of METHODS with each prior s
     "prift_mass/cached": (METHODS["prift_mass"], "cached"),
     "prift_mass/online": (METHODS["prift_mass"], "online"),
     "nucleus/online-signal": (WeightRule("nucleus", "online", tau=0.5), "cached"),
+    **{m: (METHODS[m], "cached") for m in ("eaft", "prift_eaft", "rho1", "iw_sft")},
+    # random tiny models give every token p ~ 1/vocab: a cut-off of 0.1 or p^10 would zero the loss
+    # or the gradient, so these run with a cut-off of 1/vocab and k = 1 (the named methods' shapes)
+    **{m: (dataclasses.replace(METHODS[m], threshold=0.003), "cached") for m in ("profit", "prift_profit")},
+    **{m: (dataclasses.replace(METHODS[m], alpha=1.0), "cached") for m in ("neg_pk", "prift_pk")},
+    **{f"{m}/online": (METHODS[m], "online") for m in ("prift_eaft", "asft", "prift_asft", "rho1", "iw_sft")},
 }
+WHOLE_BATCH = {"rho1", "rho1/online"}  # selects within a micro-batch: packed as one, like the padded batch
 
 
 def test_cases_cover_every_method():
-    assert {r for r, _ in CASES.values()} >= set(METHODS.values())
+    shapes = {dataclasses.replace(r, threshold=0.1, alpha=1.0) for r, _ in CASES.values()}
+    assert shapes >= {dataclasses.replace(r, threshold=0.1, alpha=1.0) for r in METHODS.values()}
 
 
 def loss_and_grads(trainer, batches) -> tuple[float, list[torch.Tensor]]:
@@ -115,8 +128,8 @@ def test_packed_loss_and_gradients_equal_padded(tokenizer, examples, tmp_path, c
     policy.train()
     padded = PriftCollator(tokenizer.pad_token_id)(rows)
     packing = PriftCollator(tokenizer.pad_token_id, packing=True)
-    packed = [packing(rows[:SPLIT]), packing(rows[SPLIT:])]
-    assert packed[0]["input_ids"].shape == (1, sum(p + r for p, r in SHAPES[:SPLIT]))
+    packed = [packing(rows)] if case in WHOLE_BATCH else [packing(rows[:SPLIT]), packing(rows[SPLIT:])]
+    assert packed[0]["input_ids"].shape[0] == 1
     assert "attention_mask" not in packed[0]
     # every response token but the no-prompt row's first, in both layouts
     n = sum(r for _, r in SHAPES) - 1

@@ -138,3 +138,29 @@ def test_stored_shards_are_memory_mapped_and_a_stale_shard_of_another_size_is_dr
     names = sorted(f.name for f in (again / "data").glob("*.arrow"))
     assert names == [f"shard-{s:010d}-{s + 10:010d}.arrow" for s in (0, 10, 20, 30)]
     assert load_prior(again)["index"] == [i for i in range(40) if i != 13]
+
+
+def test_a_cache_of_another_format_is_rescored_never_read(tiny_model, sft_file, tmp_path, monkeypatch, caplog):
+    """The format is in the cache key: a format-2 cache (no entropy columns) is not found by format 3,
+    which scores anew; a format-2 folder handed to load_prior by path is refused, naming the columns."""
+    import pyarrow as pa
+
+    import prift.prior as prior_mod
+    from common.errors import InputError
+
+    data, cfg = DataConfig(path=sft_file, max_length=64), PriorConfig(precision="fp32")
+    monkeypatch.setattr(prior_mod, "CACHE_FORMAT", 2)
+    monkeypatch.setattr(prior_mod, "SIGNAL_COLUMNS", ("prior_logprob", "prior_mass"))
+    monkeypatch.setattr(prior_mod, "SCHEMA", pa.schema([f for f in prior_mod.SCHEMA if "entropy" not in f.name]))
+    monkeypatch.setattr(prior_mod, "STORED_SIGNALS", ("logprob", "mass"))
+    monkeypatch.setattr("prift.reference.STORED_SIGNALS", ("logprob", "mass"))
+    old = run_prior(tiny_model, data, cfg, tmp_path)
+    monkeypatch.undo()
+    with pytest.raises(InputError, match="prior_entropy"):
+        load_prior(old)
+    with caplog.at_level(logging.INFO, logger="prift.prior"):
+        new = run_prior(tiny_model, data, cfg, tmp_path)
+    assert new != old and "cache hit" not in caplog.text
+    table = load_prior(new)
+    assert {"prior_entropy", "prior_entropy_top"} <= set(table.column_names)
+    assert json.loads((new / "meta.json").read_text())["format"] == 3

@@ -106,7 +106,7 @@ def avg(solved: int) -> float:
 
 def test_rl_curves_are_the_logged_mean_and_std_and_flag_runs_without_signal(report):
     from workflows.report.collect import RL_CURVES, collect, rl_history
-    from workflows.report.figures import METHOD_COLOURS, rl_curves_figure
+    from workflows.report.figures import method_colour, rl_curves_figure
 
     sweep, text, _ = report
     assert (sweep / "report" / "rl_curves.png").stat().st_size > 5000
@@ -131,7 +131,7 @@ def test_rl_curves_are_the_logged_mean_and_std_and_flag_runs_without_signal(repo
     assert flagged.get_linestyle() == "--" and list(flagged.get_ydata()) == [0.0, 0.0, 0.0]
     length_mass = {line.get_label(): line for line in length.get_lines()}["prift_mass (2 seeds)"]
     assert list(length_mass.get_ydata()) == pytest.approx([25.0, 21.0, 19.0])
-    assert mass.get_color() == METHOD_COLOURS["prift_mass"] and length_mass.get_color() == METHOD_COLOURS["prift_mass"]
+    assert mass.get_color() == method_colour("prift_mass") and length_mass.get_color() == method_colour("prift_mass")
     assert "rl.beta = 0" in kl.texts[0].get_text() and not kl.get_lines()
     assert "KL to the SFT start is not logged: rl.beta is 0" in text
 
@@ -202,7 +202,7 @@ def test_parents_get_drift_intervals_and_the_sft_to_rl_change_as_metrics(report)
 def test_every_figure_gives_a_method_the_same_colour_and_tells_zero_from_missing():
     from matplotlib.colors import to_rgba
 
-    from workflows.report.figures import METHOD_COLOURS, SFT_ALPHA, comparison_figure, weights_figure
+    from workflows.report.figures import SFT_ALPHA, comparison_figure, method_colour, weights_figure
 
     bars = [{"label": "sft (sft)", "method": "sft", "stage": "sft", "flagged": False,
              "values": {"a": [0.0], "b": [0.5]}},
@@ -212,8 +212,8 @@ def test_every_figure_gives_a_method_the_same_colour_and_tells_zero_from_missing
     ax = comparison_figure(bars, ["a", "b"], {"a": (3, 2), "b": (4, 2)}, "Avg@n").axes[0]
     filled = [p for p in ax.patches if p.get_hatch() != "//"]
     assert [p.get_facecolor() for p in filled] == [
-        to_rgba(METHOD_COLOURS["sft"], SFT_ALPHA), to_rgba(METHOD_COLOURS["sft"], SFT_ALPHA),
-        to_rgba(METHOD_COLOURS["dft"]), to_rgba(METHOD_COLOURS["prift_mass"]), to_rgba(METHOD_COLOURS["prift_mass"])]
+        to_rgba(method_colour("sft"), SFT_ALPHA), to_rgba(method_colour("sft"), SFT_ALPHA),
+        to_rgba(method_colour("dft")), to_rgba(method_colour("prift_mass")), to_rgba(method_colour("prift_mass"))]
     assert filled[0].get_height() == 0.0  # zero: a bar of height 0 labelled 0.0 ...
     labels = [t.get_text() for t in ax.texts]
     assert labels == ["0.0", "50.0", "25.0", "n/a", "30.0", "60.0"]  # ... missing: an outline marked n/a
@@ -226,8 +226,8 @@ def test_every_figure_gives_a_method_the_same_colour_and_tells_zero_from_missing
     assert fig._suptitle.get_text().startswith("Per-token training weight by method (10 response tokens")
     first, second = fig.axes
     assert first.get_shared_y_axes().joined(first, second)
-    assert first.patches[0].get_facecolor() == to_rgba(METHOD_COLOURS["sft"])
-    assert second.patches[0].get_facecolor() == to_rgba(METHOD_COLOURS["prift_mass"])
+    assert first.patches[0].get_facecolor() == to_rgba(method_colour("sft"))
+    assert second.patches[0].get_facecolor() == to_rgba(method_colour("prift_mass"))
     assert sum(p.get_height() for p in second.patches) == pytest.approx(1.0)  # shares of the tokens
 
 
@@ -302,3 +302,25 @@ def test_code_samples_count_no_distinct_answers_but_keep_their_entropy(tmp_path)
     rows = rows_by_problem(tmp_path)
     assert distinct_answers(rows) == {"gsm8k": {"p0": 1}}
     assert token_entropy(rows) == {"gsm8k": {"p0": 1.5}, "humaneval": {"p0": 1.5}}
+
+
+def test_every_named_method_has_its_own_colour():
+    from prift.weights import METHODS
+    from workflows.report.figures import method_colour
+
+    colours = [method_colour(m) for m in ["base", *METHODS]]
+    assert len(set(colours)) == len(colours)
+
+
+def test_each_prior_twin_is_compared_with_its_online_form():
+    from workflows.report.tables import Group, comparisons
+
+    def group(method, solved):
+        per_seed = [{"gsm8k": {"score": {f"p{p}": s for p, s in enumerate(scores(solved))}}}]
+        return Group(f"{method} (sft)", method, "sft", [0], [{}], per_seed)
+
+    found = comparisons([group("sft", 9), group("eaft", 10), group("prift_eaft", 21), group("rho1", 9)])
+    pairs = {(c.a, c.b) for c in found}
+    assert pairs == {("eaft", "sft"), ("prift_eaft", "sft"), ("rho1", "sft"), ("prift_eaft", "eaft")}
+    twin_row = next(c for c in found if (c.a, c.b) == ("prift_eaft", "eaft"))
+    assert twin_row.interval.significant and twin_row.interval.estimate > 0

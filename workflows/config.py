@@ -129,7 +129,10 @@ class PipelineConfig:
     is read (relative to the current directory; `~` and `file://` understood), so every Ray worker
     gets the same folder. Under `ray job submit` it must be absolute: see `storage_problem`."""
     methods: list[str] = field(default_factory=lambda: ["prift_mass"])
-    """SFT methods to compare (sft, dft, prift_prob, prift_mass); one run each, per seed."""
+    """SFT methods to compare (any of prift.weights.METHODS: sft, dft, prift_prob, prift_mass, profit,
+    prift_profit, neg_pk, prift_pk, eaft, prift_eaft, asft, prift_asft, rho1, iw_sft); one run each,
+    per seed. The methods with a KL anchor (asft, prift_asft) load the resident reference whatever
+    `prior.mode` says: the cache does not hold q's whole distribution."""
     seeds: list[int] = field(default_factory=lambda: [0])
     """Seeds (SFT and RL); one run per method and seed."""
     stages: StageSwitches = field(default_factory=StageSwitches)

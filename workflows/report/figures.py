@@ -1,6 +1,6 @@
 """The report's figures (matplotlib, Agg): each function returns a Figure, `save` writes it.
 
-Every figure colours a method with `METHOD_COLOURS` (the Okabe-Ito colour-blind-safe palette), so
+Every figure colours a method with `method_colour` (one palette, in prift.weights.METHODS order), so
 a method has one colour in all of them. Within a method, SFT models are drawn light and RL models
 solid; RL models of runs without a learning signal are cross-hatched and never averaged in. Error
 bars and bands are the standard deviation over seeds and are drawn only where there are two seeds
@@ -22,23 +22,27 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from common import atomic  # noqa: E402
 from workflows.report.stats import curve, mean_std  # noqa: E402
 
-METHOD_COLOURS = {
-    "base": "#7f7f7f",
-    "sft": "#0072B2",
-    "dft": "#E69F00",
-    "prift_prob": "#009E73",
-    "prift_mass": "#CC79A7",
-}
-"""One colour per method in every figure."""
-SPARE_COLOURS = ("#D55E00", "#56B4E9", "#F0E442", "#000000")
+BASE_COLOUR = "#7f7f7f"
+PALETTE = (  # Okabe-Ito (colour-blind safe), then Paul Tol's muted set: one colour per named method
+    "#0072B2", "#E69F00", "#009E73", "#CC79A7", "#D55E00", "#56B4E9", "#F0E442", "#000000",
+    "#332288", "#88CCEE", "#44AA99", "#117733", "#999933", "#DDCC77", "#882255", "#AA4499",
+)
 SFT_ALPHA = 0.5
 NO_SIGNAL_HATCH = "xx"
 
 
 def method_colour(method: str) -> str:
-    """The method's fixed colour; a method not in `METHOD_COLOURS` gets a spare one chosen by a
-    hash of its name, so it too keeps its colour from figure to figure and sweep to sweep."""
-    return METHOD_COLOURS.get(method) or SPARE_COLOURS[zlib.crc32(method.encode()) % len(SPARE_COLOURS)]
+    """One colour per method in every figure: a named method's by its place in prift.weights.METHODS
+    (so it never changes with the sweep), the base model grey, any other name one chosen by a hash of
+    its name (stable from figure to figure and sweep to sweep)."""
+    from prift.weights import METHODS
+
+    if method == "base":
+        return BASE_COLOUR
+    names = list(METHODS)
+    if method in names and names.index(method) < len(PALETTE):
+        return PALETTE[names.index(method)]
+    return PALETTE[zlib.crc32(method.encode()) % len(PALETTE)]
 
 
 def save(fig, path: Path, dpi: int = 120) -> Path:

@@ -185,14 +185,20 @@ class Comparison:
 
 
 def comparisons(rows: list[Group]) -> list[Comparison]:
-    """Every method against `BASELINE` (every pair when the sweep has no baseline), per stage and
-    task, on Avg@n; RL rows without a learning signal take no part."""
+    """Every method against `BASELINE` (every pair when the sweep has no baseline), and each prior
+    twin against its rule's online form (prift.weights.twin: does the prior improve the rule?), per
+    stage and task, on Avg@n; RL rows without a learning signal take no part."""
+    from prift.weights import METHODS, twin
+
     out = []
     for stage in STAGES:
         by_method = {g.method: g for g in rows if g.stage == stage and not g.flagged}
         methods = sorted(by_method)
         pairs = ([(m, BASELINE) for m in methods if m != BASELINE] if BASELINE in by_method
                  else [(a, b) for i, a in enumerate(methods) for b in methods[i + 1:]])
+        twins = [(m, twin(m)) for m in methods
+                 if m in METHODS and METHODS[m].signal == "prior" and twin(m) in by_method]
+        pairs += [p for p in twins if p not in pairs and p[::-1] not in pairs]
         for a, b in pairs:
             tasks = sorted(set(by_method[a].samples[0]) & set(by_method[b].samples[0]))
             for task in tasks:

@@ -128,9 +128,9 @@ def method_weights(prior_dir: Path, runs, rows: int = 32) -> dict[str, np.ndarra
     (dft), from that method's final SFT model (skipped when the sweep has none)."""
     from common.batching import pad
     from common.models import load_causal_lm
-    from prift.prior import load_prior
-    from prift.reference import reference_signals
-    from prift.weights import resolve_method, token_weights
+    from prift.prior import SIGNAL_COLUMNS, load_prior
+    from prift.reference import reference_signal_set
+    from prift.weights import batch_weights, resolve_method
 
     full = load_prior(prior_dir)
     table = full.select(range(min(rows, len(full))))
@@ -140,19 +140,21 @@ def method_weights(prior_dir: Path, runs, rows: int = 32) -> dict[str, np.ndarra
         return torch.from_numpy(np.concatenate([np.asarray(v, dtype=np.float32)[: len(m)][m]
                                                 for v, m in zip(values, masks)]))
 
-    prior = response(table["prior_logprob"]), response(table["prior_mass"])
+    prior = {col: response(table[col]) for col in SIGNAL_COLUMNS}
+    example = torch.from_numpy(np.concatenate([np.full(int(m.sum()), i) for i, m in enumerate(masks)]))
     out = {}
     for method in sorted({r.method for r in runs}):
         rule = resolve_method(method)
-        signals = prior
-        if rule.signal == "online" and rule.rule != "uniform":
+        signals = dict(prior)
+        if any(s.startswith("online_") for s in rule.signals):
             final = next((r.models()["sft"] for r in runs if r.method == method and "sft" in r.models()), None)
             if final is None:
                 continue
             model = load_causal_lm(str(final)).eval()
-            lp, u = reference_signals(model, pad(table["input_ids"], 0),
-                                      pad([[1] * len(s) for s in table["input_ids"]], 0),
-                                      pad(table["response_mask"], 0))
-            signals = response(lp.numpy()), response(u.numpy())
-        out[method] = token_weights(rule, *signals).numpy()
+            online = reference_signal_set(model, pad(table["input_ids"], 0),
+                                          pad([[1] * len(s) for s in table["input_ids"]], 0),
+                                          pad(table["response_mask"], 0))
+            signals |= {f"online_{k}": response(v.numpy()) for k, v in online.items()}
+        w = batch_weights(rule, signals, torch.ones(example.shape, dtype=torch.bool), example)
+        out[method] = w.numpy()
     return out
