@@ -258,7 +258,7 @@ def run_rl(model: str, cfg: RLStageConfig, out_dir: str | Path, eval_tasks=(), c
         log.info("RL already finished: %s", final)
         return final
     # setup: prompts, overlap and backend before any model loads
-    rows = build_rows(cfg.prompts)
+    rows = build_rows(cfg.prompts, list(eval_tasks))
     use_sandbox(cfg.sandbox)
     bounded.set_limit(cfg.score_timeout_s)
     check_no_eval_overlap(rows, list(eval_tasks))

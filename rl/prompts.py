@@ -47,29 +47,55 @@ class PromptsConfig:
     template: str = MATH_PROMPT
     """How a generated problem becomes a prompt ({problem} is replaced); default: the math
     evaluation's own template, which asks for step-by-step reasoning and a \\boxed{} answer."""
+    skip_eval_problems: bool = False
+    """Generated prompts only: drop those whose bare question is an evaluation problem and generate on
+    until each generator has its `size`, instead of refusing the run. For generators with few distinct
+    questions (one-digit sums have 19 x 19), where no seed keeps RL and evaluation apart. The evaluation
+    set stays held out: RL never sees its questions. The number skipped is logged."""
 
     def __post_init__(self):
         if "{problem}" not in self.template:
             raise FieldErrors([f"template: must contain {{problem}}, got {self.template!r}"])
 
 
-def _generated(spec: GeneratorSpec, template: str) -> list[Example]:
-    rows = generate_problems(spec.name, spec.size, spec.seed, spec.options, "rl.prompts.generators")
-    return [
-        Example(f"{spec.name}/{spec.seed}/{i}", template.replace("{problem}", row["question"]), str(row["answer"]),
-                {"problem": row["question"]})
-        for i, row in enumerate(rows)
-    ]
+def _generated(spec: GeneratorSpec, template: str, held_out: list[TaskSpec]) -> list[Example]:
+    """`spec.size` prompts of the generator; with `held_out` tasks, the first `spec.size` whose
+    question is in none of them (generating 2x, 4x, ... as many until enough are left)."""
+    size = spec.size
+    while True:
+        rows = generate_problems(spec.name, size, spec.seed, spec.options, "rl.prompts.generators")
+        examples = [Example(f"{spec.name}/{spec.seed}/{i}", template.replace("{problem}", row["question"]),
+                            str(row["answer"]), {"problem": row["question"]}) for i, row in enumerate(rows)]
+        if not held_out:
+            return examples
+        keys = {ex.id: problem_keys(ex.prompt, ex.meta["problem"]) for ex in examples}
+        hits = {rid for _, _, rid in eval_overlaps({k: i for i, ks in keys.items() for k in ks}, held_out)}
+        taken = set().union(*(keys[i] for i in hits))  # a question drawn twice: every copy goes
+        kept = [ex for ex in examples if not keys[ex.id] & taken]
+        if len(kept) >= spec.size:
+            log.info("rl.prompts: %s seed %d: %d of %d drawn prompt(s) are evaluation problems, skipped",
+                     spec.name, spec.seed, len(examples) - len(kept), len(examples))
+            return kept[:spec.size]
+        if size >= MAX_GENERATED_FACTOR * spec.size:
+            raise TaskError(f"rl.prompts.generators: {spec.name} (seed {spec.seed}, options {spec.options}) gives "
+                            f"only {len(kept)} prompt(s) outside the evaluation tasks in {size} draws; expected "
+                            f"size {spec.size}: lower the size or widen the generator's options")
+        size *= 2
 
 
-def build_rows(cfg: PromptsConfig) -> list[dict]:
-    """Chat-format rows with the columns the rewards read: answer, scorer, letters, code."""
+MAX_GENERATED_FACTOR = 16  # a generator this short of fresh questions has too few of them for `size`
+
+
+def build_rows(cfg: PromptsConfig, eval_tasks: list[TaskSpec] = ()) -> list[dict]:
+    """Chat-format rows with the columns the rewards read: answer, scorer, letters, code. With
+    `skip_eval_problems`, generated prompts that are problems of `eval_tasks` are left out."""
     rows = []
     for spec in cfg.tasks:
         scorer = TASKS[spec.name].scorer
         rows += [_row(ex, scorer) for ex in load_examples(spec)]
+    held_out = list(eval_tasks) if cfg.skip_eval_problems else []
     for gen in cfg.generators:
-        rows += [_row(ex, "math") for ex in _generated(gen, cfg.template)]
+        rows += [_row(ex, "math") for ex in _generated(gen, cfg.template, held_out)]
     if not rows:
         raise TaskError("rl.prompts: no prompts (give tasks with training splits or reasoning-gym generators)")
     return rows

@@ -116,8 +116,29 @@ def test_a_generated_eval_problem_that_is_an_rl_prompt_is_refused_under_any_temp
     one_digit = {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1, "operators": ["+"]}
     rows = build_rows(PromptsConfig(generators=[GeneratorSpec(size=64, options=one_digit)],
                                     template="{problem}\nAnswer within \\boxed{}."))
-    # one-digit sums have 100 problems at most: 50 more from another seed must repeat some of the 64
+    # one-digit sums (signs and brackets allowed) are ~2,000 questions: 50 from another seed repeat some of the 64
     refused = r"RL prompt\(s\) are evaluation prompts: rg_basic_arithmetic row basic_arithmetic/1000/"
     with pytest.raises(TaskError, match=refused):
         check_no_eval_overlap(rows, [TaskSpec("rg_basic_arithmetic", limit=50, options=one_digit)])
     check_no_eval_overlap(rows, [TaskSpec("rg_simple_equations", limit=50)])  # another family: fine
+
+
+def test_skip_eval_problems_keeps_the_size_and_leaves_every_evaluation_question_out():
+    from rl.prompts import GeneratorSpec, PromptsConfig, build_rows, check_no_eval_overlap
+
+    one_digit = {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1, "operators": ["+"]}
+    held_out = [TaskSpec("rg_basic_arithmetic", limit=50, options=one_digit)]
+    cfg = PromptsConfig(generators=[GeneratorSpec(size=64, options=one_digit)], skip_eval_problems=True)
+    rows = build_rows(cfg, held_out)
+    check_no_eval_overlap(rows, held_out)  # refused above without the skip
+    eval_questions = {ex.meta["problem"] for ex in load_examples(held_out[0])}
+    plain = build_rows(PromptsConfig(generators=[GeneratorSpec(size=64, options=one_digit)]))
+    assert len(rows) == 64 and not {r["problem"] for r in rows} & eval_questions
+    # the same draws in the same order, with the evaluation's questions taken out
+    expected = [r["problem"] for r in plain if r["problem"] not in eval_questions]
+    assert [r["problem"] for r in rows][:len(expected)] == expected
+    with pytest.raises(TaskError, match=r"gives only \d+ prompt\(s\) outside the evaluation tasks"):
+        # without signs and brackets there are 100 one-digit sums, and 3,000 evaluation draws hold them all
+        plain_sums = one_digit | {"allow_negation": False, "allow_parentheses": False}
+        build_rows(PromptsConfig(generators=[GeneratorSpec(size=8, options=plain_sums)], skip_eval_problems=True),
+                   [TaskSpec("rg_basic_arithmetic", limit=3000, options=plain_sums)])

@@ -148,7 +148,7 @@ def dataset_inputs(cfg: RunConfig) -> dict:
     if on.rl:
         from rl.prompts import build_rows
 
-        rows = build_rows(cfg.rl.prompts)
+        rows = build_rows(cfg.rl.prompts, cfg.eval.tasks)
         out["rl"] = dataset_input("rl_prompts", rows_digest(rows), "code",
                                   asdict(cfg.rl.prompts), len(rows), "training")
     if on.eval:

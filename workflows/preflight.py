@@ -227,7 +227,7 @@ def check_rl(cfg: RunConfig) -> None:
     from rl.grpo import choose_rollout
     from rl.prompts import build_rows, check_no_eval_overlap
 
-    problems = _collect(lambda: check_no_eval_overlap(build_rows(cfg.rl.prompts), cfg.eval.tasks))
+    problems = _collect(lambda: check_no_eval_overlap(build_rows(cfg.rl.prompts, cfg.eval.tasks), cfg.eval.tasks))
     problems += _collect(lambda: _as_input(lambda: choose_rollout(cfg.rl.rollout)))
     _raise(problems)
 
