@@ -7,8 +7,9 @@ setup:   every task's data is loaded and checked first, and every prompt plus ma
          loads; `check_eval_inputs` does the same for the pipeline's preflight);
          tasks whose metrics.json already matches this model, task and sampling are skipped.
 run:     one generator (vLLM or HF) for all remaining tasks; n samples per prompt; scoring by the
-         task's scorer (math as the Qwen2.5-Math harness, and also math-verify's verdict, each
-         answer bounded in wall time; option letter, label, or the code sandbox, in parallel).
+         task's answer kind (evals/kinds.py: math as the Qwen2.5-Math harness, and also flexibly and
+         by math-verify, each answer bounded in wall time; option letter, label, or the code
+         sandbox, in parallel).
 outputs: <out>/<task>/samples.jsonl  one row per (problem, sample): prompt, completion, extracted
                                      answer, extractor, score, reason for failure ("timeout" when
                                      scoring outlasted score_timeout_s), tokens, finish reason,
