@@ -112,7 +112,7 @@ class ScoringPool:
         self._workers[self._workers.index(w)] = _Worker()
 
     def run(self, jobs: list[tuple], limit_s: float | None = None) -> list:
-        """Each job `(kind, *args)` (kinds: evals.score_worker.KINDS) -> the worker's result, or
+        """Each job `(name, *args)` (names: evals.score_worker.JOBS) -> the worker's result, or
         TIMEOUT, or "scorer error: ..." when the worker died on it."""
         limit_s = _limit_s if limit_s is None else limit_s
         results: list = [None] * len(jobs)

@@ -1,10 +1,11 @@
 r"""What counts as correct: answer extraction and equivalence, one definition for eval and RL rewards.
 
-Every scorer is a plain function of (completion, gold) returning a `Score`; the RL stage wraps the
-same functions as rewards. Math scoring (the harness rules and math-verify) may reach sympy on model
-output, so it is bounded in wall time per answer on any thread: `score_math`, `score_math_verify`
-and, in batches, `score_math_many` run it in worker processes killed at the limit (evals/bounded.py),
-and a timed-out answer scores 0 with reason "timeout".
+Every scorer is a plain function of (completion, gold) returning a `Score`; each answer kind
+(evals/kinds.py) scores its batches with them, for the eval stage and the RL rewards alike. Math
+scoring (the harness rules and math-verify) may reach sympy on model output, so it is bounded in
+wall time per answer on any thread: `score_math`, `score_math_verify` and, in batches,
+`score_math_many` run it in worker processes killed at the limit (evals/bounded.py), and a timed-out
+answer scores 0 with reason "timeout".
 
     >>> score_math("... so the total is \\boxed{\\dfrac12}.", "0.5").correct
     True
@@ -80,7 +81,7 @@ class MathJob:
     def job(self) -> tuple:
         if self.verify:
             return ("verify", self.completion, self.gold)
-        return ("math", self.completion, self.gold, self.flexible, self.truncated)
+        return ("harness", self.completion, self.gold, self.flexible, self.truncated)
 
 
 def _read_math(completion: str, flexible: bool, truncated: bool) -> tuple[str | None, str | None, str]:
@@ -203,7 +204,7 @@ def extract_label(text: str, labels: tuple[str, ...]) -> tuple[str | None, str]:
 
 
 LABELS = ("yes", "no", "maybe")
-"""The label scorer's answers (PubMedQA's): what its task accepts as gold and what a completion may state."""
+"""The label kind's answers (PubMedQA's): what its task accepts as gold and what a completion may state."""
 
 
 def score_label(completion: str, gold: str, labels: tuple[str, ...] = LABELS) -> Score:
@@ -211,22 +212,6 @@ def score_label(completion: str, gold: str, labels: tuple[str, ...] = LABELS) ->
     if pred is None:
         return Score(False, None, why)
     return Score(pred == gold.lower(), pred, "" if pred == gold.lower() else "wrong answer")
-
-
-def score_answer(scorer: str, completion: str, gold: str, letters: str = "") -> Score:
-    """One completion under a task's answer scorer (the eval stage and the RL rewards score math in
-    bounded batches, `score_math_many`; code in batches in the sandbox, `score_code`).
-
-    >>> score_answer("label", "So the answer is: maybe.", "maybe").correct
-    True
-    """
-    if scorer == "math":
-        return score_math(completion, gold)
-    if scorer == "choice":
-        return score_choice(completion, gold, letters)
-    if scorer == "label":
-        return score_label(completion, gold)
-    raise ValueError(f"scorer {scorer!r} has no per-answer scoring (math, choice or label; code runs in the sandbox)")
 
 
 # ---------------------------------------------------------------- code

@@ -7,8 +7,9 @@ setup:   every task's data is loaded and checked first, and every prompt plus ma
          loads; `check_eval_inputs` does the same for the pipeline's preflight);
          tasks whose metrics.json already matches this model, task and sampling are skipped.
 run:     one generator (vLLM or HF) for all remaining tasks; n samples per prompt; scoring by the
-         task's scorer (math as the Qwen2.5-Math harness, and also math-verify's verdict, each
-         answer bounded in wall time; option letter, label, or the code sandbox, in parallel).
+         task's answer kind (evals/kinds.py: math as the Qwen2.5-Math harness, and also flexibly and
+         by math-verify, each answer bounded in wall time; option letter, label, or the code
+         sandbox, in parallel).
 outputs: <out>/<task>/samples.jsonl  one row per (problem, sample): prompt, completion, extracted
                                      answer, extractor, score, reason for failure ("timeout" when
                                      scoring outlasted score_timeout_s), tokens, finish reason,
@@ -51,7 +52,7 @@ from evals.metrics import task_metrics
 from sandbox import Sandbox, SandboxConfig
 from evals.bounded import TIMEOUT
 from evals import bounded
-from evals.scoring import MathJob, Score, score_code, score_math_many
+from evals.scoring import Score
 from evals.tasks import TASKS, Example, Task, TaskError, TaskSpec, load_examples
 from common.models import default_device, fingerprint_model, load_causal_lm, load_tokenizer
 from common.precision import resolve_dtype
@@ -104,49 +105,40 @@ class EvalStageConfig:
         )
 
 
-def _math_scores(examples: list[Example], texts: list[list[str]], truncated: list[list[bool]] | None = None,
-                 **job) -> list[list[Score]]:
-    """Every sample of a math task in one bounded batch (evals/bounded.py): an answer whose scoring
-    outlasts `score_timeout_s` scores 0 with reason "timeout" and the task goes on."""
-    n = len(texts[0]) if texts else 0
-    cut = truncated or [[False] * len(cs) for cs in texts]
-    jobs = [MathJob(c, ex.gold, truncated=t, **job) for ex, cs, ts in zip(examples, texts, cut) for c, t in zip(cs, ts)]
-    flat = score_math_many(jobs)
-    return [flat[i * n : (i + 1) * n] for i in range(len(examples))]
+def _each(examples: list[Example], samples: list[list]) -> list[Example]:
+    """Each sample's problem, in the order of the samples flattened."""
+    return [ex for ex, xs in zip(examples, samples) for _ in xs]
+
+
+def _per_problem(flat: list[Score] | None, samples: list[list]) -> list[list[Score]] | None:
+    n = len(samples[0]) if samples else 0
+    return None if flat is None else [flat[i * n : (i + 1) * n] for i in range(len(samples))]
 
 
 def score_task(task: Task, examples: list[Example], completions: list[list[str]],
                sandbox: Sandbox) -> list[list[Score]]:
-    if task.scorer == "math":  # strict: `truncated` plays no part without the flexible fallback
-        return _math_scores(examples, completions)
-    if task.scorer == "code":
-        flat = [(c, ex.meta) for ex, cs in zip(examples, completions) for c in cs]
-        scores = score_code([c for c, _ in flat], [m for _, m in flat], sandbox)
-        n = len(completions[0])
-        return [scores[i * n : (i + 1) * n] for i in range(len(examples))]
-    return [[task.score(c, ex) for c in cs] for ex, cs in zip(examples, completions)]
+    """Every sample under the task's answer kind, in one batch (math bounded in wall time per
+    answer, evals/bounded.py: a timeout scores 0 with reason "timeout"; code in the sandbox)."""
+    each = _each(examples, completions)
+    texts = [c for cs in completions for c in cs]
+    return _per_problem(task.kind.score(texts, [ex.gold for ex in each], [ex.meta for ex in each], sandbox),
+                        completions)
 
 
 def flexible_scores(task: Task, examples: list[Example], outputs: list[list[Completion]]) -> list[list[Score]] | None:
-    """Math only: the flexible scoring (the last number when no answer is stated, never for a
-    completion cut by the length limit) of the same samples; None for other tasks."""
-    if task.scorer != "math":
-        return None
-    return _math_scores(examples, *_texts(outputs), flexible=True)
+    """The kind's flexible scoring of the same samples (math: the last number when no answer is
+    stated, never for a completion cut by the length limit); None for a kind without one."""
+    flat = [c for outs in outputs for c in outs]
+    golds = [ex.gold for ex in _each(examples, outputs)]
+    scores = task.kind.flexible([c.text for c in flat], golds, [c.finish_reason == "length" for c in flat])
+    return _per_problem(scores, outputs)
 
 
 def verify_scores(task: Task, examples: list[Example], outputs: list[list[Completion]]) -> list[list[Score]] | None:
-    """Math only: math-verify's verdict on the same samples (evals/verify.py, the RL stage's default
-    math reward), the secondary `_verify` metrics; None for other tasks."""
-    if task.scorer != "math":
-        return None
-    return _math_scores(examples, *_texts(outputs), verify=True)
-
-
-def _texts(outputs: list[list[Completion]]) -> tuple[list[list[str]], list[list[bool]]]:
-    texts = [[c.text for c in outs] for outs in outputs]
-    truncated = [[c.finish_reason == "length" for c in outs] for outs in outputs]
-    return texts, truncated
+    """The kind's math-verify verdict on the same samples (evals/verify.py, the RL stage's default
+    math reward), the secondary `_verify` metrics; None for a kind without one."""
+    golds = [ex.gold for ex in _each(examples, outputs)]
+    return _per_problem(task.kind.verified([c.text for outs in outputs for c in outs], golds), outputs)
 
 
 def sample_row(ex: Example, index: int, c: Completion, s: Score, flexible: Score | None = None,

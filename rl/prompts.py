@@ -1,9 +1,10 @@
 """RL prompts: training splits of known tasks and seeded reasoning-gym generators, never eval data.
 
 Rows are built with the eval tasks' own normalisers and prompt templates, so a math prompt asks for
-a `\\boxed{}` answer exactly as the evaluation does, and its `scorer` column says which reward
-scores it. Before anything trains, every prompt's normalised text is hashed and compared with every
-row (not only the evaluated subset) of each evaluation task; any overlap is refused, naming it.
+a `\\boxed{}` answer exactly as the evaluation does, and its `scorer` column names its answer kind
+(evals/kinds.py), which says which reward scores it. Before anything trains, every prompt's
+normalised text is hashed and compared with every row (not only the evaluated subset) of each
+evaluation task; any overlap is refused, naming it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 
 from common.checks import at_least, require, seed
 from common.errors import FieldErrors
+from evals.kinds import MATH, AnswerKind
 from evals.tasks import (
     MATH_PROMPT, TASKS, Example, TaskError, TaskSpec, eval_overlaps, generate_problems, load_examples, problem_keys,
 )
@@ -91,21 +93,22 @@ def build_rows(cfg: PromptsConfig, eval_tasks: list[TaskSpec] = ()) -> list[dict
     `skip_eval_problems`, generated prompts that are problems of `eval_tasks` are left out."""
     rows = []
     for spec in cfg.tasks:
-        scorer = TASKS[spec.name].scorer
-        rows += [_row(ex, scorer) for ex in load_examples(spec)]
+        kind = TASKS[spec.name].kind
+        rows += [_row(ex, kind) for ex in load_examples(spec)]
     held_out = list(eval_tasks) if cfg.skip_eval_problems else []
     for gen in cfg.generators:
-        rows += [_row(ex, "math") for ex in _generated(gen, cfg.template, held_out)]
+        rows += [_row(ex, MATH) for ex in _generated(gen, cfg.template, held_out)]
     if not rows:
         raise TaskError("rl.prompts: no prompts (give tasks with training splits or reasoning-gym generators)")
     return rows
 
 
-def _row(ex: Example, scorer: str) -> dict:
-    code = {k: ex.meta[k] for k in ("prompt", "entry_point", "tests", "setup")} if scorer == "code" else None
+def _row(ex: Example, kind: AnswerKind) -> dict:
+    """The `scorer` column holds the kind's name (rewards read it back with `evals.kinds.kind_named`)."""
     return {
-        "prompt": [{"role": "user", "content": ex.prompt}], "answer": ex.gold, "scorer": scorer,
-        "letters": ex.meta.get("letters", ""), "code": code, "id": ex.id, "problem": ex.meta.get("problem"),
+        "prompt": [{"role": "user", "content": ex.prompt}], "answer": ex.gold, "scorer": kind.name,
+        "letters": ex.meta.get("letters", ""), "code": kind.reward_code(ex.meta), "id": ex.id,
+        "problem": ex.meta.get("problem"),
     }
 
 

@@ -10,10 +10,11 @@ The math rewards score in worker processes killed at a per-answer wall-time limi
 (evals/bounded.py; the RL stage's `score_timeout_s`), so they are safe on any thread: an answer
 that outlasts it scores 0 and is counted in `<reward>/timeouts`.
 
-Each answer reward scores only the rows whose `scorer` column names its kind and returns None for
-the others (TRL skips None when it sums and averages), so one prompt set can mix math, medical and
-code rows. `guarded` wraps each one: a reward that raises for a sample is logged and scores 0 for
-that sample, and the run goes on.
+Each answer reward is an answer kind's (evals/kinds.py) made a TRL reward by `answer_reward`: it
+scores only the rows whose `scorer` column names its kind and returns None for the others (TRL skips
+None when it sums and averages), so one prompt set can mix math, medical and code rows. `guarded`
+wraps each one: a reward that raises for a sample is logged and scores 0 for that sample, and the
+run goes on.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ import logging
 from typing import Callable
 
 from sandbox import Sandbox, SandboxConfig
-from evals.bounded import TIMEOUT
-from evals.scoring import MathJob, code_program, last_boxed, log_unjudgeable, score_answer, score_math_many
+from evals.kinds import CHOICE, CODE, LABEL, MATH, AnswerKind, kind_named
+from evals.scoring import last_boxed
 
 log = logging.getLogger(__name__)
 
@@ -36,61 +37,67 @@ def completion_text(completion) -> str:
     return completion
 
 
-def _kinds(scorer, n: int) -> list:
-    """The rows' `scorer` column, or None for every row when the dataset has no such column."""
-    return scorer or [None] * n
+def answer_reward(kind: AnswerKind, name: str, doc: str, **options) -> Callable:
+    """The TRL reward function `name` of an answer kind: it scores, in one batch, the rows whose
+    `scorer` column names the kind (every row when the dataset has no such column) by
+    `kind.reward(..., **options)`, and returns None for the other rows. A kind scored in the
+    bounded pool also reports how many answers timed out, as `<name>/timeouts` in TRL's logs (per
+    batch, averaged over each logging step). A `scorer` value that names no kind is an error that
+    names its row."""
+
+    def reward(prompts, completions, scorer=None, log_metric=None, **columns) -> list[float | None]:
+        names = scorer or [None] * len(completions)
+        rows = [i for i, n in enumerate(names) if n is None or kind_named(n, f"row {i}: scorer") is kind]
+        values, timeouts = kind.reward([completion_text(completions[i]) for i in rows],
+                                       {k: _pick(v, rows) for k, v in columns.items()},
+                                       sandbox=_sandbox() if kind.needs_sandbox else None, **options)
+        if kind.bounded:
+            if timeouts:
+                log.warning("reward %s: %d of %d answers timed out (scored 0)", name, timeouts, len(rows))
+            if log_metric is not None:
+                log_metric(f"{name}/timeouts", float(timeouts))
+        out: list[float | None] = [None] * len(completions)
+        for i, v in zip(rows, values):
+            out[i] = v
+        return out
+
+    reward.__name__ = reward.__qualname__ = name
+    reward.__doc__ = doc
+    return reward
 
 
-def _math_rewards(name: str, completions, answer, scorer, log_metric, verify: bool) -> list[float | None]:
-    """The math rows' scores in one bounded batch (evals/bounded.py); the number that timed out
-    goes to TRL's logs as `<name>/timeouts` (per batch, averaged over each logging step)."""
-    kinds = _kinds(scorer, len(completions))
-    rows = [i for i, kind in enumerate(kinds) if kind in (None, "math")]
-    scores = score_math_many([MathJob(completion_text(completions[i]), answer[i], verify=verify) for i in rows])
-    timeouts = sum(s.reason == TIMEOUT for s in scores)
-    if timeouts:
-        log.warning("reward %s: %d of %d answers timed out (scored 0)", name, timeouts, len(rows))
-    if log_metric is not None:
-        log_metric(f"{name}/timeouts", float(timeouts))
-    out: list[float | None] = [None] * len(completions)
-    for i, s in zip(rows, scores):
-        out[i] = s.value
-    return out
+def _pick(column, rows: list[int]):
+    """A dataset column's values at `rows` (TRL passes other keyword arguments, such as its
+    trainer state, as they are)."""
+    return [column[i] for i in rows] if isinstance(column, list) else column
 
 
-def math_answer(prompts, completions, answer, scorer=None, log_metric=None, **_) -> list[float | None]:
-    """1 if the stated final answer equals `answer`: the strict scorer of the eval's primary metric
-    (`evals.scoring.score_math`, the Qwen2.5-Math harness rules), so a completion is never rewarded
-    for a number it only mentions. Bounded in wall time per answer (a timeout scores 0)."""
-    return _math_rewards("math_answer", completions, answer, scorer, log_metric, verify=False)
+math_answer = answer_reward(MATH, "math_answer", """1 if the stated final answer equals `answer`: the strict
+    scorer of the eval's primary metric (`evals.scoring.score_math`, the Qwen2.5-Math harness rules), so a
+    completion is never rewarded for a number it only mentions. Bounded in wall time per answer (a timeout
+    scores 0).""")
 
-
-def math_verify(prompts, completions, answer, scorer=None, log_metric=None, **_) -> list[float | None]:
-    """1 if math-verify finds the stated answer equal to `answer` (evals/verify.py: TRL's and
-    Open-R1's extraction, plus anchored plain-text answers). Unlike the harness rule it credits
-    "The answer is 12 cookies.", `1{,}000` and `\\sec^2 y` for `\\tan^2 y + 1`, and refuses `(2,5)`
+math_verify = answer_reward(MATH, "math_verify", """1 if math-verify finds the stated answer equal to `answer`
+    (evals/verify.py: TRL's and Open-R1's extraction, plus anchored plain-text answers). Unlike the harness rule
+    it credits "The answer is 12 cookies.", `1{,}000` and `\\sec^2 y` for `\\tan^2 y + 1`, and refuses `(2,5)`
     for `[2,5]` and 1200 for 12. Bounded in wall time per answer (a timeout scores 0).
 
     >>> math_verify(prompts=[None], completions=[[{"role": "assistant", "content": "**Answer:** 12"}]], answer=["12"])
     [1.0]
-    """
-    return _math_rewards("math_verify", completions, answer, scorer, log_metric, verify=True)
+    """, verify=True)
 
+choice_answer = answer_reward(CHOICE, "choice_answer", """1 if the chosen option letter is `answer` (naming two
+    options scores 0); `letters` lists each row's options.
 
-def choice_answer(prompts, completions, answer, letters, scorer=None, **_) -> list[float | None]:
-    """1 if the chosen option letter is `answer` (naming two options scores 0)."""
-    return [
-        score_answer("choice", completion_text(c), a, ls).value if kind in (None, "choice") else None
-        for c, a, ls, kind in zip(completions, answer, letters, _kinds(scorer, len(completions)))
-    ]
+    >>> choice_answer(None, ["So (B)."] * 2, answer=["B", "C"], letters=["ABCD"] * 2, scorer=["choice", "math"])
+    [1.0, None]
+    """)
 
+label_answer = answer_reward(LABEL, "label_answer", """1 if the yes / no / maybe label is `answer`.
 
-def label_answer(prompts, completions, answer, scorer=None, **_) -> list[float | None]:
-    """1 if the yes / no / maybe label is `answer`."""
-    return [
-        score_answer("label", completion_text(c), a).value if kind in (None, "label") else None
-        for c, a, kind in zip(completions, answer, _kinds(scorer, len(completions)))
-    ]
+    >>> label_answer(None, ["The answer is: maybe.", "yes, or no"], answer=["maybe", "no"])
+    [1.0, 0.0]
+    """)
 
 
 def boxed_format(prompts, completions, **_) -> list[float]:
@@ -111,28 +118,16 @@ def use_sandbox(config: SandboxConfig) -> None:
         _SANDBOX = Sandbox(config)
 
 
-def code_tests(prompts, completions, code, scorer=None, **_) -> list[float | None]:
-    """Fraction of the task's tests that pass in the sandbox. `code` holds, per row, the prompt
-    stub, the entry point and a list of tests; each test runs as its own judged program (the
-    solution in one process, the test in another: `evals.scoring.code_program`), so one failing
-    assert does not hide the others."""
+def _sandbox() -> Sandbox:
     if _SANDBOX is None:
         use_sandbox(RL_SANDBOX)
-    programs, owners = [], []
-    for i, (c, meta, kind) in enumerate(zip(completions, code, _kinds(scorer, len(completions)))):
-        if kind not in (None, "code"):
-            continue
-        for test in meta["tests"]:
-            programs.append(code_program(completion_text(c), meta, meta.get("setup", "") + "\n" + test))
-            owners.append(i)
-    results = _SANDBOX.run_many(programs)
-    log_unjudgeable(results, [code[i] for i in owners])
-    passed, total = [0] * len(completions), [0] * len(completions)
-    for i, r in zip(owners, results):
-        total[i] += 1
-        passed[i] += r.passed
-    kinds = _kinds(scorer, len(completions))
-    return [(p / t if t else 0.0) if k in (None, "code") else None for p, t, k in zip(passed, total, kinds)]
+    return _SANDBOX
+
+
+code_tests = answer_reward(CODE, "code_tests", """Fraction of the task's tests that pass in the sandbox. `code`
+    holds, per row, the prompt stub, the entry point and a list of tests; each test runs as its own judged
+    program (the solution in one process, the test in another: `evals.scoring.code_program`), so one failing
+    assert does not hide the others.""")
 
 
 REWARDS: dict[str, Callable] = {

@@ -10,9 +10,10 @@ from transformers import AutoConfig
 
 import evals.generate
 from evals import bounded
-from evals.generate import Generator, HFGenerator, SamplingConfig, chat_ids
+from evals.generate import Completion, Generator, HFGenerator, SamplingConfig, chat_ids
+from evals.scoring import score_choice, score_math, score_math_verify
 from sandbox import Sandbox, SandboxConfig
-from evals.stage import EvalStageConfig, check_eval_inputs, run_eval, score_task
+from evals.stage import EvalStageConfig, check_eval_inputs, flexible_scores, run_eval, score_task, verify_scores
 from evals.tasks import TASKS, TaskError, TaskSpec, load_examples
 from common.models import load_tokenizer
 from helpers import Scripted, written
@@ -170,6 +171,31 @@ def test_code_scoring_runs_the_canonical_solutions_in_the_sandbox():
     completions = [[f, b, "    return None\n"] for f, b in zip(fenced, bare)]
     scores = score_task(TASKS["humaneval"], examples, completions, Sandbox(SandboxConfig(workers=2)))
     assert [[s.correct for s in row] for row in scores] == [[True, True, False]] * 6
+
+
+def test_a_tasks_samples_are_scored_by_its_kind_problem_by_problem():
+    """Per problem, per sample, the per-answer scorer's verdict; the flexible and math-verify
+    readings only where the kind has them (math), with each sample's own truncation."""
+    sandbox = Sandbox(SandboxConfig(workers=1))
+    math = load_examples(TaskSpec("gsm8k", limit=2))
+    texts = [[f"\\boxed{{{ex.gold}}}", f"so {ex.gold}", f"so {ex.gold}"] for ex in math]
+    outputs = [[Completion(t, 3, reason, ()) for t, reason in zip(ts, ("stop", "stop", "length"))] for ts in texts]
+    assert score_task(TASKS["gsm8k"], math, texts, sandbox) == [[score_math(t, ex.gold) for t in ts]
+                                                              for ex, ts in zip(math, texts)]
+    flexible = flexible_scores(TASKS["gsm8k"], math, outputs)
+    assert [[s.correct for s in row] for row in flexible] == [[True, True, False]] * 2  # the cut one reads nothing
+    assert flexible == [[score_math(c.text, ex.gold, flexible=True, truncated=c.finish_reason == "length")
+                         for c in outs] for ex, outs in zip(math, outputs)]
+    assert verify_scores(TASKS["gsm8k"], math, outputs) == [[score_math_verify(t, ex.gold) for t in ts]
+                                                            for ex, ts in zip(math, texts)]
+
+    choice = load_examples(TaskSpec("medqa", limit=2))
+    texts = [[f"The answer is {ex.gold}.", "A or B"] for ex in choice]
+    outputs = [[Completion(t, 3, "stop", ()) for t in ts] for ts in texts]
+    assert score_task(TASKS["medqa"], choice, texts, sandbox) == [
+        [score_choice(t, ex.gold, ex.meta["letters"]) for t in ts] for ex, ts in zip(choice, texts)]
+    assert flexible_scores(TASKS["medqa"], choice, outputs) is None
+    assert verify_scores(TASKS["medqa"], choice, outputs) is None
 
 
 def test_hf_greedy_is_deterministic_and_cut_at_stop(tiny_model):

@@ -133,6 +133,37 @@ def test_answer_rewards_score_their_own_rows_only():
     assert math_answer(None, completions, answer=["1/2", "B"], scorer=["math", "choice"]) == [1.0, None]
 
 
+def test_each_answer_reward_scores_its_kinds_rows_in_a_mixed_batch_and_logs_what_it_did(caplog):
+    code = {"prompt": "", "entry_point": "f", "setup": "", "tests": ["assert f(1) == 2"]}
+    rows = [  # (completion, answer, letters, code, scorer)
+        ("so \\boxed{0.5}", "1/2", "", None, "math"), ("**Answer:** 12", "12", "", None, "math"),
+        ("The answer is (B).", "B", "ABCD", None, "choice"), ("maybe", "no", "", None, "label"),
+        ("def f(x):\n    return x + 1\n", "", "", code, "code"),
+    ]
+    completions = [[{"role": "assistant", "content": c}] for c, *_ in rows]
+    columns = {"answer": [r[1] for r in rows], "letters": [r[2] for r in rows], "code": [r[3] for r in rows],
+               "scorer": [r[4] for r in rows], "id": list("abcde")}
+    expected = {"math_answer": [1.0, 0.0, None, None, None], "math_verify": [1.0, 1.0, None, None, None],
+                "choice_answer": [None, None, 1.0, None, None], "label_answer": [None, None, None, 0.0, None],
+                "code_tests": [None, None, None, None, 1.0]}
+    for name, values in expected.items():
+        logged = []
+        fn = rl.rewards.REWARDS[name]
+        assert fn.__name__ == name  # TRL's metric names: rewards/<name>/mean
+        assert guarded(fn)([None] * 5, completions, log_metric=lambda k, v: logged.append((k, v)), **columns) == values
+        assert logged == ([(f"{name}/timeouts", 0.0)] if name.startswith("math") else []), name
+
+
+def test_a_scorer_column_value_that_names_no_kind_is_an_error_naming_its_row(caplog):
+    completions = [[{"role": "assistant", "content": "\\boxed{4}"}]] * 2
+    with pytest.raises(InputError, match=r"row 1: scorer: unknown answer kind 'maths', expected one of math, choice"):
+        math_answer(None, completions, answer=["4", "4"], scorer=["math", "maths"])
+    with caplog.at_level(logging.WARNING, logger="rl.rewards"):
+        assert guarded(math_answer)([None] * 2, completions, answer=["4", "4"], scorer=["math", "maths"]) == [1.0, 0.0]
+    assert "reward math_answer raised on sample 1 (scored 0): InputError:" in caplog.text
+    assert "unknown answer kind 'maths'" in caplog.text
+
+
 def test_code_reward_is_the_fraction_of_tests_passed():
     meta = {"prompt": "", "entry_point": "f", "setup": "",
             "tests": ["assert f(1) == 2", "assert f(2) == 3", "assert f(-1) == 5"]}

@@ -177,7 +177,7 @@ def distinct_answers(rows: dict[str, dict[str, list[dict]]]) -> dict[str, dict[s
     return {task: {pid: len({str(r["extracted"]) for r in rows if r.get("extracted") is not None})
                    for pid, rows in problems.items()}
             for task, problems in rows.items()
-            if task not in TASKS or TASKS[task].scorer != "code"}
+            if task not in TASKS or not TASKS[task].kind.needs_sandbox}
 
 
 def token_entropy(rows: dict[str, dict[str, list[dict]]]) -> dict[str, dict[str, float]]:
