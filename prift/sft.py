@@ -25,10 +25,10 @@ import torch
 from common.checks import at_least, interval, one_of, positive, require, seed
 from common.sharding import check_sharding, sharding_args, sharding_summary
 from common.checkpoints import CheckpointMarker, latest_complete_checkpoint, save_final
-from prift.data import DataConfig
+from prift.data import DataConfig, tokenized_dataset
 from common.precision import PRECISIONS, Precision, resolve_dtype
 from common.models import default_device, load_causal_lm, load_tokenizer
-from prift.prior import PriorConfig, load_prior, prepare_rows, run_prior
+from prift.prior import PriorConfig, load_prior, run_prior
 from prift.trainer import PriftCollator, PriftTrainer, with_labels
 from prift.weights import METHODS, WeightRule, resolve_method
 
@@ -127,11 +127,7 @@ def training_dataset(model_name: str, data: DataConfig, prior: PriorConfig, rule
     """Tokenized rows with labels, plus the stored prior signals when the rule reads them (cached mode)."""
     if rule.needs_prior and prior.mode == "cached":
         return with_labels(load_prior(run_prior(model_name, data, prior, prior_dir)))
-    import datasets
-
-    rows, _, _ = prepare_rows(model_name, data)
-    table = datasets.Dataset.from_dict({k: [r[k] for r in rows] for k in ("input_ids", "response_mask", "index")})
-    return with_labels(table)
+    return with_labels(tokenized_dataset(model_name, data))
 
 
 def sft_args(cfg: SFTStageConfig, out_dir: Path, sharding: str = "ddp"):
