@@ -24,19 +24,16 @@ options, another seed). Preflight refuses one whose problems appear in the SFT d
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import json
 import random
 import re
 import string
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Literal
 
 from common.checks import at_least, require, seed
 from common.errors import InputError, listing
-from common.packaged import packaged_file
+from common.rows import RowsError, read_rows
 from evals.kinds import CHOICE, CODE, LABEL, MATH, AnswerKind
 from evals.scoring import LABELS
 
@@ -133,50 +130,6 @@ class Task:
 # ---------------------------------------------------------------- reading rows
 
 
-def read_rows(source: str, split: str) -> list[dict]:
-    if source.startswith("package:"):
-        try:
-            paths = [packaged_file(source)]
-        except InputError as e:
-            raise TaskError(str(e)) from None
-        if paths[0].is_dir():
-            paths = sorted(p for p in paths[0].iterdir() if p.suffix in (".jsonl", ".json"))
-        return [row for p in paths for row in _read_file(p)]
-    path = Path(source)
-    if path.exists():
-        try:
-            return _read_file(path)
-        except (OSError, ValueError, KeyError) as e:  # not JSON, not gzip, no "data" key
-            raise TaskError(f"data file {source} cannot be read ({type(e).__name__}: {e})") from None
-    if path.suffix in (".jsonl", ".json", ".parquet", ".gz") or source.startswith((".", "/")):
-        raise TaskError(f"data file {source} does not exist")
-    import datasets
-
-    name, _, config = source.partition(":")
-    try:
-        return list(datasets.load_dataset(name, config or None, split=split))
-    except Exception as e:  # not found, offline, bad split or config: datasets raises many kinds
-        first = str(e).splitlines()[0] if str(e) else ""
-        raise TaskError(
-            f"{source!r} (split {split!r}) is neither a local file nor a hub dataset that loads ({type(e).__name__}: "
-            f"{first}); without hub access, give the task a local `source` file"
-        ) from None
-
-
-def _read_file(path: Path) -> list[dict]:
-    if path.suffix == ".parquet":
-        import datasets
-
-        return list(datasets.Dataset.from_parquet(str(path)))
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        text = f.read()
-    if path.name.endswith((".jsonl", ".jsonl.gz")):
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
-    data = json.loads(text)
-    return data if isinstance(data, list) else data["data"]
-
-
 def load_examples(spec: TaskSpec) -> list[Example]:
     """Rows -> examples, filtered and subset as the spec says; every malformed row is an error that
     names it, raised before any model is loaded."""
@@ -184,7 +137,13 @@ def load_examples(spec: TaskSpec) -> list[Example]:
     source = spec.source or task.default_source
     if spec.generated:
         return _generated_examples(spec, source.removeprefix(GENERATED))
-    rows = [row for row in read_rows(source, spec.split) if task.keep(row)]
+    try:
+        rows, _, unreadable = read_rows(source, spec.split)
+    except RowsError as e:
+        raise TaskError(f"{spec.name}: {e}") from None
+    if unreadable:
+        raise TaskError(f"{spec.name}: {source} cannot be read:\n{listing(unreadable)}")
+    rows = [row for row in rows if task.keep(row)]
     examples, problems = [], []
     for i, row in enumerate(rows):
         try:

@@ -3,7 +3,7 @@
 signals  per-token signals (log q, PriFT-mass u, entropies), chunked over the vocabulary
 weights  the rules x (online / prior signal) and the named methods (DFT, PriFT, EAFT, ASFT, ProFit, ...)
 anchor   ASFT's KL(q || p) anchor over the full vocabulary, from the resident reference
-data     SFT rows -> chat-templated token ids with a response-only mask
+data     SFT rows -> chat-templated token ids with a response-only mask (every method's training rows)
 reference  the frozen reference as a scorer: per-token log q and u of a causal LM, batch by batch
 prior    the prior stage: score the data once with the reference, cache the signals
 loss     the weighted NLL, normalised over the accumulated batch's response tokens

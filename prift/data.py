@@ -1,4 +1,6 @@
-"""SFT data: load rows (hub name or local file), validate them, and tokenize with a response-only mask.
+"""SFT data: load rows (hub name or local file, read by common/rows.py), validate them, and tokenize
+them with a response-only mask: the token rows every SFT method trains on (prepare_rows,
+tokenized_dataset), and the conversations the prior stage tokenizes and scores shard by shard.
 
 Formatting follows the paper's recipe: the prompt is a user turn rendered by the tokenizer's chat
 template with the generation prompt; the response is the demonstration text followed by EOS; the
@@ -21,21 +23,17 @@ every row of every source is then one conversation tokenized the same way (see D
 
 from __future__ import annotations
 
-import gzip
-import json
 import logging
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Literal
 
 from common.checks import at_least, items, require
 from common.digest import json_digest
 from common.errors import InputError, listing
-from common.models import chat_prompt_ids
+from common.models import chat_prompt_ids, load_tokenizer
+from common.rows import RowsError, read_rows
 
 log = logging.getLogger(__name__)
-
-LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".gz")
 
 
 class DataError(InputError):
@@ -101,12 +99,12 @@ class DataConfig(DataSource):
 
 MIXED = DataSource(format="messages")
 """How the rows of a config with `mix` are read: each source's rows were turned into messages rows
-(`read_rows`) with that source's own format."""
+(`read_data`) with that source's own format."""
 
 
 def load_rows(cfg: DataConfig) -> list[dict]:
     """Rows as plain dicts, in file order, cut to `cfg.limit`; a DataError lists every unreadable line."""
-    rows, _, problems = read_rows(cfg)
+    rows, _, problems = read_data(cfg)
     if problems:
         raise data_error(cfg, problems)
     return rows
@@ -115,7 +113,7 @@ def load_rows(cfg: DataConfig) -> list[dict]:
 def check_data(cfg: DataConfig) -> None:
     """Read and check every row before any model loads; one DataError names every unreadable line
     and every malformed row (a user fixes them all in one pass, not one per run)."""
-    rows, where, problems = read_rows(cfg)
+    rows, where, problems = read_data(cfg)
     problems += _conversations(rows, where, cfg)[1]
     if not rows and not problems:
         problems.append("no rows")
@@ -129,7 +127,7 @@ def data_error(cfg: DataConfig, problems: list[str]) -> DataError:
     return DataError(f"data.path: {cfg.path}{sources}: {count}:\n{listing(problems)}")
 
 
-def read_rows(cfg: DataConfig) -> tuple[list[dict], list[str], list[str]]:
+def read_data(cfg: DataConfig) -> tuple[list[dict], list[str], list[str]]:
     """(rows cut to `cfg.limit`, where each row is in the file, problems): the lines of a .jsonl
     that are not JSON are problems, not exceptions, so that the rows after them are checked too.
     With `cfg.mix`, every source's rows, as messages rows, each `where` naming its source."""
@@ -155,51 +153,16 @@ def read_rows(cfg: DataConfig) -> tuple[list[dict], list[str], list[str]]:
 
 
 def _read_source(src: DataSource, name: str) -> tuple[list[dict], list[str], list[str]]:
-    """One source's rows cut to its `limit`, where each is, and its unreadable lines."""
+    """One source's rows cut to its `limit`, where each is, and its unreadable lines (common/rows.py)."""
     if not src.path:
         raise DataError(f"{name}.path: expected a local file or a hub dataset name, got an empty string")
     if src.path.startswith("reasoning_gym:"):
-        rows, where, problems = _reasoning_gym_rows(src.path.split(":", 1)[1], src.limit or 256), None, []
-    elif src.path.startswith("package:"):
-        rows, where, problems = _read_local(_packaged(src.path, name), name)
-    else:
-        path = Path(src.path)
-        if path.suffix in LOCAL_SUFFIXES or path.exists():
-            rows, where, problems = _read_local(path, name)
-        else:
-            try:
-                rows, where, problems = _hub_rows(src), None, []
-            except DataError as e:  # named here: the same reader serves `path` and each mix source
-                raise DataError(f"{name}.path: {e}") from None
-    where = where or [""] * len(rows)
-    if src.limit:
-        rows, where = rows[: src.limit], where[: src.limit]
-    return rows, where, problems
-
-
-def _packaged(spec: str, name: str) -> Path:
-    from common.packaged import packaged_file
-
+        rows = _reasoning_gym_rows(src.path.split(":", 1)[1], src.limit or 256)
+        return rows, [""] * len(rows), []
     try:
-        return packaged_file(spec)
-    except InputError as e:
-        raise DataError(f"{name}.path: {spec}: {e}") from None
-
-
-def _hub_rows(cfg: DataSource) -> list[dict]:
-    import datasets  # a hub name: only users with network access get here
-
-    try:
-        ds = datasets.load_dataset(cfg.path, data_files=cfg.data_files or None, split=cfg.split)
-    except Exception as e:  # not found, offline, bad split: datasets raises many kinds
-        raise DataError(
-            f"{cfg.path!r} is neither a local file nor a hub dataset that loads "
-            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); without hub access, "
-            "point it at a local .jsonl/.json/.parquet file"
-        ) from None
-    if cfg.limit:
-        ds = ds.select(range(min(cfg.limit, len(ds))))
-    return ds.to_list()
+        return read_rows(src.path, src.split, src.data_files, src.limit)
+    except RowsError as e:  # named here: the same reader serves `path` and each mix source
+        raise DataError(f"{name}.path: {e}") from None
 
 
 def _reasoning_gym_rows(name: str, size: int) -> list[dict]:
@@ -220,44 +183,6 @@ def _reasoning_gym_rows(name: str, size: int) -> list[dict]:
         rows.append({"prompt": entry["question"],
                      "response": f"{cot.strip()}\n\nThe answer is \\boxed{{{entry['answer']}}}."})
     return rows
-
-
-def _read_local(path: Path, name: str = "data") -> tuple[list[dict], list[str] | None, list[str]]:
-    """(rows, `file:line: ` of each row of a .jsonl, problems); a folder: its .jsonl/.json files in name order."""
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix in (".jsonl", ".json"))
-        if not files:
-            raise DataError(f"{name}.path: folder {path} has no .jsonl or .json file")
-        rows, where, problems = [], [], []
-        for file in files:
-            file_rows, file_where, file_problems = _read_local(file, name)
-            rows += file_rows
-            where += file_where or [f"{file.name}: "] * len(file_rows)
-            problems += file_problems
-        return rows, where, problems
-    if not path.is_file():
-        raise DataError(f"{name}.path: file {path} does not exist")
-    try:
-        if path.suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            return pq.read_table(path).to_pylist(), None, []
-        with (gzip.open if path.suffix == ".gz" else open)(path, "rt", encoding="utf-8") as f:
-            text = f.read()
-        if path.suffix == ".json" and text.lstrip().startswith("["):
-            return json.loads(text), None, []
-    # pyarrow's and gzip's errors are OSError/ValueError; JSONDecodeError is a ValueError
-    except (OSError, ValueError) as e:
-        raise DataError(f"{name}.path: {path}: cannot be read ({type(e).__name__}: {e})") from None
-    rows, where, problems = [], [], []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-                where.append(f"{path.name}:{lineno}: ")
-            except json.JSONDecodeError as e:
-                problems.append(f"{path.name}:{lineno}: not valid JSON ({e.msg} at column {e.colno})")
-    return rows, where, problems
 
 
 def to_conversation(row: dict, index: int, cfg: DataSource) -> tuple[list[dict], str]:
@@ -331,7 +256,7 @@ def validate_rows(rows: list[dict], cfg: DataConfig) -> list[tuple[list[dict], s
 
 def _conversations(rows: list[dict], where: list[str], cfg: DataConfig) -> tuple[list, list[str]]:
     """(conversations of the good rows, a problem per bad row, prefixed with where it is)."""
-    row_format = MIXED if cfg.mix else cfg  # mixed rows are already messages rows (read_rows)
+    row_format = MIXED if cfg.mix else cfg  # mixed rows are already messages rows (read_data)
     conversations, problems = [], []
     for i, row in enumerate(rows):
         try:
@@ -405,3 +330,27 @@ def fingerprint_rows(rows: list[dict], cfg: DataConfig) -> str:
     """Content hash of the rows and the formatting settings (the data part of the prior cache key)."""
     settings = asdict(cfg) | {"path": None, "mix": [s | {"path": None} for s in asdict(cfg)["mix"]]}
     return json_digest(settings, *rows)
+
+
+def prepare_conversations(model_name: str, data: DataConfig):
+    """Load and validate the SFT data, load the policy's tokenizer: (conversations, tokenizer, data key)."""
+    raw = load_rows(data)
+    conversations = validate_rows(raw, data)  # malformed rows fail here, before any model loads
+    tokenizer = load_tokenizer(model_name)
+    check_chat_tokenizer(tokenizer)
+    return conversations, tokenizer, fingerprint_rows(raw, data)
+
+
+def prepare_rows(model_name: str, data: DataConfig):
+    """The SFT data tokenized with the policy's tokenizer, in memory: (rows, tokenizer, data key)."""
+    conversations, tokenizer, data_key = prepare_conversations(model_name, data)
+    return tokenize_rows(conversations, tokenizer, data.max_length), tokenizer, data_key
+
+
+def tokenized_dataset(model_name: str, data: DataConfig):
+    """The SFT data as a `datasets.Dataset` of input_ids, response_mask and index: what a rule that
+    reads no stored prior signal trains on."""
+    import datasets
+
+    rows, _, _ = prepare_rows(model_name, data)
+    return datasets.Dataset.from_dict({k: [r[k] for r in rows] for k in ("input_ids", "response_mask", "index")})

@@ -39,17 +39,7 @@ from common.errors import InputError
 from common.precision import PRECISIONS, Precision, resolve_dtype
 from common.checks import at_least, one_of, require
 from common.digest import json_digest
-from prift.data import (
-    DataConfig,
-    DataError,
-    check_chat_tokenizer,
-    fingerprint_rows,
-    load_rows,
-    log_tokenized,
-    tokenize_batch,
-    tokenize_rows,
-    validate_rows,
-)
+from prift.data import DataConfig, DataError, log_tokenized, prepare_conversations, tokenize_batch
 from common.models import (
     default_device,
     fingerprint_model,
@@ -130,21 +120,6 @@ def check_same_vocab(policy: str, reference: str) -> None:
         fps = [fingerprint_tokenizer(load_tokenizer(m)) for m in (policy, reference)]
         if fps[0] != fps[1]:
             raise InputError(f"prior.reference: {reference!r} uses a different tokenizer than the policy {policy!r}")
-
-
-def prepare_conversations(model_name: str, data: DataConfig):
-    """Load and validate the SFT data, load the policy's tokenizer: (conversations, tokenizer, data key)."""
-    raw = load_rows(data)
-    conversations = validate_rows(raw, data)  # malformed rows fail here, before any model loads
-    tokenizer = load_tokenizer(model_name)
-    check_chat_tokenizer(tokenizer)
-    return conversations, tokenizer, fingerprint_rows(raw, data)
-
-
-def prepare_rows(model_name: str, data: DataConfig):
-    """The SFT data tokenized with the policy's tokenizer, in memory: (rows, tokenizer, data key)."""
-    conversations, tokenizer, data_key = prepare_conversations(model_name, data)
-    return tokenize_rows(conversations, tokenizer, data.max_length), tokenizer, data_key
 
 
 def cache_key(reference: str, tokenizer, data_key: str, data: DataConfig, dtype) -> str:

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Literal
 
 from common.errors import FieldErrors, InputError
-from common.precision import Precision
+from common.training import TrainConfig, train_to_final, trainer_kwargs
 from rl.learning_signal import learning_signal, weights_fingerprint
 from rl.prompts import PromptsConfig, build_rows, check_no_eval_overlap
 from evals import bounded
@@ -67,9 +67,10 @@ def _default_rewards() -> list[RewardSpec]:
 
 
 @dataclass(frozen=True)
-class RLStageConfig:
+class RLStageConfig(TrainConfig):
     """GRPO settings. Defaults follow TRL; the DFT paper's GRPO baseline used lr 1e-6, batch 256,
-    4 samples per prompt, warmup 0.1."""
+    4 samples per prompt, warmup 0.1. The knobs every stage has are common.training.TrainConfig's;
+    those whose RL default differs are redeclared below."""
 
     prompts: PromptsConfig = field(default_factory=PromptsConfig)
     """Where the RL prompts come from (never from an evaluation set)."""
@@ -100,50 +101,38 @@ class RLStageConfig:
     """Sampling temperature of the rollouts."""
     scale_rewards: Literal["group", "batch", "none"] = "group"
     """Divide advantages by the group's (or batch's) reward std, or not (Dr. GRPO: none)."""
-    learning_rate: float = 1e-6
-    """Peak learning rate."""
-    warmup_ratio: float = 0.0
-    """Fraction of steps of linear warm-up."""
-    per_device_batch_size: int = 8
-    """Completions per device per micro-batch; with gradient_accumulation_steps a multiple of num_generations."""
-    gradient_accumulation_steps: int = 1
-    """Micro-batches per optimizer step."""
-    max_steps: int = 100
-    """Optimizer steps."""
-    logging_steps: int = 5
-    """Metrics and the completions table every this many steps."""
     print_completions: bool = False
     """Also print TRL's table of sampled completions on the console at each logging step. Either way
     they are written to checkpoints/completions/*.parquet, and the pipeline logs those to the RL
     run in MLflow (artifacts under completions/)."""
+    vllm_gpu_memory_utilization: float = 0.3
+    """Share of GPU memory the colocated vLLM may take (the trainer needs the rest)."""
+    max_model_len: int | None = None
+    """vLLM context length (prompt + completion); None: the model's."""
+    # the knobs every stage has (common.training.TrainConfig) whose RL default or meaning differs
+    learning_rate: float = 1e-6
+    warmup_ratio: float = 0.0
+    per_device_batch_size: int = 8
+    """Completions per device per micro-batch; with gradient_accumulation_steps a multiple of num_generations."""
+    max_steps: int = 100
+    """Optimizer steps."""
+    logging_steps: int = 5
+    """Metrics and the completions table every this many steps."""
     save_steps: int = 50
-    """Checkpoint every this many steps."""
     save_total_limit: int | None = 2
-    """Checkpoints kept."""
     keep_checkpoints: bool = True
     """Keep the trainer checkpoints once final/ is saved. False deletes them then (each holds the
     weights and the optimizer state: ~12 bytes per parameter, 1.6 GB for SmolLM2-135M); the
     finished stage no longer needs them, but cannot be continued for more steps. The sampled
     completions (checkpoints/completions/) stay either way."""
-    vllm_gpu_memory_utilization: float = 0.3
-    """Share of GPU memory the colocated vLLM may take (the trainer needs the rest)."""
-    max_model_len: int | None = None
-    """vLLM context length (prompt + completion); None: the model's."""
-    precision: Precision = "auto"
-    """auto: bf16 on GPUs that support it, fp32 on CPU."""
-    gradient_checkpointing: bool = False
-    """Trade compute for activation memory."""
     seed: int = 0
-    """Seed for sampling, shuffling and initialisation."""
-    report_to: list[str] = field(default_factory=list)
-    """transformers integrations (the pipeline adds mlflow)."""
 
-    def __post_init__(self):
-        from common.checks import at_least, interval, items, one_of, positive, require, seed
-        from common.precision import PRECISIONS
+    def problems(self) -> list[str | None]:
+        from common.checks import at_least, interval, items, positive
 
         server = self.server if isinstance(self.server, VLLMServerConfig) else VLLMServerConfig()
-        require(
+        return [
+            *super().problems(),
             "rewards: expected at least one reward" if self.rewards == [] else None,
             *(interval(f"rewards[{i}].weight", r.weight)
               for i, r in enumerate(items(self.rewards)) if isinstance(r, RewardSpec)),
@@ -153,23 +142,19 @@ class RLStageConfig:
             at_least("num_generations", self.num_generations, 2),  # GRPO's baseline is the group mean
             at_least("max_completion_length", self.max_completion_length, 1),
             positive("temperature", self.temperature),
-            positive("learning_rate", self.learning_rate),
-            interval("warmup_ratio", self.warmup_ratio, 0, 1, high_open=True),  # >= 1 would be a step count
-            at_least("per_device_batch_size", self.per_device_batch_size, 1),
-            at_least("gradient_accumulation_steps", self.gradient_accumulation_steps, 1),
-            at_least("max_steps", self.max_steps, 1),
-            at_least("logging_steps", self.logging_steps, 1),
-            at_least("save_steps", self.save_steps, 1),
-            at_least("save_total_limit", self.save_total_limit, 1),
             interval("vllm_gpu_memory_utilization", self.vllm_gpu_memory_utilization, 0, 1, low_open=True),
             at_least("max_model_len", self.max_model_len, 2),
-            seed("seed", self.seed),
-            one_of("precision", self.precision, PRECISIONS),
             interval("server.port", server.port, 1, 65535),
             at_least("server.tensor_parallel_size", server.tensor_parallel_size, 1),
             positive("server.startup_timeout_s", server.startup_timeout_s),
             self._whole_groups(),
-        )
+        ]
+
+    def max_steps_problem(self) -> str | None:
+        """No epochs here: max_steps is the length of the run."""
+        from common.checks import at_least
+
+        return at_least("max_steps", self.max_steps, 1)
 
     def _whole_groups(self) -> str | None:
         """Each generation batch must hold whole groups of num_generations completions."""
@@ -199,28 +184,14 @@ def choose_rollout(rollout: Rollout) -> str:
     return chosen
 
 
-def use_bf16(cfg: RLStageConfig) -> bool:
-    import torch
-
-    from common.models import default_device
-    from common.precision import resolve_dtype
-
-    return resolve_dtype(cfg.precision, default_device()) == torch.bfloat16
-
-
 def engine_dtype(cfg: RLStageConfig) -> str:
     """The colocated engine computes in the trainer's precision."""
-    return "bfloat16" if use_bf16(cfg) else "float32"
+    return "bfloat16" if cfg.bf16() else "float32"
 
 
 def grpo_args(cfg: RLStageConfig, rollout: str, out_dir: Path, sharding: str = "ddp"):
-    import torch
     from trl import GRPOConfig
 
-    from common.sharding import sharding_args
-
-    on_gpu = torch.cuda.is_available()
-    bf16 = use_bf16(cfg)
     vllm = {}
     if rollout.startswith("vllm"):
         vllm = {"use_vllm": True, "vllm_mode": rollout.removeprefix("vllm_"),
@@ -230,16 +201,10 @@ def grpo_args(cfg: RLStageConfig, rollout: str, out_dir: Path, sharding: str = "
         else:
             vllm |= {"vllm_server_host": cfg.server.host, "vllm_server_port": cfg.server.port}
     return GRPOConfig(
-        output_dir=str(out_dir / "checkpoints"), max_steps=cfg.max_steps, learning_rate=cfg.learning_rate,
-        warmup_steps=cfg.warmup_ratio,  # a float < 1 is a ratio in transformers 5
-        per_device_train_batch_size=cfg.per_device_batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps, num_generations=cfg.num_generations,
+        **trainer_kwargs(cfg, out_dir, sharding), num_generations=cfg.num_generations,
         max_completion_length=cfg.max_completion_length, temperature=cfg.temperature, loss_type=cfg.loss_type,
         beta=cfg.beta, epsilon=cfg.epsilon, scale_rewards=cfg.scale_rewards,
-        reward_weights=[r.weight for r in cfg.rewards], logging_steps=cfg.logging_steps,
-        save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit, seed=cfg.seed,
-        bf16=bf16, use_cpu=not on_gpu, gradient_checkpointing=cfg.gradient_checkpointing,
-        report_to=cfg.report_to, log_completions=True, num_completions_to_print=2, **vllm, **sharding_args(sharding),
+        reward_weights=[r.weight for r in cfg.rewards], log_completions=True, num_completions_to_print=2, **vllm,
     )
 
 
@@ -247,55 +212,52 @@ def run_rl(model: str, cfg: RLStageConfig, out_dir: str | Path, eval_tasks=(), c
            sharding: str = "ddp") -> Path:
     """Train with GRPO from `model`; return <out_dir>/final. A finished stage is a logged no-op.
     `sharding`: ddp or fsdp on several Ray Train workers (common/sharding.py)."""
-    from common.checkpoints import latest_complete_checkpoint, save_final
-    from common.sharding import check_sharding, sharding_summary
     from common.models import resolve_model_path
     from rl.vllm_server import vllm_server
 
     out_dir = Path(out_dir)
-    final = out_dir / "final"
-    if (final / "config.json").exists():
-        log.info("RL already finished: %s", final)
-        return final
-    # setup: prompts, overlap and backend before any model loads
-    rows = build_rows(cfg.prompts, list(eval_tasks))
-    use_sandbox(cfg.sandbox)
-    bounded.set_limit(cfg.score_timeout_s)
-    check_no_eval_overlap(rows, list(eval_tasks))
-    rollout = choose_rollout(cfg.rollout)
-    log.info("RL rollouts: %s; %d prompts; rewards %s", rollout, len(rows), [(r.name, r.weight) for r in cfg.rewards])
-    path = resolve_model_path(model)
-    fallback = None
-    if rollout == "vllm_colocate" and cfg.rollout == "auto":
-        fallback = probe_in_subprocess(path, cfg.max_model_len, engine_dtype(cfg))
-        if fallback:
-            log.warning("rl.rollout auto: vllm_colocate does not work on this host (%s); using hf rollouts", fallback)
-            rollout = "hf"
-    with _process_state_restored(), vllm_server(path, cfg.server,
-                                                enabled=rollout == "vllm_server" and cfg.server.start):
-        trainer = _trainer(path, cfg, rollout, out_dir, rows, callbacks, sharding)
-        check_sharding(trainer, sharding)
-        if rollout == "vllm_colocate":
-            _check_weight_sync(trainer)
-        resume = latest_complete_checkpoint(out_dir / "checkpoints")
-        if resume:
-            log.info("resuming RL from %s", resume)
-        start = weights_fingerprint(trainer.model)
-        with _completions_printed(cfg.print_completions):
-            result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    run = {}  # what setup decides and the summary reports
 
-    signal = learning_signal(trainer.state.log_history, weights_fingerprint(trainer.model) != start)
-    if not signal["ok"]:
-        log.warning("RL had no learning signal: %s. The RL model is not an RL result; see the RL stage's "
-                    "rewards/*/std and completions/clipped_ratio, and raise max_completion_length or pick "
-                    "prompts the model sometimes solves.", signal["reason"])
-    summary = {"from": model, "rollout": rollout, "rollout_fallback": fallback, "learning_signal": signal,
-               "config": asdict(cfg), "train": result.metrics, "steps": result.global_step,
-               "world_size": trainer.args.world_size, "sharding": sharding_summary(trainer, sharding),
-               "log_history": trainer.state.log_history}  # the curves, also when checkpoints are deleted
-    save_final(trainer, out_dir, "prift_rl.json", summary, keep_checkpoints=cfg.keep_checkpoints)
-    log.info("RL finished: %s (%d steps)", final, result.global_step)
-    return final
+    def build(stack):
+        # setup: prompts, overlap and backend before any model loads
+        rows = build_rows(cfg.prompts, list(eval_tasks))
+        use_sandbox(cfg.sandbox)
+        bounded.set_limit(cfg.score_timeout_s)
+        check_no_eval_overlap(rows, list(eval_tasks))
+        rollout = choose_rollout(cfg.rollout)
+        log.info("RL rollouts: %s; %d prompts; rewards %s", rollout, len(rows),
+                 [(r.name, r.weight) for r in cfg.rewards])
+        path = resolve_model_path(model)
+        fallback = None
+        if rollout == "vllm_colocate" and cfg.rollout == "auto":
+            fallback = probe_in_subprocess(path, cfg.max_model_len, engine_dtype(cfg))
+            if fallback:
+                log.warning("rl.rollout auto: vllm_colocate does not work on this host (%s); using hf rollouts",
+                            fallback)
+                rollout = "hf"
+        run.update(rollout=rollout, fallback=fallback)
+        stack.enter_context(_process_state_restored())
+        stack.enter_context(vllm_server(path, cfg.server, enabled=rollout == "vllm_server" and cfg.server.start))
+        stack.enter_context(_completions_printed(cfg.print_completions))
+        return _trainer(path, cfg, rollout, out_dir, rows, callbacks, sharding)
+
+    def before_train(trainer):
+        if run["rollout"] == "vllm_colocate":
+            _check_weight_sync(trainer)
+        run["start"] = weights_fingerprint(trainer.model)
+
+    def summary(trainer, result) -> dict:
+        signal = learning_signal(trainer.state.log_history, weights_fingerprint(trainer.model) != run["start"])
+        if not signal["ok"]:
+            log.warning("RL had no learning signal: %s. The RL model is not an RL result; see the RL stage's "
+                        "rewards/*/std and completions/clipped_ratio, and raise max_completion_length or pick "
+                        "prompts the model sometimes solves.", signal["reason"])
+        return {"from": model, "rollout": run["rollout"], "rollout_fallback": run["fallback"],
+                "learning_signal": signal, "config": asdict(cfg),
+                "log_history": trainer.state.log_history}  # the curves, also when checkpoints are deleted
+
+    return train_to_final("RL", out_dir, build, summary, "prift_rl.json", keep_checkpoints=cfg.keep_checkpoints,
+                          sharding=sharding, before_train=before_train)
 
 
 DISTRIBUTED_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")

@@ -336,12 +336,12 @@ def test_a_network_error_a_loader_lets_through_is_a_message_naming_what_was_fetc
                                                                                     tmp_path, capsys, monkeypatch):
     """A loader that does not catch its own network failure (here the SFT data's hub reader, raising
     the way a dropped connection does) still ends in a message, not a traceback."""
-    import prift.data
+    import common.rows
 
-    def unreachable(cfg):
+    def unreachable(*args):
         raise ConnectionError("[Errno 101] Network is unreachable")
 
-    monkeypatch.setattr(prift.data, "_hub_rows", unreachable)
+    monkeypatch.setattr(common.rows, "_hub_rows", unreachable)
     config["data"]["path"] = "no-such-org/no-such-dataset"
     err = refused(command, config, tmp_path, capsys)
     assert "could not fetch data.path 'no-such-org/no-such-dataset' from the Hugging Face hub" in err

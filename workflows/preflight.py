@@ -102,7 +102,7 @@ def check_storage(cfg: RunConfig) -> None:
 def hub_inputs(cfg: RunConfig) -> dict:
     """For each content check, the hub models and datasets it would fetch (`field 'name'`); [] means
     it reads only local files and installed packages. Each rule says what the loader it guards does
-    with such a name (common.models.check_model, prift.data.read_rows, evals.tasks.read_rows)."""
+    with such a name (common.models.check_model, common.rows.read_rows)."""
     on = cfg.pipeline.stages
     model = _hub_model("model", cfg.model)
     reference = cfg.prior.reference
@@ -132,18 +132,20 @@ def _sft_sources(cfg: RunConfig) -> list[tuple[str, object]]:
 
 
 def _hub_data(field: str, path: str) -> str | None:
-    local = (not path or path.startswith(("reasoning_gym:", "package:"))
-             or Path(path).suffix in (".jsonl", ".json", ".parquet", ".gz") or Path(path).exists())
-    return None if local else f"{field} {path!r}"
+    from common.rows import on_hub
+
+    hub = path and not path.startswith("reasoning_gym:") and on_hub(path)
+    return f"{field} {path!r}" if hub else None
 
 
 def _hub_task(field: str, spec) -> str | None:
     from evals.tasks import TASKS
 
+    from common.rows import on_hub
+
     source = spec.source or TASKS[spec.name].default_source
-    local = (source.startswith(("package:", "reasoning_gym:", ".", "/")) or Path(source).exists()
-             or Path(source).suffix in (".jsonl", ".json", ".parquet", ".gz"))
-    return None if local else f"{field} {source!r}"
+    hub = not source.startswith("reasoning_gym:") and on_hub(source)
+    return f"{field} {source!r}" if hub else None
 
 
 def check_models(cfg: RunConfig) -> None:
