@@ -83,6 +83,10 @@ class TaskSpec:
     options: dict = field(default_factory=dict)
     """Generated tasks only: the reasoning-gym generator's settings, e.g. basic_arithmetic
     {min_terms: 2, max_terms: 2, max_digits: 2, operators: ["+"]} (unknown keys are refused by it)."""
+    template: str | None = None
+    """Generated tasks only: how a problem becomes a prompt ({problem} is replaced), e.g. the RL prompts'
+    template, so the task is the held-out twin of the RL task; None: the math prompt (step by step,
+    answer in \\boxed{})."""
 
     def __post_init__(self):
         known = isinstance(self.name, str) and self.name in TASKS
@@ -92,6 +96,10 @@ class TaskSpec:
             seed("seed", self.seed),
             "options: only generated tasks (reasoning_gym sources) take generator options"
             if known and self.options and not self.generated else None,
+            "template: only generated tasks (reasoning_gym sources) take a template"
+            if known and self.template is not None and not self.generated else None,
+            f"template: must contain {{problem}}, got {self.template!r}"
+            if isinstance(self.template, str) and "{problem}" not in self.template else None,
         )
 
     @property
@@ -182,7 +190,8 @@ def _generated_examples(spec: TaskSpec, dataset: str) -> list[Example]:
     which the overlap checks compare with SFT and RL prompts whatever template those use."""
     seed_ = EVAL_GENERATOR_SEED if spec.seed is None else spec.seed
     rows = generate_problems(dataset, spec.limit or GENERATED_SIZE, seed_, spec.options, spec.name)
-    return [Example(f"{dataset}/{seed_}/{i}", MATH_PROMPT.format(problem=row["question"]), str(row["answer"]),
+    template = spec.template or MATH_PROMPT.replace("{{}}", "{}")
+    return [Example(f"{dataset}/{seed_}/{i}", template.replace("{problem}", row["question"]), str(row["answer"]),
                     {"problem": row["question"]}) for i, row in enumerate(rows)]
 
 

@@ -187,10 +187,13 @@ def test_drift_table_averages_the_seeds_of_each_method_and_stage():
 def test_pipeline_table_shows_strict_then_flexible_where_a_task_has_both():
     from workflows.pipeline import scores_table
 
-    math, medical = {"avg_at_2": 0.25, "avg_at_2_flexible": 0.5}, {"avg_at_2": 0.75}
+    math = {"avg_at_2": 0.25, "avg_at_2_flexible": 0.5, "num_problems": 40, "num_samples": 2}
+    medical = {"avg_at_2": 0.75}
     base = {"status": "done", "models": {"base": {"gsm8k": math, "medqa": medical}}}
     table = scores_table({"base": base, "runs": {}}, ["gsm8k", "medqa"])
     assert "strict (primary) / flexible" in table.splitlines()[0]
+    assert "(n = problems x samples)" in table.splitlines()[0]
+    assert table.splitlines()[2].split("|")[1:] == ["        n=40x2 ", "              "]  # what each column rests on
     assert table.splitlines()[-1].split("|")[1:] == ["   25.0 / 50.0 ", "          75.0"]
 
 

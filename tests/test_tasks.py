@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from evals.tasks import TaskError, TaskSpec, load_examples
+from evals.tasks import MATH_PROMPT, TaskError, TaskSpec, load_examples
 
 PACKAGED_SIZES = {
     "gsm8k": 100, "math500": 311, "aime24": 30, "aime25": 15, "humaneval": 164,
@@ -108,6 +108,22 @@ def test_generator_options_are_refused_where_they_mean_nothing_and_named_where_w
         TaskSpec("gsm8k", options={"max_digits": 2})
     with pytest.raises(TaskError, match=r"rg_chain_sum: reasoning-gym dataset 'chain_sum'.*no_such_option"):
         load_examples(TaskSpec("rg_chain_sum", limit=2, options={"no_such_option": 1}))
+    with pytest.raises(ValueError, match="template: only generated tasks"):
+        TaskSpec("gsm8k", template="{problem}")
+    with pytest.raises(ValueError, match="template: must contain {problem}"):
+        TaskSpec("rg_chain_sum", template="Add these.")
+
+
+def test_a_generated_task_under_the_rl_template_is_the_rl_prompts_held_out_twin():
+    from rl.prompts import GeneratorSpec, PromptsConfig, build_rows
+
+    template = "{problem}\nAnswer with only the final answer within \\boxed{}."
+    twin = load_examples(TaskSpec("rg_chain_sum", limit=5, seed=3, template=template))
+    rows = build_rows(PromptsConfig(generators=[GeneratorSpec("chain_sum", size=5, seed=3)], template=template))
+    assert [e.prompt for e in twin] == [r["prompt"][0]["content"] for r in rows]  # same prompt, same seed
+    assert twin[0].prompt == twin[0].meta["problem"] + "\nAnswer with only the final answer within \\boxed{}."
+    default = load_examples(TaskSpec("rg_chain_sum", limit=5, seed=3))
+    assert default[0].prompt == MATH_PROMPT.format(problem=twin[0].meta["problem"])
 
 
 def test_a_generated_eval_problem_that_is_an_rl_prompt_is_refused_under_any_template():

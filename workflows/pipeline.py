@@ -47,6 +47,8 @@ from workflows.tracking import MetricsCallback, Tracker, dataset_input, rows_dig
 
 log = logging.getLogger(__name__)
 
+HELDOUT = "heldout_nll"  # beside the tasks in a model's results: its held-out SFT loss (prift/heldout.py)
+
 
 # ---------------------------------------------------------------- stage tasks (run in Ray workers)
 
@@ -99,6 +101,16 @@ def eval_task(cfg: RunConfig, model: str, task_index: int, out_dir: str, trackin
     tracker.metrics(tracking["run_id"], {f"{spec.name}/{k}": v for k, v in metrics.items()})
     rows = [json.loads(line) for line in (Path(out_dir) / spec.name / "samples.jsonl").read_text().splitlines()[:200]]
     tracker.table(tracking["run_id"], rows, f"samples/{spec.name}.json")
+    return metrics
+
+
+def heldout_task(cfg: RunConfig, model: str, out_dir: str, tracking: dict) -> dict:
+    _worker_logging()
+    from prift.heldout import heldout_nll
+
+    metrics = heldout_nll(model, cfg.heldout, out_dir)
+    check_driver()
+    _tracker(tracking).metrics(tracking["run_id"], metrics)
     return metrics
 
 
@@ -326,7 +338,8 @@ class Pipeline:
         from evals.stage import summarize
 
         stage = f"eval_{name}"
-        digest = config_hash([model, manifest.stage("rl" if name == "rl" else "sft").get("hash"), asdict(cfg.eval)])
+        digest = config_hash([model, manifest.stage("rl" if name == "rl" else "sft").get("hash"), asdict(cfg.eval)]
+                             + ([asdict(cfg.heldout)] if cfg.heldout else []))
         out = folder / "eval" / name
         names = [t.name for t in cfg.eval.tasks]
         if not manifest.is_done(stage, digest, (out / "summary.json").exists()):
@@ -335,16 +348,21 @@ class Pipeline:
             manifest.mark(stage, status="running", hash=digest)
             task = _remote(eval_task, self.res.eval)
             with self.recorded(manifest, stage, run_id):
-                ray.get([task.remote(cfg, model, i, str(out), self.tracking(run_id)) for i in range(len(names))])
-            summary = summarize(model, out, names)
+                pending = [task.remote(cfg, model, i, str(out), self.tracking(run_id)) for i in range(len(names))]
+                if cfg.heldout:
+                    pending.append(_remote(heldout_task, self.res.eval).remote(cfg, model, str(out),
+                                                                              self.tracking(run_id)))
+                done = ray.get(pending)
+            summary = summarize(model, out, names, done[-1] if cfg.heldout else None)
             self.tracker.metrics(run_id, {f"{d}/{k}": v for d, m in summary["domains"].items() for k, v in m.items()})
             manifest.mark(stage, status="done", outputs={"summary": str(out / "summary.json")})
             self.tracker.finish(run_id)
         else:
             summary = json.loads((out / "summary.json").read_text())
         self.tracker.metrics(parent,
-                             {f"eval/{name}/{t}/{k}": v for t, m in summary["tasks"].items() for k, v in m.items()})
-        return summary["tasks"]
+                             {f"eval/{name}/{t}/{k}": v for t, m in summary["tasks"].items() for k, v in m.items()}
+                             | {f"eval/{name}/{k}": v for k, v in summary.get("heldout", {}).items()})
+        return summary["tasks"] | ({HELDOUT: summary["heldout"]} if "heldout" in summary else {})
 
 
 def run_pipeline(cfg: RunConfig) -> dict:
@@ -414,13 +432,27 @@ def scores_table(results: dict, tasks: list[str]) -> str:
         return "(no evaluation ran)"
 
     def avg(metrics: dict) -> str:  # strict (primary) / flexible where a task has both
+        if "heldout_nll" in metrics:
+            return f"{metrics['heldout_nll']:.4f}"
         keys = [k for k in (pick(metrics, "avg_at_n"), pick(metrics, "avg_at_n_flexible")) if k]
         return " / ".join(f"{100 * metrics[k]:.1f}" for k in keys) or "-"
 
+    if any(HELDOUT in m for _, m in rows):
+        tasks = [*tasks, HELDOUT]
+
+    def size(task: str) -> str:  # problems x samples behind every cell of the column (held-out: tokens)
+        metrics = next((m[task] for _, m in rows if task in m), {})
+        if "heldout_tokens" in metrics:
+            return f"{metrics['heldout_tokens']} tok"
+        return f"n={metrics['num_problems']}x{metrics['num_samples']}" if "num_problems" in metrics else ""
+
     width = max(len(r[0]) for r in rows)
-    lines = [f"{'model':{width}s} | " + " | ".join(f"{t:>13s}" for t in tasks)]
+    lines = [f"{'model':{width}s} | " + " | ".join(f"{t:>13s}" for t in tasks),
+             f"{'':{width}s} | " + " | ".join(f"{size(t):>13s}" for t in tasks)]
     lines.append("-" * len(lines[0]))
     for label, per_task in rows:
         lines.append(f"{label:{width}s} | " + " | ".join(f"{avg(per_task.get(t, {})):>13s}" for t in tasks))
-    return "Avg@n (%) per task; math: strict (primary) / flexible\n" + "\n".join(lines)
+    heldout = f"; {HELDOUT}: nats per token of held-out SFT demonstrations (lower is better)" * (HELDOUT in tasks)
+    return ("Avg@n (%) per task (n = problems x samples); math: strict (primary) / flexible" + heldout + "\n"
+            + "\n".join(lines))
 
