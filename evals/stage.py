@@ -20,7 +20,8 @@ outputs: <out>/<task>/samples.jsonl  one row per (problem, sample): prompt, comp
                                      for math), math also avg_at_n_flexible, pass_at_k_flexible,
                                      avg_at_n_verify, pass_at_k_verify and score_timeouts(_flexible,
                                      _verify); truncated_frac; mean_token_entropy; key, timings
-         <out>/summary.json          every task's metrics and per-domain means
+         <out>/summary.json          every task's metrics and per-domain means (+ `heldout`: the
+                                     held-out SFT loss, prift/heldout.py, when the config has one)
 entropy: once the generator is closed, the model scores the tokens of every sample (one
          teacher-forced forward, evals/entropy.py) for its mean token entropy: the spread of the
          model's next-token distribution where it wrote them, the diversity RL can still use.
@@ -185,10 +186,13 @@ def domain_means(per_task: dict[str, dict]) -> dict[str, dict]:
     return out
 
 
-def summarize(model: str, out_dir: Path, task_names: list[str]) -> dict:
-    """Every finished task's metrics and the per-domain means -> out_dir/summary.json."""
+def summarize(model: str, out_dir: Path, task_names: list[str], heldout: dict | None = None) -> dict:
+    """Every finished task's metrics and the per-domain means (and the held-out SFT loss's metrics,
+    when the run has them) -> out_dir/summary.json."""
     per_task = {name: json.loads((out_dir / name / "metrics.json").read_text())["metrics"] for name in task_names}
     summary = {"model": model, "tasks": per_task, "domains": domain_means(per_task)}
+    if heldout:
+        summary["heldout"] = heldout
     atomic.write_text(out_dir / "summary.json", json.dumps(summary, indent=2))
     return summary
 

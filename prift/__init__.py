@@ -9,4 +9,5 @@ prior    the prior stage: score the data once with the reference, cache the sign
 loss     the weighted NLL, normalised over the accumulated batch's response tokens
 trainer  PriftTrainer (a TRL SFTTrainer) and its collator
 sft      the SFT stage: resumable training ending in a plain Hugging Face folder
+heldout  each evaluated model's unweighted NLL on held-out demonstrations (the overfitting gauge)
 """

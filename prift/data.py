@@ -73,9 +73,12 @@ class DataSource:
     """Optional system turn prepended to prompt_response and alpaca rows."""
     limit: int = 0
     """Use only the first `limit` rows (0: all). The paper uses the first 100,000 of NuminaMath-CoT."""
+    skip: int = 0
+    """Leave out the first `skip` rows, before `limit` counts: the held-out demonstrations of
+    the config's `heldout` are the SFT source with `skip` set to the SFT's `limit`."""
 
     def __post_init__(self):
-        require(at_least("limit", self.limit, 0))
+        require(at_least("limit", self.limit, 0), at_least("skip", self.skip, 0))
 
 
 @dataclass(frozen=True)
@@ -91,7 +94,8 @@ class DataConfig(DataSource):
 
     def __post_init__(self):
         require(
-            at_least("limit", self.limit, 0), at_least("max_length", self.max_length, 2),
+            at_least("limit", self.limit, 0), at_least("skip", self.skip, 0),
+            at_least("max_length", self.max_length, 2),
             *(f"mix[{i}]: got {s!r}, expected a source (path, format, fields, limit)"
               for i, s in enumerate(items(self.mix)) if s is not None and not isinstance(s, DataSource)),
         )
@@ -156,13 +160,15 @@ def _read_source(src: DataSource, name: str) -> tuple[list[dict], list[str], lis
     """One source's rows cut to its `limit`, where each is, and its unreadable lines (common/rows.py)."""
     if not src.path:
         raise DataError(f"{name}.path: expected a local file or a hub dataset name, got an empty string")
-    if src.path.startswith("reasoning_gym:"):
-        rows = _reasoning_gym_rows(src.path.split(":", 1)[1], src.limit or 256)
+    skip = src.skip if isinstance(src.skip, int) else 0
+    if src.path.startswith("reasoning_gym:"):  # the generator's draws are the same whatever their number
+        rows = _reasoning_gym_rows(src.path.split(":", 1)[1], skip + (src.limit or 256))[skip:]
         return rows, [""] * len(rows), []
     try:
-        return read_rows(src.path, src.split, src.data_files, src.limit)
+        rows, where, problems = read_rows(src.path, src.split, src.data_files, src.limit and skip + src.limit)
     except RowsError as e:  # named here: the same reader serves `path` and each mix source
         raise DataError(f"{name}.path: {e}") from None
+    return rows[skip:], where[skip:], problems
 
 
 def _reasoning_gym_rows(name: str, size: int) -> list[dict]:

@@ -138,6 +138,13 @@ def _dispatch(args, cfg) -> None:
         check_model(model, "--model" if args.model else "model", chat_template=False)
         name = args.name or ("base" if model == cfg.model else Path(model).name)
         summary = run_eval(model, cfg.eval, out / "eval" / name)
+        if cfg.heldout:
+            from evals.stage import summarize
+            from prift.heldout import heldout_nll
+
+            heldout = heldout_nll(model, cfg.heldout, out / "eval" / name)
+            summary = summarize(model, out / "eval" / name, [t.name for t in cfg.eval.tasks], heldout)
+            print(json.dumps(heldout, indent=2))
         print(json.dumps(summary["domains"], indent=2))
 
 

@@ -221,6 +221,10 @@ class RunConfig:
     """Run directory: prior/ (signal cache) and sft/ (checkpoints, final/) go under it."""
     data: DataConfig = field(default_factory=DataConfig)
     """SFT data and formatting."""
+    heldout: DataConfig | None = None
+    """Held-out demonstrations in the SFT data's format, e.g. {path: reasoning_gym:gsm_symbolic, skip: 32,
+    limit: 64, max_length: 320} (the SFT source with `skip` = its `limit`): every evaluated model gets
+    `heldout_nll`, its unweighted NLL per response token on them (prift/heldout.py). None: off."""
     prior: PriorConfig = field(default_factory=PriorConfig)
     """The frozen reference and how its signals are produced."""
     sft: SFTStageConfig = field(default_factory=SFTStageConfig)

@@ -113,7 +113,8 @@ def hub_inputs(cfg: RunConfig) -> dict:
         check_models: [model, _hub_model("prior.reference", reference) if uses_reference else None],
         check_sft_data: ([_hub_data(field, source.path) for field, source in _sft_sources(cfg)]
                          + (eval_sets if on.eval else [])) if on.sft or on.prior else [],  # + overlap check
-        check_tasks: [model, *eval_sets] if on.eval else [],  # the eval check reads the model's tokenizer
+        check_tasks: [model, *eval_sets, cfg.heldout and _hub_data("heldout.path", cfg.heldout.path)]
+        if on.eval else [],  # the eval check reads the model's tokenizer, and the held-out rows
         check_rl: [*rl_sets, *eval_sets] if on.rl else [],  # the overlap check reads every eval set
     }
     return {check: list(dict.fromkeys(n for n in names if n)) for check, names in found.items()}
@@ -197,6 +198,30 @@ def check_no_sft_eval_overlap(cfg: RunConfig) -> None:
         raise TaskError(f"data: {len(overlaps)} evaluation problem(s) are SFT prompts: {shown}")
 
 
+def check_heldout(cfg: RunConfig) -> None:
+    """The held-out demonstrations: every row readable, and none whose prompt is an SFT prompt (a
+    held-out loss on trained rows would measure memory, not generalisation)."""
+    from evals.tasks import prompt_hash
+    from prift.data import DataError, check_data, load_rows, validate_rows
+
+    def prompts(data) -> dict[str, int]:
+        return {prompt_hash(user[-1]): i for i, (prompt, _) in enumerate(validate_rows(load_rows(data), data))
+                if (user := [m["content"] for m in prompt if m["role"] == "user"])}
+
+    heldout = cfg.heldout
+    try:
+        check_data(heldout)
+    except DataError as e:
+        raise DataError(f"heldout: {e}") from None
+    if cfg.pipeline.stages.sft:
+        sft = prompts(cfg.data)
+        shared = [(i, sft[k]) for k, i in prompts(heldout).items() if k in sft]
+        if shared:
+            shown = "; ".join(f"held-out row {i} = SFT row {j}" for i, j in sorted(shared)[:5])
+            raise DataError(f"heldout: {len(shared)} row(s) have an SFT prompt: {shown} "
+                            f"(for the SFT source itself, set heldout.skip to data.limit, {cfg.data.limit})")
+
+
 def check_tasks(cfg: RunConfig) -> None:
     """Every task's rows when the eval stage runs, and its generation backend."""
     from evals.tasks import load_examples
@@ -206,6 +231,8 @@ def check_tasks(cfg: RunConfig) -> None:
     problems = []
     for spec in cfg.eval.tasks:
         problems += _collect(lambda: load_examples(spec))
+    if cfg.heldout:
+        problems += _collect(lambda: check_heldout(cfg))
     if not problems:  # prompt + max_new_tokens within the context (tokenizer and config only)
         from evals.stage import check_eval_inputs
 
