@@ -35,14 +35,22 @@ def entropy(problem: int, sample: int, score: float) -> float | None:
     return 0.5 if score else 2.0
 
 
-def write_eval(folder, table: list[list[float]]):
+def heldout(method: str, seed: int, stage: str) -> float:
+    """The held-out SFT loss written for a model: higher for plain SFT, for seed 1 and after RL."""
+    return 1.0 + 0.5 * (method == "sft") + 0.2 * seed + 0.1 * (stage == "rl")
+
+
+def write_eval(folder, table: list[list[float]], heldout_nll: float | None = None):
     (folder / "gsm8k").mkdir(parents=True)
     rows = [{"id": f"gsm8k-{p:03d}", "sample": i, "score": s, "extracted": "gold" if s else f"wrong-{i}",
              "mean_token_entropy": entropy(p, i, s)}
             for p, row in enumerate(table) for i, s in enumerate(row)]  # each wrong sample states its own answer
     (folder / "gsm8k" / "samples.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     metrics = task_metrics(table)
-    (folder / "summary.json").write_text(json.dumps({"tasks": {"gsm8k": metrics}, "domains": {"math": metrics}}))
+    summary = {"tasks": {"gsm8k": metrics}, "domains": {"math": metrics}}
+    if heldout_nll is not None:
+        summary["heldout"] = {"heldout_nll": heldout_nll, "heldout_tokens": 640}
+    (folder / "summary.json").write_text(json.dumps(summary))
 
 
 def build_sweep(root, model: str, tracker=None):
@@ -61,7 +69,7 @@ def build_sweep(root, model: str, tracker=None):
                     "stages": {s: {"status": "done"} for s in ("sft", "rl", "eval_sft", "eval_rl")}}
         (folder / "manifest.json").write_text(json.dumps(manifest))
         for stage in ("sft", "rl"):
-            write_eval(folder / "eval" / stage, scores(SOLVED[(method, seed, stage)]))
+            write_eval(folder / "eval" / stage, scores(SOLVED[(method, seed, stage)]), heldout(method, seed, stage))
         ok = (method, seed) not in NO_SIGNAL
         (folder / "rl" / "final").mkdir(parents=True)
         (folder / "rl" / "final" / "prift_rl.json").write_text(json.dumps(
@@ -150,6 +158,19 @@ def test_sft_to_rl_table_pairs_seeds_and_keeps_runs_without_signal_apart(report)
     assert flagged[3] == "+0.0 [+0.0, +0.0]"
     lo, hi = (float(v) for v in sft[3].split("[")[1].rstrip("]").split(","))
     assert 0 < lo < avg(15) - avg(9) < hi  # 6 of 30 problems gained on one seed: the interval excludes 0
+
+
+def test_heldout_loss_table_is_the_mean_and_std_over_seeds_of_each_model(report):
+    from workflows.report.tables import HELDOUT_NOTE
+
+    _, text, _ = report
+    block = text.split(HELDOUT_NOTE + "\n\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    rows = {r[0]: r[1:] for r in ([c.strip() for c in line.strip("|").split("|")] for line in block[2:])}
+    for method in ("sft", "prift_mass"):
+        values = [heldout(method, seed, "sft") for seed in (0, 1)]
+        expected = f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f}"
+        assert rows[f"{method} (sft)"] == ["2", "640", expected]
+    assert "base" not in rows  # the base summary has no held-out loss: no row, not a zero
 
 
 def test_findings_name_only_differences_whose_interval_excludes_zero(report):

@@ -14,10 +14,10 @@ from workflows.report.collect import (RL_CURVES, Run, base_samples, collect, dis
                                       rows_by_problem,
                                       token_entropy)
 from workflows.report.stats import pass_at_k_curve
-from workflows.report.tables import (BOOTSTRAP_NOTE, SCORING_NOTE, comparison_table, comparisons, domain_interval_table,
-                                     drift_table, findings, groups, interval_of_run, markdown_table, method_table,
-                                     rests_on, rl_change_tables, rl_changes, run_change, runs_section,
-                                     sample_sizes, task_interval_tables)
+from workflows.report.tables import (BOOTSTRAP_NOTE, HELDOUT_NOTE, SCORING_NOTE, comparison_table, comparisons,
+                                     domain_interval_table, drift_table, findings, groups, heldout_table,
+                                     interval_of_run, markdown_table, method_table, rests_on, rl_change_tables,
+                                     rl_changes, run_change, runs_section, sample_sizes, task_interval_tables)
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,14 @@ def tables_section(runs: list[Run], base: dict | None, rows, out: Path) -> list[
             rests_on(summaries) + " Mean ± std over seeds; no ± with one seed.",
             "", "![comparison](comparison.png)",
             "", "## Per task, with 95% intervals", "", BOOTSTRAP_NOTE, *task_interval_tables(rows),
-            "", "## Avg@n per domain, with 95% intervals", "", *domain_interval_table(rows)]
+            "", "## Avg@n per domain, with 95% intervals", "", *domain_interval_table(rows), *heldout_section(rows)]
+
+
+def heldout_section(rows) -> list[str]:
+    table = heldout_table(rows)
+    if table is None:
+        return []
+    return ["", "## Held-out SFT loss", "", HELDOUT_NOTE, "", table]
 
 
 def seed_values(summaries: list[dict], tasks: list[str], metric: str) -> dict[str, list[float]]:

@@ -27,6 +27,10 @@ SCORING_NOTE = ("Math is scored as the Qwen2.5-Math harness scores it (the paper
                 "primary, strict metric. The flexible table also takes the last number of a completion "
                 "that states none, except in completions cut by the length limit.")
 
+HELDOUT_NOTE = ("The unweighted NLL per response token of held-out SFT demonstrations (the config's `heldout`), "
+                "each token weighted 1 whatever the method. Plain SFT overfits where it rises while the training "
+                "loss falls; after SFT it predicted post-RL accuracy better than post-SFT accuracy did in "
+                "arXiv 2510.01624. Lower is better.")
 BOOTSTRAP_NOTE = (f"Intervals are 95% percentile bootstrap intervals over problems and seeds ({RESAMPLES:,} "
                   f"resamples, generator seed {SEED}): each resample draws the problems and the seeds with "
                   "replacement. A difference between two methods is paired (the same problems drawn for both) "
@@ -367,6 +371,22 @@ def drift_table(records: list[dict]) -> str:
             cells.append(f"{mean:.4f}" + (f" ± {std:.4f}" if std is not None else ""))
         lines.append(f"| {method} ({stage}) | {len(kls)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def heldout_table(rows: list[Group]) -> str | None:
+    """Model x held-out SFT loss (prift/heldout.py): mean ± std over seeds of the unweighted NLL per
+    token, for the rows whose summaries have it; None when none has."""
+    lines = []
+    for g in rows:
+        values = [s["heldout"]["heldout_nll"] for s in g.summaries if "heldout" in s]
+        if values:
+            mean, std = mean_std(values)
+            tokens = g.summaries[0].get("heldout", {}).get("heldout_tokens", "-")
+            lines.append(f"| {g.label} | {len(values)} | {tokens} | {mean:.4f}"
+                         + (f" ± {std:.4f}" if std is not None else "") + " |")
+    if not lines:
+        return None
+    return "\n".join(["| model | seeds | tokens | held-out NLL (nats/token) |", "|---|---|---|---|", *lines])
 
 
 def sample_sizes(rows: list[Group]) -> dict[str, tuple[int, int]]:
