@@ -20,6 +20,26 @@ def test_no_demo_sft_row_is_truncated_or_dropped():
     assert [r["num_truncated"] for r in rows] == [0] * len(rows)
 
 
+def test_the_demo_evaluates_the_rl_tasks_held_out_twin_and_held_out_demonstrations():
+    """The demo's table has a task where the RL models can move: one-digit sums under the RL prompt,
+    none of them an RL prompt; and its held-out NLL rows are not SFT rows."""
+    from evals.tasks import load_examples
+    from rl.prompts import build_rows, check_no_eval_overlap
+    from workflows.preflight import check_heldout
+
+    cfg = load_config(DEMO)
+    twin = next(t for t in cfg.eval.tasks if t.generated)
+    generator = cfg.rl.prompts.generators[0]
+    assert twin.template == cfg.rl.prompts.template and twin.options == generator.options
+    rows = build_rows(cfg.rl.prompts, cfg.eval.tasks)
+    check_no_eval_overlap(rows, cfg.eval.tasks)
+    assert len(rows) == generator.size
+    questions = {ex.meta["problem"] for ex in load_examples(twin)}
+    assert len(questions) > 0.9 * twin.limit  # a held-out set of distinct sums, not a few repeated ones
+    assert cfg.heldout.skip == cfg.data.limit
+    check_heldout(cfg)
+
+
 @pytest.mark.slow
 def test_the_demo_rl_settings_give_a_learning_signal(tmp_path):
     """SmolLM2-135M on the demo's own RL settings (from the base model instead of the SFT one):
