@@ -111,3 +111,26 @@ def nucleus(logits, target, num_items_in_batch, tau=0.5, signal_logits=None):
         u = lq.exp().squeeze(-1) + torch.where(logq < lq, logq.exp(), 0.0).sum(-1)
         w = (u >= tau).double()
     return (w * _per_token_ce(logits, target)[valid]).sum() / num_items_in_batch, w
+
+
+def reference(method, pol, ref, labels, n):
+    """(loss, weights or None) of `method` by its reference function on flat float64 logits."""
+    v = pol.shape[-1]
+    flat, ref_flat, target = pol.reshape(-1, v), ref.reshape(-1, v), labels.reshape(-1)
+    table = {
+        "dft": lambda: dft(flat, target, n),
+        "prift_prob": lambda: dft(flat, target, n, signal_logits=ref_flat),
+        "profit": lambda: profit(flat, target, n),
+        "prift_profit": lambda: profit(flat, target, n, signal_logits=ref_flat),
+        "neg_pk": lambda: general_family(flat, target, k=10.0),
+        "prift_pk": lambda: dft(flat, target, n, signal_logits=ref_flat, power=10.0),
+        "eaft": lambda: eaft(flat, target, n),
+        "prift_eaft": lambda: eaft(flat, target, n, signal_logits=ref_flat),
+        "asft": lambda: asft(flat, target, ref_flat),
+        "prift_asft": lambda: asft(flat, target, ref_flat, signal_logits=ref_flat),
+        "rho1": lambda: rho1(flat, target, ref_flat),
+        "online_mass": lambda: nucleus(flat, target, n),
+        "iw_sft": lambda: iw_sft(pol, labels, F.log_softmax(ref, -1).gather(-1, labels.clamp(min=0)[..., None])
+                                        .squeeze(-1), n),
+    }
+    return table[method]()

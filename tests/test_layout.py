@@ -71,6 +71,14 @@ def test_a_package_map_names_every_module(package):
     assert modules <= listed, f"{package}/__init__.py does not list {sorted(modules - listed)}"
 
 
+def test_test_modules_share_helpers_through_helper_modules_not_through_each_other():
+    """A test module importing another runs (and couples to) that module's tests: shared code lives in
+    conftest.py, helpers.py or a named helper module (reference_losses.py, synthetic_tokenizer.py)."""
+    wrong = {p.name: sorted(n for n in imported_modules(p) if n.startswith("test_"))
+             for p in (ROOT / "tests").glob("*.py")}
+    assert not {f: names for f, names in wrong.items() if names}
+
+
 def test_no_file_points_outside_the_repository():
     tracked = [p for p in ROOT.rglob("*") if p.is_file() and p.suffix in (".py", ".md", ".yaml", ".toml", ".sh")
                and not any(part in (".venv", ".git", "node_modules") or part.endswith(".egg-info") for part in p.parts)]

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import reference_losses as ref_fn
+from reference_losses import reference
 from prift.anchor import anchor_kl, topk_kl
 from prift.signals import signal_set
 from prift.weights import METHODS, batch_weights, twin
@@ -19,29 +19,6 @@ from prift.loss import weighted_nll
 
 B, T, V = 3, 9, 64
 N_ANY = None  # the reference's own mean over the micro-batch (one micro-batch: N = its token count)
-
-
-def reference(method, pol, ref, labels, n):
-    """(loss, weights or None) of `method` by its reference function on flat float64 logits."""
-    v = pol.shape[-1]
-    flat, ref_flat, target = pol.reshape(-1, v), ref.reshape(-1, v), labels.reshape(-1)
-    table = {
-        "dft": lambda: ref_fn.dft(flat, target, n),
-        "prift_prob": lambda: ref_fn.dft(flat, target, n, signal_logits=ref_flat),
-        "profit": lambda: ref_fn.profit(flat, target, n),
-        "prift_profit": lambda: ref_fn.profit(flat, target, n, signal_logits=ref_flat),
-        "neg_pk": lambda: ref_fn.general_family(flat, target, k=10.0),
-        "prift_pk": lambda: ref_fn.dft(flat, target, n, signal_logits=ref_flat, power=10.0),
-        "eaft": lambda: ref_fn.eaft(flat, target, n),
-        "prift_eaft": lambda: ref_fn.eaft(flat, target, n, signal_logits=ref_flat),
-        "asft": lambda: ref_fn.asft(flat, target, ref_flat),
-        "prift_asft": lambda: ref_fn.asft(flat, target, ref_flat, signal_logits=ref_flat),
-        "rho1": lambda: ref_fn.rho1(flat, target, ref_flat),
-        "online_mass": lambda: ref_fn.nucleus(flat, target, n),
-        "iw_sft": lambda: ref_fn.iw_sft(pol, labels, F.log_softmax(ref, -1).gather(-1, labels.clamp(min=0)[..., None])
-                                        .squeeze(-1), n),
-    }
-    return table[method]()
 
 
 def prift(method, pol, ref, labels, n):

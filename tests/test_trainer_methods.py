@@ -17,7 +17,7 @@ from prift.data import DataConfig
 from prift.prior import PriorConfig
 from prift.sft import SFTStageConfig, build_trainer, training_dataset
 from prift.weights import METHODS
-from test_reference_losses import reference
+from reference_losses import reference
 
 # random tiny models give every token p ~ 1/vocab: the cut-off and k are scaled to keep the test
 # discriminating (the reference functions take the same values)
