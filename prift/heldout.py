@@ -69,6 +69,7 @@ def heldout_nll(model: str, data: DataConfig, out_dir: str | Path) -> dict:
                "heldout_tokens": tokens, "heldout_rows": len(rows)}
     if not all(math.isfinite(v) for v in metrics.values()):
         raise FloatingPointError(f"held-out NLL of {model} is not finite: {metrics}")
+    path.parent.mkdir(parents=True, exist_ok=True)  # in a pipeline it may run before any eval task made the folder
     atomic.write_text(path, json.dumps({"key": key, "model": model, "metrics": metrics, "data": asdict(data)},
                                        indent=2))
     log.info("held-out NLL of %s: %.4f nats/token over %d tokens of %d rows", model, metrics["heldout_nll"],

@@ -31,6 +31,7 @@ def float64_nll(model_path: str, data: DataConfig) -> tuple[float, float]:
 def test_heldout_nll_is_the_float64_response_token_nll_and_a_rerun_is_skipped(tiny_model, sft_file, tmp_path,
                                                                                monkeypatch):
     data = DataConfig(path=sft_file, skip=48, limit=8, max_length=64)
+    tmp_path = tmp_path / "eval" / "rl"  # not there yet: the pipeline may run this before any eval task
     metrics = heldout_nll(tiny_model, data, tmp_path)
     token_mean, row_mean = float64_nll(tiny_model, data)
     assert metrics["heldout_nll"] == pytest.approx(token_mean, rel=1e-5)

@@ -13,15 +13,16 @@ from helpers import mlflow_runs, tiny_pipeline, write_config
 from workflows.cli import main
 
 
-def sft_digest(path) -> str:
-    """The SFT data's content hash, computed here: DataConfig's settings (path left out), then each row."""
+def sft_digest(path, limit: int = 0) -> str:
+    """The SFT data's content hash, computed here: DataConfig's settings (path left out), then each of
+    the first `limit` rows (0: all)."""
     from dataclasses import asdict
 
     from prift.data import DataConfig
 
-    settings = asdict(DataConfig(path=path, max_length=64)) | {"path": None}
+    settings = asdict(DataConfig(path=path, max_length=64, limit=limit)) | {"path": None}
     h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
-    for line in Path(path).read_text().splitlines():
+    for line in Path(path).read_text().splitlines()[:limit or None]:
         h.update(json.dumps(json.loads(line), sort_keys=True).encode())
     return h.hexdigest()[:16]
 
@@ -30,10 +31,13 @@ def sft_digest(path) -> str:
 def test_whole_pipeline_outputs_manifest_and_mlflow(tiny_model, sft_file, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     storage = tmp_path / "store"
-    path = write_config(tmp_path, tiny_pipeline(tiny_model, sft_file, storage))
+    config = tiny_pipeline(tiny_model, sft_file, storage)
+    config["data"]["limit"] = 48  # and the last 16 rows are held out
+    config["heldout"] = {"path": sft_file, "skip": 48, "max_length": 64}
+    path = write_config(tmp_path, config)
     assert main(["run", path]) == 0
     printed = capsys.readouterr().out
-    assert "Avg@n (%) per task" in printed
+    assert "Avg@n (%) per task" in printed and "heldout_nll" in printed.split("Avg@n (%)")[1].splitlines()[1]
     assert f"mlflow ui --backend-store-uri sqlite:///{(storage / 'mlflow.db').resolve()}\n" in printed
     assert "/runs?workflowType=machine_learning" in printed
 
@@ -49,6 +53,7 @@ def test_whole_pipeline_outputs_manifest_and_mlflow(tiny_model, sft_file, tmp_pa
             assert (run / model / "final" / "config.json").exists()
             summary = json.loads((run / "eval" / model / "summary.json").read_text())
             assert set(summary["tasks"]) == {"gsm8k", "mmlu_medical"}
+            assert summary["heldout"]["heldout_rows"] == 16 and summary["heldout"]["heldout_nll"] > 0
 
     client, all_runs = mlflow_runs(storage)
     assert client.get_experiment_by_name("tiny").tags["mlflow.experimentKind"] == "custom_model_development"
@@ -66,6 +71,7 @@ def test_whole_pipeline_outputs_manifest_and_mlflow(tiny_model, sft_file, tmp_pa
         assert sorted(r.data.tags["stage"] for r in children) == ["eval_rl", "eval_sft", "rl", "sft"]
         assert parent.data.tags["status"] == "finished"
         assert "eval/rl/gsm8k/avg_at_2" in parent.data.metrics
+        assert parent.data.metrics["eval/sft/heldout_nll"] > 0 and "eval/rl/heldout_nll" in parent.data.metrics
         # the base's scores are not the method's
         assert not [k for k in parent.data.metrics if k.startswith("eval/base/")]
         assert "eval/rl/gsm8k/avg_at_2_flexible" in parent.data.metrics  # math: strict and flexible
@@ -80,7 +86,7 @@ def test_whole_pipeline_outputs_manifest_and_mlflow(tiny_model, sft_file, tmp_pa
                                  ("mmlu_medical", "evaluation")} for s in ("eval_sft", "eval_rl")}}
         sft_data = next(i.dataset for r in children if r.data.tags["stage"] == "sft"
                         for i in client.get_run(r.info.run_id).inputs.dataset_inputs)
-        assert sft_data.digest == sft_digest(sft_file)
+        assert sft_data.digest == sft_digest(sft_file, limit=48)
         sft_run = next(r for r in children if r.data.tags["stage"] == "sft")
         for curve in ("loss", "nll_unweighted", "weight/kept_frac"):  # curves by step, for every method
             assert len(client.get_metric_history(sft_run.info.run_id, curve)) == 4, curve
