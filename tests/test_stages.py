@@ -207,7 +207,7 @@ HUB = [p for p in CONFIGS if names_hub_inputs(p)]
 
 def test_every_shipped_config_is_checked_one_way_or_the_other():
     assert len(CONFIGS) >= 7 and set(OFFLINE) | set(HUB) == set(CONFIGS)
-    assert {p.name for p in OFFLINE} == {"demo.yaml", "demo_3seeds.yaml"}
+    assert {p.name for p in OFFLINE} == {"demo.yaml", "demo_3seeds.yaml", "study_cpu.yaml"}
 
 
 @pytest.mark.parametrize("path", OFFLINE, ids=lambda p: p.name)
