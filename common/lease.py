@@ -10,8 +10,10 @@ The token and both paths reach the stage workers as the env var PRIFT_DRIVER_LEA
 runtime_env). A worker's `check_driver()` says the driver is lost when
   - on the driver's host: the lock can be taken (its owner is dead): known at once;
   - the heartbeat names another token (a newer driver owns the sweep);
-  - the heartbeat has not changed for HEARTBEAT_TIMEOUT_S (a driver on another host died, or the
-    shared filesystem lost it).
+  - on another host: the heartbeat has not changed for HEARTBEAT_TIMEOUT_S (its driver died, or the
+    shared filesystem lost it). On the driver's host the lock decides and the heartbeat's pace does
+    not: a driver starved of CPU (both cores busy loading vLLM) can miss beats for seconds while
+    alive, and a worker that took that for a death killed a healthy demo run.
 Trainer callbacks and the eval loop call `check_driver()` at each step and before each write, so an
 orphan stops before its next checkpoint; `watch_driver()` also starts a thread that ends the process
 within WATCH_S of a loss, for a worker stuck in one long call. Without PRIFT_DRIVER_LEASE (a stage
@@ -37,7 +39,7 @@ log = logging.getLogger(__name__)
 
 ENV = "PRIFT_DRIVER_LEASE"
 BEAT_S = 0.25
-HEARTBEAT_TIMEOUT_S = 2.0
+HEARTBEAT_TIMEOUT_S = 30.0  # a loaded host's driver thread can stall for seconds; an orphan elsewhere stops within this
 LOCK_WAIT_S = 5.0
 WATCH_S = 0.1
 LOST_EXIT_CODE = 75
@@ -155,7 +157,7 @@ class LeaseWatch:
             return "another driver has taken over the sweep"
         if beat != self._seen:
             self._seen, self._seen_at = beat, time.monotonic()
-        elif time.monotonic() - self._seen_at > HEARTBEAT_TIMEOUT_S:
+        elif not self.same_host and time.monotonic() - self._seen_at > HEARTBEAT_TIMEOUT_S:
             return f"no heartbeat from the driver for {HEARTBEAT_TIMEOUT_S:g} s"
         return None
 

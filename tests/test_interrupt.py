@@ -74,6 +74,20 @@ def test_a_worker_on_the_drivers_host_notices_its_death_at_once(tmp_path):
     assert "the driver has exited" in watch.lost()
 
 
+def test_a_worker_on_the_drivers_host_does_not_take_a_late_heartbeat_for_a_death(tmp_path, monkeypatch):
+    """A demo run lost two RL workers when the loaded host delayed the driver's heartbeat by 2 s: on the
+    driver's host the lock says whether it lives, not the heartbeat's pace."""
+    monkeypatch.setattr(lease, "HEARTBEAT_TIMEOUT_S", 0.0)  # any unchanged beat is "late"
+    holder = hold_in_subprocess(tmp_path)
+    token = json.loads((tmp_path / "driver.heartbeat").read_text())["token"]
+    watch = LeaseWatch({"lock": str(tmp_path / "driver.lock"), "heartbeat": str(tmp_path / "driver.heartbeat"),
+                        "token": token, "host": socket.gethostname()})
+    assert [watch.lost() for _ in range(5)] == [None] * 5  # read faster than it beats
+    holder.kill()
+    holder.wait()
+    assert "the driver has exited" in watch.lost()
+
+
 def test_a_worker_on_another_host_stops_when_the_heartbeat_stops(tmp_path, monkeypatch):
     monkeypatch.setattr(lease, "HEARTBEAT_TIMEOUT_S", 0.8)
     driver = DriverLease(tmp_path)
