@@ -57,9 +57,10 @@ def heldout_nll(model: str, data: DataConfig, out_dir: str | Path) -> dict:
     path = Path(out_dir) / HELDOUT_FILE
     rows, _, data_key = prepare_rows(model, data)
     key = json_digest([fingerprint_model(model), data_key, data.max_length])
-    if path.exists() and json.loads(path.read_text()).get("key") == key:
+    done = json.loads(path.read_text()) if path.exists() else {}
+    if done.get("key") == key:
         log.info("held-out NLL: already done for this model and data (%s), skipped", path)
-        return json.loads(path.read_text())["metrics"]
+        return done["metrics"]
     lm = load_causal_lm(model, device=default_device()).eval()  # float32: an NLL to compare across models
     scored = score_rows(lm, rows, PriorConfig())
     per_row = [row_nll(s["logprob"], r["response_mask"]) for s, r in zip(scored, rows)]

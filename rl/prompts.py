@@ -52,8 +52,9 @@ class PromptsConfig:
     skip_eval_problems: bool = False
     """Generated prompts only: drop those whose bare question is an evaluation problem and generate on
     until each generator has its `size`, instead of refusing the run. For generators with few distinct
-    questions (one-digit sums have 19 x 19), where no seed keeps RL and evaluation apart. The evaluation
-    set stays held out: RL never sees its questions. The number skipped is logged."""
+    questions (one-digit sums with signs and brackets: about 2,000), where no seed keeps RL and
+    evaluation apart. The evaluation set stays held out: RL never sees its questions. The number
+    skipped is logged."""
 
     def __post_init__(self):
         if "{problem}" not in self.template:

@@ -181,17 +181,22 @@ def check_sft_data(cfg: RunConfig) -> None:
             check_no_sft_eval_overlap(cfg)
 
 
+def last_user_turns(data) -> list[tuple[int, str]]:
+    """(row index, last user turn) of each row of `data` that has one: what the overlap checks compare."""
+    from prift.data import load_rows, validate_rows
+
+    return [(i, user[-1]) for i, (prompt, _) in enumerate(validate_rows(load_rows(data), data))
+            if (user := [m["content"] for m in prompt if m["role"] == "user"])]
+
+
 def check_no_sft_eval_overlap(cfg: RunConfig) -> None:
     """Refuse evaluation rows whose problem is the prompt (last user turn) of an SFT row: a model
     trained on its answer would be scored on it."""
     from evals.tasks import TaskError, eval_overlaps, problem_keys
-    from prift.data import load_rows, validate_rows
 
     train = {}
-    for i, (prompt, _) in enumerate(validate_rows(load_rows(cfg.data), cfg.data)):
-        user = [m["content"] for m in prompt if m["role"] == "user"]
-        if user:
-            train |= dict.fromkeys(problem_keys(user[-1]), f"row {i}")
+    for i, turn in last_user_turns(cfg.data):
+        train |= dict.fromkeys(problem_keys(turn), f"row {i}")
     overlaps = eval_overlaps(train, cfg.eval.tasks)
     if overlaps:
         shown = "; ".join(f"{task} row {eid} = SFT {rid}" for task, eid, rid in overlaps[:5])
@@ -202,11 +207,10 @@ def check_heldout(cfg: RunConfig) -> None:
     """The held-out demonstrations: every row readable, and none whose prompt is an SFT prompt (a
     held-out loss on trained rows would measure memory, not generalisation)."""
     from evals.tasks import prompt_hash
-    from prift.data import DataError, check_data, load_rows, validate_rows
+    from prift.data import DataError, check_data
 
     def prompts(data) -> dict[str, int]:
-        return {prompt_hash(user[-1]): i for i, (prompt, _) in enumerate(validate_rows(load_rows(data), data))
-                if (user := [m["content"] for m in prompt if m["role"] == "user"])}
+        return {prompt_hash(turn): i for i, turn in last_user_turns(data)}
 
     heldout = cfg.heldout
     try:
