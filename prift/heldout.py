@@ -28,6 +28,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+import torch
+from transformers import TrainerCallback
 
 from common import atomic
 from common.digest import json_digest
@@ -39,6 +41,7 @@ from prift.reference import score_rows
 log = logging.getLogger(__name__)
 
 HELDOUT_FILE = "heldout_nll.json"
+CURVE_FILE = "heldout_curve.json"  # sft/: the curve of sft.heldout_every
 
 
 def row_nll(logprob: np.ndarray, response_mask: list[int]) -> tuple[float, int]:
@@ -76,3 +79,49 @@ def heldout_nll(model: str, data: DataConfig, out_dir: str | Path) -> dict:
     log.info("held-out NLL of %s: %.4f nats/token over %d tokens of %d rows", model, metrics["heldout_nll"],
              tokens, len(rows))
     return metrics
+
+
+
+class HeldoutCurve(TrainerCallback):
+    """Every `every` optimizer steps, the policy's `heldout_nll` on `rows` (the quantity of
+    `heldout_nll`, from the weights being trained), so a run shows when plain SFT starts to overfit:
+    held-out NLL rising while the training loss still falls. Step 0 is the base model's own
+    `heldout_nll`, which the eval stage gives.
+
+    Each value joins that step's trainer log (hence MLflow's `heldout_nll` curve) and `path`
+    ({step: nll}, rewritten atomically; a resumed run keeps the steps it had). The forward runs in
+    eval mode without gradients and draws no random numbers, so training is unchanged.
+    """
+
+    def __init__(self, rows: list[dict], every: int, path: str | Path):
+        if every < 1:
+            raise ValueError(f"heldout_every must be >= 1, got {every}")
+        self.rows, self.every, self.path = rows, every, Path(path)
+        self.curve = {int(k): v for k, v in json.loads(self.path.read_text()).items()} if self.path.exists() else {}
+        self.pending: float | None = None
+
+    def nll(self, model) -> float:
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            scored = score_rows(model, self.rows, PriorConfig(), progress=False)
+        model.train(was_training)
+        per_row = [row_nll(s["logprob"], r["response_mask"]) for s, r in zip(scored, self.rows)]
+        value = sum(t for t, _ in per_row) / sum(n for _, n in per_row)
+        if not math.isfinite(value):
+            raise FloatingPointError(f"held-out NLL is not finite at this step: {value}")
+        return value
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step % self.every or not state.is_world_process_zero:
+            return
+        self.pending = self.nll(model)
+        self.curve[state.global_step] = self.pending
+        atomic.write_text(self.path, json.dumps({str(k): v for k, v in sorted(self.curve.items())}, indent=1))
+        log.info("held-out NLL at step %d: %.4f", state.global_step, self.pending)
+        control.should_log = True  # this step's log carries the value, whatever logging_steps says
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs is not None and self.pending is not None:
+            logs["heldout_nll"] = self.pending
+            self.pending = None

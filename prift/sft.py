@@ -25,7 +25,9 @@ import torch
 from common.checks import at_least, interval, one_of, positive
 from common.checkpoints import CheckpointMarker
 from common.training import TrainConfig, train_to_final, trainer_kwargs
-from prift.data import DataConfig, tokenized_dataset
+from common.errors import InputError
+from prift.data import DataConfig, prepare_rows, tokenized_dataset
+from prift.heldout import CURVE_FILE, HeldoutCurve
 from common.precision import resolve_dtype
 from common.models import default_device, load_causal_lm, load_tokenizer
 from prift.prior import PriorConfig, load_prior, run_prior
@@ -60,6 +62,10 @@ class SFTStageConfig(TrainConfig):
     """Gradient clipping norm (0 disables)."""
     num_train_epochs: float = 1.0
     """Epochs over the data (the paper: 1)."""
+    heldout_every: int = 0
+    """Every this many optimizer steps, log the policy's unweighted NLL on the run's top-level `heldout`
+    rows (`heldout_nll`, in MLflow and sft/heldout_curve.json): the overfitting curve. 0: off (the
+    eval stage still gives each finished model's held-out NLL). Needs `heldout`."""
     packing: bool = False
     """Padding-free batches: the examples of a micro-batch are concatenated into one row, position
     ids restarting per example, so no compute is spent on padding and no token attends across
@@ -79,6 +85,7 @@ class SFTStageConfig(TrainConfig):
             at_least("weight_decay", self.weight_decay, 0),
             at_least("max_grad_norm", self.max_grad_norm, 0),
             positive("num_train_epochs", self.num_train_epochs),
+            at_least("heldout_every", self.heldout_every, 0),
         ]
 
     def weight_rule(self) -> WeightRule:
@@ -146,15 +153,22 @@ def run_sft(
     prior_dir: str | Path | None = None,
     callbacks=(),
     sharding: str = "ddp",
+    heldout: DataConfig | None = None,
 ) -> Path:
     """Train and return <out_dir>/final; a finished stage (final/ exists) is a logged no-op.
-    `sharding` (ddp or fsdp, see `sharding_args`) matters on several Ray Train workers."""
+    `sharding` (ddp or fsdp, see `sharding_args`) matters on several Ray Train workers; `heldout`
+    rows give the curve of `cfg.heldout_every`."""
     out_dir = Path(out_dir)
     rule = cfg.weight_rule()
+    if cfg.heldout_every and heldout is None:
+        raise InputError("sft.heldout_every needs held-out rows: set the top-level `heldout` data")
 
     def build(stack):
         dataset = training_dataset(model_name, data, prior, rule, Path(prior_dir or out_dir.parent / "prior"))
-        return build_trainer(model_name, dataset, cfg, prior, out_dir, callbacks, sharding)
+        curve = []
+        if cfg.heldout_every:  # first: its value must be in the logs before the other callbacks read them
+            curve = [HeldoutCurve(prepare_rows(model_name, heldout)[0], cfg.heldout_every, out_dir / CURVE_FILE)]
+        return build_trainer(model_name, dataset, cfg, prior, out_dir, [*curve, *callbacks], sharding)
 
     return train_to_final("SFT", out_dir, build, lambda trainer, result: {"method": cfg.method, "rule": asdict(rule)},
                           "prift_sft.json", keep_checkpoints=cfg.keep_checkpoints, sharding=sharding)

@@ -1,6 +1,7 @@
 """prift/heldout.py: the held-out SFT loss, `DataSource.skip` that makes held-out rows, and the
 preflight that keeps them out of the SFT data."""
 
+import dataclasses
 import json
 
 import pytest
@@ -89,3 +90,37 @@ def test_the_pipeline_table_shows_the_heldout_nll_column_with_its_tokens():
     assert lines[-1].split("|")[1:] == ["          50.0 ", "        1.2346"]
     assert "heldout_nll" not in scores_table({"base": {"models": {"base": {"gsm8k": {"avg_at_1": 0.5}}}},
                                               "runs": {}}, ["gsm8k"])
+
+
+def test_the_sft_curve_logs_the_float64_heldout_nll_every_k_steps_and_leaves_training_unchanged(tiny_model,
+                                                                                                 sft_file, tmp_path):
+    from safetensors.torch import load_file
+    from transformers import TrainerCallback
+
+    from common.errors import InputError
+    from prift.heldout import CURVE_FILE
+    from prift.prior import PriorConfig
+    from prift.sft import SFTStageConfig, run_sft
+
+    data, heldout = DataConfig(path=sft_file, limit=16, max_length=64), DataConfig(path=sft_file, skip=48, limit=8,
+                                                                                     max_length=64)
+    cfg = SFTStageConfig(method="sft", max_steps=4, per_device_batch_size=4, logging_steps=10, save_steps=10,
+                         heldout_every=2)
+    logged = []
+
+    class Logs(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            logged.append((state.global_step, dict(logs)))
+
+    with pytest.raises(InputError, match="heldout_every needs held-out rows"):
+        run_sft(tiny_model, data, PriorConfig(), cfg, tmp_path / "none")
+    final = run_sft(tiny_model, data, PriorConfig(), cfg, tmp_path / "curve", callbacks=[Logs()], heldout=heldout)
+    curve = json.loads((tmp_path / "curve" / CURVE_FILE).read_text())
+    assert list(curve) == ["2", "4"]  # every 2 steps, whatever logging_steps says
+    assert [(s, m["heldout_nll"]) for s, m in logged if "heldout_nll" in m] == [(2, curve["2"]), (4, curve["4"])]
+    assert curve["4"] == pytest.approx(float64_nll(str(final), heldout)[0], rel=1e-5)  # the final weights' NLL
+    assert curve["2"] != curve["4"]
+
+    plain = run_sft(tiny_model, data, PriorConfig(), dataclasses.replace(cfg, heldout_every=0), tmp_path / "plain")
+    with_curve, without = load_file(final / "model.safetensors"), load_file(plain / "model.safetensors")
+    assert all(torch.equal(with_curve[k], without[k]) for k in without)

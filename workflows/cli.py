@@ -123,7 +123,8 @@ def _dispatch(args, cfg) -> None:
         from prift.sft import run_sft
 
         check_model(cfg.model)
-        print(run_sft(cfg.model, cfg.data, cfg.prior, cfg.sft, out / "sft", prior_dir=out / "prior"))
+        print(run_sft(cfg.model, cfg.data, cfg.prior, cfg.sft, out / "sft", prior_dir=out / "prior",
+                      heldout=cfg.heldout))
     elif args.command == "rl":
         from rl.grpo import run_rl
 

@@ -239,6 +239,9 @@ class RunConfig:
     def __post_init__(self):
         rule = getattr(self.sft, "rule", None)  # a section that failed its own checks is None here
         methods = getattr(self.pipeline, "methods", None)
+        if getattr(self.sft, "heldout_every", 0) and self.heldout is None:
+            raise FieldErrors(["sft.heldout_every: the held-out curve needs rows: set the top-level `heldout` "
+                               "(e.g. the SFT source with `skip` = its `limit`), or set heldout_every to 0"])
         if rule is not None and isinstance(methods, list) and len(methods) > 1:
             raise FieldErrors([
                 f"sft.rule: a custom rule trains every run alike, so it cannot be swept under {len(methods)} method "

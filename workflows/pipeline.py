@@ -78,7 +78,7 @@ def sft_task(cfg: RunConfig, out_dir: str, prior_dir: str, tracking: dict) -> st
 
     callbacks = [DriverWatch(), MetricsCallback(_tracker(tracking), tracking["run_id"])]
     return str(run_sft(cfg.model, cfg.data, cfg.prior, cfg.sft, out_dir, prior_dir=prior_dir, callbacks=callbacks,
-                       sharding=cfg.pipeline.resources.sft.sharding))
+                       sharding=cfg.pipeline.resources.sft.sharding, heldout=cfg.heldout))
 
 
 def rl_task(cfg: RunConfig, model: str, out_dir: str, tracking: dict) -> str:
