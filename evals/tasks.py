@@ -185,14 +185,38 @@ def generate_problems(dataset: str, size: int, seed: int, options: dict, field_n
                         f"{type(e).__name__}: {e}") from None
 
 
+def distinct_problems(dataset: str, size: int, seed: int, options: dict, field_name: str) -> list[tuple[int, dict]]:
+    """The first `size` distinct questions of the generator's stream from `seed`, each with its
+    position in the stream (its stable id). A small problem space repeats itself: 400 one-digit sums
+    drawn from seed 0 hold only 312 distinct questions, and a repeated question scored greedily is
+    the same answer counted twice, which makes an interval too narrow. The stream is drawn at
+    2x, 4x, ... 64x `size` until enough are distinct (reasoning-gym's item i depends on the seed and
+    i only, so a longer draw extends a shorter one); a space too small for `size` is a TaskError."""
+    drawn = size
+    while True:
+        rows = generate_problems(dataset, drawn, seed, options, field_name)
+        seen, out = set(), []
+        for i, row in enumerate(rows):
+            if row["question"] not in seen:
+                seen.add(row["question"])
+                out.append((i, row))
+        if len(out) >= size:
+            return out[:size]
+        if drawn >= 64 * size:
+            raise TaskError(f"{field_name}: only {len(out)} distinct problems in {drawn} drawn from {dataset!r} "
+                            f"with options {options}: the space is too small for limit {size}; lower the limit "
+                            "or widen the options")
+        drawn *= 2
+
+
 def _generated_examples(spec: TaskSpec, dataset: str) -> list[Example]:
-    """A generated task's problems under the math prompt; `meta.problem` keeps the bare question,
-    which the overlap checks compare with SFT and RL prompts whatever template those use."""
+    """A generated task's distinct problems under the math prompt; `meta.problem` keeps the bare
+    question, which the overlap checks compare with SFT and RL prompts whatever template those use."""
     seed_ = EVAL_GENERATOR_SEED if spec.seed is None else spec.seed
-    rows = generate_problems(dataset, spec.limit or GENERATED_SIZE, seed_, spec.options, spec.name)
+    rows = distinct_problems(dataset, spec.limit or GENERATED_SIZE, seed_, spec.options, spec.name)
     template = spec.template or MATH_PROMPT.replace("{{}}", "{}")
     return [Example(f"{dataset}/{seed_}/{i}", template.replace("{problem}", row["question"]), str(row["answer"]),
-                    {"problem": row["question"]}) for i, row in enumerate(rows)]
+                    {"problem": row["question"]}) for i, row in rows]
 
 
 def prompt_hash(text: str) -> str:

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from evals.tasks import MATH_PROMPT, TaskError, TaskSpec, load_examples
+from evals.tasks import EVAL_GENERATOR_SEED, MATH_PROMPT, TaskError, TaskSpec, load_examples
 
 PACKAGED_SIZES = {
     "gsm8k": 100, "math500": 311, "aime24": 30, "aime25": 15, "humaneval": 164,
@@ -94,13 +94,31 @@ def test_generated_tasks_are_seeded_sized_and_scored_by_the_generators_own_answe
     assert [e.gold for e in examples] != [e.gold for e in other_seed]
     direct = reasoning_gym.create_dataset("basic_arithmetic", size=20, seed=7, min_terms=2, max_terms=2, max_digits=2,
                                           operators=("+",))
-    for ex, row in zip(examples, direct):
+    for ex in examples:
+        row = direct[int(ex.id.rsplit("/", 1)[1])]  # the id is the problem's position in the generator's stream
         assert ex.meta["problem"] == row["question"] and ex.prompt.endswith("within \\boxed{}.")
         assert direct.score_answer(ex.gold, row) == 1.0  # reasoning-gym's own scorer takes our gold
         expression = row["question"].removeprefix("Calculate ").rstrip(".")
         assert re.fullmatch(r"[\d\s()+-]+", expression)
         assert int(ex.gold) == eval(expression)  # and the gold is Python's value of the sum itself
     assert len(load_examples(TaskSpec("rg_chain_sum"))) == 100  # the default size
+
+
+def test_a_generated_task_holds_distinct_problems_first_come_from_the_stream_or_names_a_space_too_small():
+    import reasoning_gym
+
+    one_digit = {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1, "operators": ["+"]}
+    examples = load_examples(TaskSpec("rg_basic_arithmetic", limit=400, options=one_digit))
+    stream = [row["question"] for row in reasoning_gym.create_dataset(
+        "basic_arithmetic", size=4000, seed=EVAL_GENERATOR_SEED, min_terms=2, max_terms=2, min_digits=1,
+        max_digits=1, operators=("+",))]
+    assert len(set(stream[:400])) < 400  # the space is small: the raw stream repeats itself
+    firsts = [i for i, q in enumerate(stream) if q not in stream[:i]][:400]
+    assert [int(e.id.rsplit("/", 1)[1]) for e in examples] == firsts
+    assert [e.meta["problem"] for e in examples] == [stream[i] for i in firsts]
+    plain_sums = one_digit | {"allow_negation": False, "allow_parentheses": False}  # 100 sums, few phrasings
+    with pytest.raises(TaskError, match=r"rg_basic_arithmetic: only \d+ distinct problems in 12800 drawn.*limit 200"):
+        load_examples(TaskSpec("rg_basic_arithmetic", limit=200, options=plain_sums))
 
 
 def test_generator_options_are_refused_where_they_mean_nothing_and_named_where_wrong():
@@ -154,7 +172,8 @@ def test_skip_eval_problems_keeps_the_size_and_leaves_every_evaluation_question_
     expected = [r["problem"] for r in plain if r["problem"] not in eval_questions]
     assert [r["problem"] for r in rows][:len(expected)] == expected
     with pytest.raises(TaskError, match=r"gives only \d+ prompt\(s\) outside the evaluation tasks"):
-        # without signs and brackets there are 100 one-digit sums, and 3,000 evaluation draws hold them all
+        # without signs and brackets there are 100 one-digit sums (121 questions with the phrasings): an
+        # evaluation of all of them leaves RL nothing
         plain_sums = one_digit | {"allow_negation": False, "allow_parentheses": False}
         build_rows(PromptsConfig(generators=[GeneratorSpec(size=8, options=plain_sums)], skip_eval_problems=True),
-                   [TaskSpec("rg_basic_arithmetic", limit=3000, options=plain_sums)])
+                   [TaskSpec("rg_basic_arithmetic", limit=121, options=plain_sums)])
