@@ -124,4 +124,6 @@ class HeldoutCurve(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs is not None and self.pending is not None:
             logs["heldout_nll"] = self.pending
+            if state.log_history and state.log_history[-1].get("step") == state.global_step:
+                state.log_history[-1]["heldout_nll"] = self.pending  # appended just before on_log: keep it too
             self.pending = None

@@ -170,5 +170,6 @@ def run_sft(
             curve = [HeldoutCurve(prepare_rows(model_name, heldout)[0], cfg.heldout_every, out_dir / CURVE_FILE)]
         return build_trainer(model_name, dataset, cfg, prior, out_dir, [*curve, *callbacks], sharding)
 
-    return train_to_final("SFT", out_dir, build, lambda trainer, result: {"method": cfg.method, "rule": asdict(rule)},
+    return train_to_final("SFT", out_dir, build, lambda trainer, result: {"method": cfg.method, "rule": asdict(rule),
+                                                       "log_history": trainer.state.log_history},
                           "prift_sft.json", keep_checkpoints=cfg.keep_checkpoints, sharding=sharding)

@@ -120,6 +120,8 @@ def test_the_sft_curve_logs_the_float64_heldout_nll_every_k_steps_and_leaves_tra
     assert [(s, m["heldout_nll"]) for s, m in logged if "heldout_nll" in m] == [(2, curve["2"]), (4, curve["4"])]
     assert curve["4"] == pytest.approx(float64_nll(str(final), heldout)[0], rel=1e-5)  # the final weights' NLL
     assert curve["2"] != curve["4"]
+    kept = json.loads((final / "prift_sft.json").read_text())["log_history"]  # the report's source for curves
+    assert [(e["step"], e["heldout_nll"]) for e in kept if "heldout_nll" in e] == [(2, curve["2"]), (4, curve["4"])]
 
     plain = run_sft(tiny_model, data, PriorConfig(), dataclasses.replace(cfg, heldout_every=0), tmp_path / "plain")
     with_curve, without = load_file(final / "model.safetensors"), load_file(plain / "model.safetensors")

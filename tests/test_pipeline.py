@@ -34,6 +34,7 @@ def test_whole_pipeline_outputs_manifest_and_mlflow(tiny_model, sft_file, tmp_pa
     config = tiny_pipeline(tiny_model, sft_file, storage)
     config["data"]["limit"] = 48  # and the last 16 rows are held out
     config["heldout"] = {"path": sft_file, "skip": 48, "max_length": 64}
+    config["sft"]["heldout_every"] = 2  # the overfitting curve: steps 2 and 4 of 4
     path = write_config(tmp_path, config)
     assert main(["run", path]) == 0
     printed = capsys.readouterr().out
@@ -54,6 +55,9 @@ def test_whole_pipeline_outputs_manifest_and_mlflow(tiny_model, sft_file, tmp_pa
             summary = json.loads((run / "eval" / model / "summary.json").read_text())
             assert set(summary["tasks"]) == {"gsm8k", "mmlu_medical"}
             assert summary["heldout"]["heldout_rows"] == 16 and summary["heldout"]["heldout_nll"] > 0
+        curve = json.loads((run / "sft" / "heldout_curve.json").read_text())
+        final_nll = json.loads((run / "eval" / "sft" / "summary.json").read_text())["heldout"]["heldout_nll"]
+        assert list(curve) == ["2", "4"] and curve["4"] == pytest.approx(final_nll, rel=1e-5)  # the same weights
 
     client, all_runs = mlflow_runs(storage)
     assert client.get_experiment_by_name("tiny").tags["mlflow.experimentKind"] == "custom_model_development"
@@ -69,6 +73,8 @@ def test_whole_pipeline_outputs_manifest_and_mlflow(tiny_model, sft_file, tmp_pa
             continue
         children = [r for r in all_runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
         assert sorted(r.data.tags["stage"] for r in children) == ["eval_rl", "eval_sft", "rl", "sft"]
+        sft_run = next(r for r in children if r.data.tags["stage"] == "sft")
+        assert [m.step for m in client.get_metric_history(sft_run.info.run_id, "heldout_nll")] == [2, 4]
         assert parent.data.tags["status"] == "finished"
         assert "eval/rl/gsm8k/avg_at_2" in parent.data.metrics
         assert parent.data.metrics["eval/sft/heldout_nll"] > 0 and "eval/rl/heldout_nll" in parent.data.metrics

@@ -23,6 +23,11 @@ LOGS = {("sft", 0): [(1, 0.10, 20.0), (2, 0.30, 18.0), (3, 0.50, 16.0)],
         ("prift_mass", 1): [(1, 0.60, 26.0), (2, 0.70, 20.0), (3, 0.90, 18.0)]}  # (step, reward, mean length)
 
 
+def sft_curve(method: str, seed: int) -> dict[int, float]:
+    """The held-out NLL logged during SFT (sft.heldout_every = 4): plain SFT turns up after step 4."""
+    return {4: 1.2 + 0.1 * seed, 8: 1.5 + 0.1 * seed} if method == "sft" else {4: 1.1 + 0.1 * seed, 8: 1.0 + 0.1 * seed}
+
+
 def scores(solved: int) -> list[list[float]]:
     return [[float(p < solved), float(p < solved + 3)] for p in range(PROBLEMS)]
 
@@ -70,6 +75,11 @@ def build_sweep(root, model: str, tracker=None):
         (folder / "manifest.json").write_text(json.dumps(manifest))
         for stage in ("sft", "rl"):
             write_eval(folder / "eval" / stage, scores(SOLVED[(method, seed, stage)]), heldout(method, seed, stage))
+        (folder / "sft" / "final").mkdir(parents=True)
+        (folder / "sft" / "heldout_curve.json").write_text(json.dumps({str(k): v for k, v in sft_curve(method,
+                                                                                                       seed).items()}))
+        (folder / "sft" / "final" / "prift_sft.json").write_text(json.dumps(
+            {"log_history": [{"step": s, "loss": 2.0 / s} for s in (4, 8)]}))
         ok = (method, seed) not in NO_SIGNAL
         (folder / "rl" / "final").mkdir(parents=True)
         (folder / "rl" / "final" / "prift_rl.json").write_text(json.dumps(
@@ -114,7 +124,7 @@ def avg(solved: int) -> float:
 
 def test_rl_curves_are_the_logged_mean_and_std_and_flag_runs_without_signal(report):
     from workflows.report.collect import RL_CURVES, collect, rl_history
-    from workflows.report.figures import method_colour, rl_curves_figure
+    from workflows.report.figures import method_colour, curves_figure
 
     sweep, text, _ = report
     assert (sweep / "report" / "rl_curves.png").stat().st_size > 5000
@@ -125,7 +135,7 @@ def test_rl_curves_are_the_logged_mean_and_std_and_flag_runs_without_signal(repo
         assert source == "rl/checkpoints/checkpoint-3/trainer_state.json" and "kl" not in history
         entry = per_method.setdefault(r.method, {"ok": [], "flagged": []})
         entry["flagged" if r.rl_without_signal else "ok"].append((r.seed, history) if r.rl_without_signal else history)
-    fig = rl_curves_figure(per_method, RL_CURVES, 0.0)
+    fig = curves_figure(per_method, RL_CURVES, 0.0)
     reward, kl, length = fig.axes
     lines = {line.get_label(): line for line in reward.get_lines()}
     mass = lines["prift_mass (2 seeds)"]
@@ -171,6 +181,31 @@ def test_heldout_loss_table_is_the_mean_and_std_over_seeds_of_each_model(report)
         expected = f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f}"
         assert rows[f"{method} (sft)"] == ["2", "640", expected]
     assert "base" not in rows  # the base summary has no held-out loss: no row, not a zero
+
+
+def test_the_sft_curve_section_gives_each_methods_heldout_nll_by_step_and_its_rise_from_the_lowest(report):
+    sweep, text, _ = report
+    block = text.split("### During SFT\n\n", 1)[1].split("\n\n", 2)[1].splitlines()
+    rows = {r[0]: r[1:] for r in ([c.strip() for c in line.strip("|").split("|")] for line in block[2:])}
+    assert block[0] == "| method | step 4 | step 8 | lowest at | last - lowest |"  # no base NLL: no step 0
+    for method, lowest in (("sft", 4), ("prift_mass", 8)):
+        cells = []
+        for step in (4, 8):
+            values = [sft_curve(method, seed)[step] for seed in (0, 1)]
+            cells.append(f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f}")
+        means = {step: np.mean([sft_curve(method, seed)[step] for seed in (0, 1)]) for step in (4, 8)}
+        assert rows[method] == [*cells, str(lowest), f"{means[8] - means[lowest]:+.4f}"]
+    assert (sweep / "report" / "sft_curves.png").exists() and "![sft curves](sft_curves.png)" in text
+
+
+def test_the_sft_history_starts_at_the_base_models_heldout_nll(tmp_path):
+    from workflows.report.collect import Run, sft_history
+
+    (tmp_path / "sft").mkdir()
+    (tmp_path / "sft" / "heldout_curve.json").write_text(json.dumps({"2": 1.25, "4": 1.5}))
+    history, source = sft_history(Run(tmp_path, "sft", 0, {}, manifest={}), None, base_nll=1.4)
+    assert history == {"heldout_nll": {0: 1.4, 2: 1.25, 4: 1.5}}
+    assert source == "none (no SFT checkpoint kept and no MLflow run) and sft/heldout_curve.json"
 
 
 def test_findings_name_only_differences_whose_interval_excludes_zero(report):

@@ -10,12 +10,12 @@ from pathlib import Path
 
 from common import atomic
 from evals.metrics import pick
-from workflows.report.collect import (RL_CURVES, Run, base_samples, collect, distinct_answers, rl_history,
-                                      rows_by_problem,
-                                      token_entropy)
+from workflows.report.collect import (RL_CURVES, SFT_CURVES, Run, base_samples, collect, distinct_answers,
+                                      rl_history, rows_by_problem, sft_history, token_entropy)
 from workflows.report.stats import pass_at_k_curve
 from workflows.report.tables import (BOOTSTRAP_NOTE, HELDOUT_NOTE, SCORING_NOTE, comparison_table, comparisons,
-                                     domain_interval_table, drift_table, findings, groups, heldout_table,
+                                     domain_interval_table, drift_table, findings, groups, heldout_curve_table,
+                                     heldout_table,
                                      interval_of_run, markdown_table, method_table, rests_on, rl_change_tables,
                                      rl_changes, run_change, runs_section, sample_sizes, task_interval_tables)
 
@@ -41,6 +41,7 @@ def write_report(sweep: Path, *, kl_texts: int = 8, kl_max_tokens: int = 96, tok
              f"seeds {sorted({r.seed for r in runs})}. Values in %.", "", findings(found, changes)]
     parts += runs_section(runs, config)
     parts += tables_section(runs, base, rows, out)
+    parts += sft_curves_section(runs, rows, out, tracking_uri(sweep.parent))
     parts += comparisons_section(found)
     parts += rl_section(runs, config, changes, sample_sizes(rows), out, tracking_uri(sweep.parent))
     eval_dirs = {(r.method, r.seed): r.folder / "eval" for r in runs} | {("base", None): sweep / "base" / "eval"}
@@ -78,14 +79,32 @@ def tables_section(runs: list[Run], base: dict | None, rows, out: Path) -> list[
             rests_on(summaries) + " Mean ± std over seeds; no ± with one seed.",
             "", "![comparison](comparison.png)",
             "", "## Per task, with 95% intervals", "", BOOTSTRAP_NOTE, *task_interval_tables(rows),
-            "", "## Avg@n per domain, with 95% intervals", "", *domain_interval_table(rows), *heldout_section(rows)]
+            "", "## Avg@n per domain, with 95% intervals", "", *domain_interval_table(rows)]
 
 
-def heldout_section(rows) -> list[str]:
+def sft_curves_section(runs: list[Run], rows, out: Path, uri: str) -> list[str]:
+    """The held-out SFT loss of every evaluated model, and where the sweep logged it
+    (`sft.heldout_every`) its curve during SFT with the training loss beside it."""
+    from workflows.report.figures import curves_figure, save
+
     table = heldout_table(rows)
-    if table is None:
-        return []
-    return ["", "## Held-out SFT loss", "", HELDOUT_NOTE, "", table]
+    parts = [] if table is None else ["", "## Held-out SFT loss", "", HELDOUT_NOTE, "", table]
+    base = [s["heldout"]["heldout_nll"] for g in rows if g.stage == "base" for s in g.summaries if "heldout" in s]
+    per_method: dict[str, dict] = {}
+    for r in runs:
+        history, _ = sft_history(r, uri, base[0] if base else None)
+        per_method.setdefault(r.method, {"ok": [], "flagged": []})["ok"].append(history)
+    curve_table = heldout_curve_table({m: [h.get("heldout_nll", {}) for h in e["ok"]] for m, e in per_method.items()})
+    if curve_table is None:
+        return parts
+    save(curves_figure(per_method, SFT_CURVES, None, stage="SFT", title="SFT on the training rows"),
+         out / "sft_curves.png")
+    return parts + ["", "### During SFT", "",
+                    "The held-out NLL every `sft.heldout_every` steps (step 0: the base model), mean ± std over "
+                    "seeds. Plain SFT overfits where the held-out NLL rises from its lowest point while the "
+                    "training loss still falls. The training loss is each method's own weighted loss, so "
+                    "its level is not comparable across methods.", "", curve_table, "",
+                    "![sft curves](sft_curves.png)"]
 
 
 def seed_values(summaries: list[dict], tasks: list[str], metric: str) -> dict[str, list[float]]:
@@ -106,7 +125,7 @@ def comparisons_section(found) -> list[str]:
 
 def rl_section(runs: list[Run], config: dict, changes, sizes: dict, out: Path, uri: str) -> list[str]:
     """RL from each initialization: the GRPO curves per method and the SFT -> RL tables."""
-    from workflows.report.figures import rl_curves_figure, save
+    from workflows.report.figures import curves_figure, save
 
     with_rl = [r for r in runs if r.manifest.get("stages", {}).get("rl", {}).get("status") == "done"]
     if not with_rl:
@@ -122,7 +141,7 @@ def rl_section(runs: list[Run], config: dict, changes, sizes: dict, out: Path, u
         else:
             entry["ok"].append(history)
     beta = config.get("rl", {}).get("beta", 0.0)
-    save(rl_curves_figure(per_method, RL_CURVES, beta), out / "rl_curves.png")
+    save(curves_figure(per_method, RL_CURVES, beta), out / "rl_curves.png")
     parts = ["", "## RL from each SFT initialization", "",
              "GRPO curves by step, mean ± std over the seeds of each method (runs without a learning signal "
              "drawn dashed, not averaged in). " + ("KL to the SFT start is not logged: rl.beta is 0, so GRPO has "

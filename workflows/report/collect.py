@@ -32,6 +32,10 @@ RL_CURVES = {"reward": "reward", "kl": "kl", "completions/mean_length": "complet
 """The GRPO curves the report draws: TRL 1.16's GRPOTrainer log keys and their axis labels. TRL
 logs `kl` only when `rl.beta` > 0 (there is no KL term otherwise)."""
 
+SFT_CURVES = {"loss": "training loss (the method's own)", "heldout_nll": "held-out NLL (nats/token)"}
+"""The SFT curves the report draws: the trainer's loss (each method's weighted loss, so not
+comparable across methods) and the unweighted held-out NLL of `sft.heldout_every`."""
+
 
 @dataclass
 class Run:
@@ -193,14 +197,14 @@ def token_entropy(rows: dict[str, dict[str, list[dict]]]) -> dict[str, dict[str,
     return out
 
 
-def rl_history(run: Run, uri: str | None) -> tuple[dict[str, dict[int, float]], str]:
-    """The RL stage's logged curves {TRL log key: {step: value}} for the keys of `RL_CURVES`, and
-    where they came from: the trainer's log_history that the finished stage keeps in
-    rl/final/prift_rl.json; for a run from before it did, trainer_state.json of the newest RL
-    checkpoint if kept, else the metric history of the RL stage's MLflow run (the pipeline logs
-    every trainer log line there, by step) when `uri` is given; else {}."""
-    summary = run.folder / "rl" / "final" / "prift_rl.json"
-    states = sorted((run.folder / "rl" / "checkpoints").glob("checkpoint-*/trainer_state.json"),
+def stage_history(run: Run, stage: str, keys, uri: str | None) -> tuple[dict[str, dict[int, float]], str]:
+    """A training stage's logged curves {log key: {step: value}} for `keys`, and where they came
+    from: the trainer's log_history that the finished stage keeps in <stage>/final/prift_<stage>.json;
+    for a run from before it did, trainer_state.json of the stage's newest checkpoint if kept, else
+    the metric history of the stage's MLflow run (the pipeline logs every trainer log line there, by
+    step) when `uri` is given; else {}."""
+    summary = run.folder / stage / "final" / f"prift_{stage}.json"
+    states = sorted((run.folder / stage / "checkpoints").glob("checkpoint-*/trainer_state.json"),
                     key=lambda p: int(re.sub(r"\D", "", p.parent.name) or 0))
     for source in ([summary] if summary.exists() else []) + states[-1:]:
         entries = json.loads(source.read_text()).get("log_history")
@@ -208,16 +212,37 @@ def rl_history(run: Run, uri: str | None) -> tuple[dict[str, dict[int, float]], 
             continue
         history: dict[str, dict[int, float]] = {}
         for entry in entries:
-            for key in RL_CURVES:
+            for key in keys:
                 if key in entry and "step" in entry:
                     history.setdefault(key, {})[int(entry["step"])] = float(entry[key])
         return history, str(source.relative_to(run.folder))
-    run_id = run.manifest.get("stages", {}).get("rl", {}).get("mlflow_run_id")
+    run_id = run.manifest.get("stages", {}).get(stage, {}).get("mlflow_run_id")
     if uri and run_id:
         from workflows.tracking import metric_histories
 
         try:
-            return metric_histories(uri, run_id, list(RL_CURVES)), f"MLflow run {run_id}"
+            return metric_histories(uri, run_id, list(keys)), f"MLflow run {run_id}"
         except Exception as e:  # a store that is gone or unreachable: the report is still written
-            log.warning("report: no RL curves for %s from MLflow (%s: %s)", run.folder.name, type(e).__name__, e)
-    return {}, "none (no RL checkpoint kept and no MLflow run)"
+            log.warning("report: no %s curves for %s from MLflow (%s: %s)", stage, run.folder.name,
+                        type(e).__name__, e)
+    return {}, f"none (no {stage.upper()} checkpoint kept and no MLflow run)"
+
+
+def rl_history(run: Run, uri: str | None) -> tuple[dict[str, dict[int, float]], str]:
+    """The RL stage's curves for the keys of `RL_CURVES` (see `stage_history`)."""
+    return stage_history(run, "rl", RL_CURVES, uri)
+
+
+def sft_history(run: Run, uri: str | None, base_nll: float | None) -> tuple[dict[str, dict[int, float]], str]:
+    """The SFT stage's curves for the keys of `SFT_CURVES`: the training loss as logged (see
+    `stage_history`), the held-out NLL from sft/heldout_curve.json (`sft.heldout_every`), which
+    starts at step 0 from `base_nll`, the base model's own (every method starts from it)."""
+    from prift.heldout import CURVE_FILE
+
+    history, source = stage_history(run, "sft", ["loss"], uri)
+    curve = run.folder / "sft" / CURVE_FILE
+    if curve.exists():
+        points = {int(k): float(v) for k, v in json.loads(curve.read_text()).items()}
+        history["heldout_nll"] = ({0: base_nll} if base_nll is not None else {}) | points
+        source += f" and sft/{CURVE_FILE}"
+    return history, source

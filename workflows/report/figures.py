@@ -93,11 +93,13 @@ def comparison_figure(bars: list[dict], tasks: list[str], sizes: dict[str, tuple
     return fig
 
 
-def rl_curves_figure(per_method: dict[str, dict], labels: dict[str, str], beta: float | None):
-    """GRPO curves by step, one panel per logged key (`labels`: TRL key -> axis label), methods
-    overlaid. `per_method`: {method: {"ok": [history per seed], "flagged": [(seed, history)]}}, a
-    history {key: {step: value}}. Runs with a learning signal: mean line, ± std band (2+ seeds);
-    runs without one: their own dashed line, labelled, not in the mean."""
+def curves_figure(per_method: dict[str, dict], labels: dict[str, str], beta: float | None, stage: str = "GRPO",
+                  title: str = "GRPO from each SFT initialization"):
+    """Training curves by step (GRPO's, or SFT's with `stage`="SFT"), one panel per logged key
+    (`labels`: log key -> axis label), methods overlaid. `per_method`: {method: {"ok": [history
+    per seed], "flagged": [(seed, history)]}}, a history {key: {step: value}}. Runs with a learning
+    signal: mean line, ± std band (2+ seeds); runs without one: their own dashed line, labelled, not
+    in the mean."""
     keys = list(labels)
     fig, axes = plt.subplots(1, len(keys), figsize=(4.6 * len(keys), 3.8), squeeze=False)
     for ax, key in zip(axes[0], keys):
@@ -119,7 +121,7 @@ def rl_curves_figure(per_method: dict[str, dict], labels: dict[str, str], beta: 
                     ax.plot(steps, [h[key][s] for s in steps], color=colour, ls="--", lw=1,
                             label=f"{method} seed {seed}: no learning signal")
                     drawn = True
-        ax.set_xlabel("GRPO step")
+        ax.set_xlabel(f"{stage} step")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(labels[key])
         if not drawn:
@@ -131,7 +133,7 @@ def rl_curves_figure(per_method: dict[str, dict], labels: dict[str, str], beta: 
         else:
             ax.legend(fontsize=7)
         ax.set_title({"kl": "KL to the SFT start"}.get(key, labels[key]), fontsize=9)
-    fig.suptitle("GRPO from each SFT initialization: mean ± std over seeds (band only with 2+ seeds)", fontsize=10)
+    fig.suptitle(f"{title}: mean ± std over seeds (band only with 2+ seeds)", fontsize=10)
     fig.tight_layout()
     return fig
 

@@ -14,7 +14,7 @@ from evals.metrics import pick
 from evals.tasks import TASKS
 from workflows.report.collect import STAGES, Run
 from workflows.report.stats import (RESAMPLES, SEED, Interval, bootstrap_mean, cell_interval, change_interval,
-                                    mean_std, paired_difference, pooled_counts, score_matrix, shared_problems)
+                                    curve, mean_std, paired_difference, pooled_counts, score_matrix, shared_problems)
 from workflows.rundir import run_label
 
 BASELINE = "sft"
@@ -387,6 +387,32 @@ def heldout_table(rows: list[Group]) -> str | None:
     if not lines:
         return None
     return "\n".join(["| model | seeds | tokens | held-out NLL (nats/token) |", "|---|---|---|---|", *lines])
+
+
+def heldout_curve_table(per_method: dict[str, list[dict[int, float]]]) -> str | None:
+    """Method x SFT step of the held-out NLL curve (`sft.heldout_every`): mean ± std over seeds, and
+    per method the step where the mean is lowest and how far the last step's mean lies above it
+    (plain SFT overfits where that rise is positive); None when no run logged the curve.
+
+    >>> print(heldout_curve_table({"sft": [{0: 1.4, 4: 1.1, 8: 1.2}]}))
+    | method | step 0 | step 4 | step 8 | lowest at | last - lowest |
+    |---|---|---|---|---|---|
+    | sft | 1.4000 | 1.1000 | 1.2000 | 4 | +0.1000 |
+    """
+    per_method = {m: [h for h in hs if h] for m, hs in per_method.items()}
+    per_method = {m: hs for m, hs in per_method.items() if hs}
+    if not per_method:
+        return None
+    steps = sorted({s for hs in per_method.values() for h in hs for s in h})
+    lines = ["| method | " + " | ".join(f"step {s}" for s in steps) + " | lowest at | last - lowest |",
+             "|---|" + "---|" * (len(steps) + 2)]
+    for method, histories in sorted(per_method.items()):
+        got, means, stds, _ = curve(histories)
+        cells = dict(zip(got, (f"{m:.4f}" + (f" ± {sd:.4f}" if sd is not None else "") for m, sd in zip(means, stds))))
+        low = min(range(len(means)), key=means.__getitem__)
+        lines.append(f"| {method} | " + " | ".join(cells.get(s, "-") for s in steps)
+                     + f" | {got[low]} | {means[-1] - means[low]:+.4f} |")
+    return "\n".join(lines)
 
 
 def sample_sizes(rows: list[Group]) -> dict[str, tuple[int, int]]:
