@@ -188,7 +188,7 @@ def generate_problems(dataset: str, size: int, seed: int, options: dict, field_n
 def distinct_problems(dataset: str, size: int, seed: int, options: dict, field_name: str) -> list[tuple[int, dict]]:
     """The first `size` distinct questions of the generator's stream from `seed`, each with its
     position in the stream (its stable id). A small problem space repeats itself: 400 one-digit sums
-    drawn from seed 0 hold only 312 distinct questions, and a repeated question scored greedily is
+    drawn from seed 1000 hold only 312 distinct questions, and a repeated question scored greedily is
     the same answer counted twice, which makes an interval too narrow. The stream is drawn at
     2x, 4x, ... 64x `size` until enough are distinct (reasoning-gym's item i depends on the seed and
     i only, so a longer draw extends a shorter one); a space too small for `size` is a TaskError."""
