@@ -1,8 +1,9 @@
 """Plain functions several test modules share (fixtures live in conftest.py): a tiny sweep's config,
 writing it, reading its MLflow runs, reading a trained folder's logs and weights, and a scripted
-generation backend for the eval stage."""
+generation backend for the eval stage, and stopping one Ray cluster of the several a host may run."""
 
 import json
+import os
 
 import yaml
 
@@ -71,3 +72,39 @@ class Scripted(Generator):
 
     def generate(self, prompts, sampling, stop=()):
         return [[written(self.tokenizer, text, finish) for text, finish in self.outs] for _ in prompts]
+
+
+def stop_ray_cluster(temp_dir: str, gcs_port: int, grace_s: float = 10.0) -> None:
+    """Stop the Ray cluster that `ray start --head --temp-dir=<temp_dir> --port=<gcs_port>` began, and no other.
+
+    `ray stop --force` kills every Ray process on the host, another sweep's included. This cluster's
+    processes name its temp dir on their command line (the client server names its GCS address
+    instead); their children (the raylet's agents and workers) go with them.
+    """
+    import psutil
+
+    def ours(proc) -> bool:
+        try:
+            args = proc.cmdline()
+        except psutil.Error:
+            return False
+        return proc.pid != os.getpid() and any(
+            temp_dir in a or (a.startswith("--address=") and a.endswith(f":{gcs_port}")) for a in args)
+
+    procs = {}
+    for root in filter(ours, psutil.process_iter()):
+        try:
+            procs.update({p.pid: p for p in [root, *root.children(recursive=True)]})
+        except psutil.NoSuchProcess:
+            continue
+    for proc in procs.values():
+        try:
+            proc.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs.values(), timeout=grace_s)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass

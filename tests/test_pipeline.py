@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoConfig
 
-from helpers import mlflow_runs, tiny_pipeline, write_config
+from helpers import mlflow_runs, stop_ray_cluster, tiny_pipeline, write_config
 from workflows.cli import main
 
 
@@ -244,7 +244,9 @@ def test_ray_job_submit_runs_the_pipeline_on_a_cluster(tiny_model, sft_file, tmp
     """`ray start --head` on loopback, `ray job submit` of the tiny pipeline, job succeeds, cluster stopped."""
     import os
     import secrets
+    import shutil
     import sys
+    import tempfile
 
     repo = Path(__file__).resolve().parents[1]
     storage = tmp_path / "store"
@@ -259,11 +261,16 @@ def test_ray_job_submit_runs_the_pipeline_on_a_cluster(tiny_model, sft_file, tmp
     env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ["PATH"], "RAY_USAGE_STATS_ENABLED": "0",
            "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
     env.pop("MLFLOW_TRACKING_URI", None)
-    port, dashboard = _free_port(), _free_port()
+    port, dashboard, client, agent = (_free_port() for _ in range(4))
     ray = str(Path(bin_dir) / "ray")
+    # A cluster beside any other Ray on the host: ports of its own where Ray's are fixed (the job
+    # agent's 52365 taken by another cluster leaves this head "No available agent to submit job"), and
+    # a temp dir of its own (short: Ray's socket paths must fit 107 bytes) to stop this cluster only.
+    ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")
     subprocess.run([ray, "start", "--head", f"--port={port}", "--num-cpus=2", "--dashboard-host=127.0.0.1",
-                    f"--dashboard-port={dashboard}", "--disable-usage-stats"], env=env, check=True, timeout=180,
-                   capture_output=True)
+                    f"--dashboard-port={dashboard}", f"--ray-client-server-port={client}",
+                    f"--dashboard-agent-listen-port={agent}", f"--temp-dir={ray_tmp}", "--disable-usage-stats"],
+                   env=env, check=True, timeout=180, capture_output=True)
     try:
         env["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{dashboard}"
         job = subprocess.run([ray, "job", "submit", "--working-dir", str(repo), "--", "python",
@@ -272,7 +279,8 @@ def test_ray_job_submit_runs_the_pipeline_on_a_cluster(tiny_model, sft_file, tmp
         assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
         assert "succeeded" in (job.stdout + job.stderr).lower()
     finally:
-        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        stop_ray_cluster(ray_tmp, port)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     run = next(p for p in (storage / "tiny").iterdir() if p.name.startswith("sft-"))
     manifest = json.loads((run / "manifest.json").read_text())
     assert {k: v["status"] for k, v in manifest["stages"].items()} == {"sft": "done", "eval_sft": "done"}
