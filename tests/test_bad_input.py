@@ -142,6 +142,9 @@ def test_a_hub_id_offline_says_the_hub_is_unreachable_and_how_to_use_a_local_fol
         raise huggingface_hub.errors.OfflineModeIsEnabled("offline mode is enabled")
 
     monkeypatch.setattr(huggingface_hub, "model_info", offline)
+    # Once the hub has refused the model, no later check asks it again (a tokenizer's download
+    # retries waited out 46 s of network timeouts before the message came).
+    monkeypatch.setattr("evals.stage.load_tokenizer", lambda *a, **k: pytest.fail("asked the hub again"))
     config["model"] = "no-such-org/no-such-model"
     err = refused(command, config, tmp_path, capsys)
     assert "the Hugging Face hub is unreachable" in err and "point model at a local model folder" in err

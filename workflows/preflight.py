@@ -55,6 +55,8 @@ def preflight(cfg: RunConfig) -> None:
     if not problems:  # the network only for a config nothing cheaper refused
         for check in (check for check in CONTENT_CHECKS if hub[check]):
             problems += _online(cfg, check, hub[check])
+            if problems:  # the next hub check would wait out the same network's retries (46 s for a tokenizer)
+                break
     if not problems:  # last: it loads the model, which bad input must never get to
         problems += check_weight_sync(cfg)
     if problems:
