@@ -55,6 +55,20 @@ def row_nll(logprob: np.ndarray, response_mask: list[int]) -> tuple[float, int]:
     return float(-np.asarray(logprob[1:], dtype=np.float64)[mask].sum()), int(mask.sum())
 
 
+def nll_metrics(lm, rows: list[dict], what: str, progress: bool = True) -> dict:
+    """The held-out metrics of the loaded model `lm` on tokenized `rows`; FloatingPointError naming
+    `what` if any is not finite."""
+    scored = score_rows(lm, rows, PriorConfig(), progress=progress)
+    per_row = [row_nll(s["logprob"], r["response_mask"]) for s, r in zip(scored, rows)]
+    tokens = sum(n for _, n in per_row)
+    metrics = {"heldout_nll": sum(t for t, _ in per_row) / tokens,
+               "heldout_nll_row_mean": float(np.mean([t / n for t, n in per_row])),
+               "heldout_tokens": tokens, "heldout_rows": len(rows)}
+    if not all(math.isfinite(v) for v in metrics.values()):
+        raise FloatingPointError(f"{what} is not finite: {metrics}")
+    return metrics
+
+
 def heldout_nll(model: str, data: DataConfig, out_dir: str | Path) -> dict:
     """`model`'s held-out metrics on `data` (see the module docstring), written to out_dir/heldout_nll.json."""
     path = Path(out_dir) / HELDOUT_FILE
@@ -65,21 +79,14 @@ def heldout_nll(model: str, data: DataConfig, out_dir: str | Path) -> dict:
         log.info("held-out NLL: already done for this model and data (%s), skipped", path)
         return done["metrics"]
     lm = load_causal_lm(model, device=default_device()).eval()  # float32: an NLL to compare across models
-    scored = score_rows(lm, rows, PriorConfig())
-    per_row = [row_nll(s["logprob"], r["response_mask"]) for s, r in zip(scored, rows)]
-    tokens = sum(n for _, n in per_row)
-    metrics = {"heldout_nll": sum(t for t, _ in per_row) / tokens,
-               "heldout_nll_row_mean": float(np.mean([t / n for t, n in per_row])),
-               "heldout_tokens": tokens, "heldout_rows": len(rows)}
-    if not all(math.isfinite(v) for v in metrics.values()):
-        raise FloatingPointError(f"held-out NLL of {model} is not finite: {metrics}")
+    metrics = nll_metrics(lm, rows, f"held-out NLL of {model}")
+    tokens = metrics["heldout_tokens"]
     path.parent.mkdir(parents=True, exist_ok=True)  # in a pipeline it may run before any eval task made the folder
     atomic.write_text(path, json.dumps({"key": key, "model": model, "metrics": metrics, "data": asdict(data)},
                                        indent=2))
     log.info("held-out NLL of %s: %.4f nats/token over %d tokens of %d rows", model, metrics["heldout_nll"],
              tokens, len(rows))
     return metrics
-
 
 
 class HeldoutCurve(TrainerCallback):
@@ -104,13 +111,9 @@ class HeldoutCurve(TrainerCallback):
         was_training = model.training
         model.eval()
         with torch.no_grad():
-            scored = score_rows(model, self.rows, PriorConfig(), progress=False)
+            metrics = nll_metrics(model, self.rows, "held-out NLL during SFT", progress=False)
         model.train(was_training)
-        per_row = [row_nll(s["logprob"], r["response_mask"]) for s, r in zip(scored, self.rows)]
-        value = sum(t for t, _ in per_row) / sum(n for _, n in per_row)
-        if not math.isfinite(value):
-            raise FloatingPointError(f"held-out NLL is not finite at this step: {value}")
-        return value
+        return metrics["heldout_nll"]
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if state.global_step % self.every or not state.is_world_process_zero:
