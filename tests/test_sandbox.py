@@ -335,20 +335,34 @@ def test_process_limit_binds_as_this_user():
 # only root may enter (/root/.pyenv): a private tmpfs over that directory shows just the Python
 # installation again, at the same path. The kernel's answer is probed as nobody, too.
 AS_NOBODY = """
-import ctypes, json, os, sys
+import ctypes, json, os, stat, sys
 libc = ctypes.CDLL(None, use_errno=True)
-prefix = os.path.realpath(sys.base_prefix)
-parts = prefix.split("/")
-closed = next(("/".join(parts[:i]) for i in range(2, len(parts) + 1)
-               if not os.stat("/".join(parts[:i])).st_mode & 1), None)
+# nobody must reach the interpreter, the virtual environment and this checkout. A directory on their
+# paths that others cannot enter (a 0700 /root, or a `mktemp -d` clone) is opened, in a mount
+# namespace of this process only, by covering it with a 0755 tmpfs that binds its entries back.
+needed = [os.path.realpath(p) for p in (sys.base_prefix, sys.prefix, os.getcwd())]
+walk = sorted({"/".join(p.split("/")[:i]) for p in needed for i in range(2, p.count("/") + 2)}, key=len)
+closed = [d for d in walk if os.stat(d).st_mode & (5 if d in needed else 1) != (5 if d in needed else 1)]
 if closed:
     if libc.unshare(0x00020000) != 0 or libc.mount(None, b"/", None, 16384 | (1 << 18), None) != 0:
         print(json.dumps({"setup": f"no mount namespace for root: {os.strerror(ctypes.get_errno())}"}))
         sys.exit()
-    keep = os.open(prefix, os.O_PATH)  # in the new mount namespace: a bind source must be in it
-    assert libc.mount(b"tmpfs", closed.encode(), b"tmpfs", 0, b"mode=0755") == 0
-    os.makedirs(prefix)
-    assert libc.mount(f"/proc/self/fd/{keep}".encode(), prefix.encode(), None, 4096, None) == 0
+    for d in closed:  # parents first: a child opened later is reached through its parent's bind
+        names = os.listdir(d)
+        kept = {n: os.open(os.path.join(d, n), os.O_PATH | os.O_NOFOLLOW) for n in names}
+        links = {n: os.readlink(os.path.join(d, n)) for n in names if os.path.islink(os.path.join(d, n))}
+        assert libc.mount(b"tmpfs", d.encode(), b"tmpfs", 0, b"mode=0755") == 0
+        for n, fd in kept.items():
+            target = os.path.join(d, n)
+            if n in links:
+                os.symlink(links[n], target)
+                continue
+            if stat.S_ISDIR(os.stat(f"/proc/self/fd/{fd}").st_mode):
+                os.mkdir(target)
+            else:
+                open(target, "w").close()
+            assert libc.mount(f"/proc/self/fd/{fd}".encode(), target.encode(), None, 4096 | 16384, None) == 0, n
+    os.chdir(os.getcwd())  # the old working directory lies under the tmpfs now
 os.setgroups([])
 os.setgid(65534)
 os.setuid(65534)
