@@ -5,7 +5,7 @@
 
 Reads the run directory (the source of truth for what finished) and writes <sweep>/report/:
   report.md       the findings (generated from paired bootstrap tests), the runs, method x task
-                  tables (Avg@n mean ± std over seeds; per task Avg@n, Pass@1, Pass@n with 95%
+                  tables (Avg@n mean ± std over seeds; per task Avg@n, Pass@n with 95%
                   bootstrap intervals over problems and seeds; per domain), the method comparisons,
                   the SFT -> RL change per task, and the drift table
   comparison.png  the Avg@n table as grouped bars, one colour per method

@@ -123,9 +123,10 @@ def _ci(i: Interval | None, signed: bool = False) -> str:
     return f"{100 * i.estimate:{fmt}} [{100 * i.lo:{fmt}}, {100 * i.hi:{fmt}}]"
 
 
-METRICS = (("Avg@{n}", "score", "avg"), ("Pass@1", "score", "pass_at_1"), ("Pass@{n}", "score", "pass_at_n"),
+METRICS = (("Avg@{n}", "score", "avg"), ("Pass@{n}", "score", "pass_at_n"),
            ("Avg@{n} flexible", "score_flexible", "avg"))
-"""The per-task interval columns: header, sample score key, per-problem metric."""
+"""The per-task interval columns: header, sample score key, per-problem metric. No Pass@1: its
+unbiased estimate, c/n per problem, is Avg@n itself; Pass@n only where n > 1 (Pass@1 again)."""
 
 
 def task_samples(g: Group, task: str, key: str = "score") -> list[dict[str, list[float]]] | None:
@@ -135,7 +136,7 @@ def task_samples(g: Group, task: str, key: str = "score") -> list[dict[str, list
 
 
 def task_interval_tables(rows: list[Group]) -> list[str]:
-    """Per task: each row's Avg@n, Pass@1, Pass@n (and math's flexible Avg@n) with its interval,
+    """Per task: each row's Avg@n, Pass@n (and math's flexible Avg@n) with its interval,
     under a heading that states the problems x samples it rests on."""
     tasks = sorted({t for g in rows for s in g.samples for t in s})
     out = []
@@ -147,7 +148,7 @@ def task_interval_tables(rows: list[Group]) -> list[str]:
             continue
         n = len(present[0][1][0][problems[0]])
         columns = [(h.format(n=n), key, metric) for h, key, metric in METRICS
-                   if all(task_samples(g, task, key) for g, _ in present)]
+                   if all(task_samples(g, task, key) for g, _ in present) and (metric != "pass_at_n" or n > 1)]
         out += ["", f"### {task}: {len(problems)} problems × {n} samples per model and seed", "",
                 "| model | seeds | " + " | ".join(h for h, _, _ in columns) + " |", "|---" * (len(columns) + 2) + "|"]
         for g, _ in present:
