@@ -6,6 +6,7 @@ import math
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -66,6 +67,33 @@ def test_token_kl_is_zero_to_itself_and_matches_a_float64_reference(tiny_model, 
     expected = (reference_kl(a, b, seqs[0]) * 5 + reference_kl(a, b, seqs[1]) * 3) / 8
     assert kl(a, b) == pytest.approx(expected, rel=1e-9)
     assert kl(a, b) > 0 and kl(b, a) != pytest.approx(kl(a, b))
+
+
+def test_drift_loads_each_model_once_and_reads_its_kl_from_beside_the_weights_after(tiny_model, tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import common.models
+    from common.models import load_causal_lm
+    from workflows.report.drift import CACHE, drift, mean_token_kl, next_token_logits
+
+    trained = build_tiny_model(tmp_path / "sft" / "final", seed=1)
+    run = SimpleNamespace(method="prift_prob", seed=0, models=lambda: {"sft": Path(trained)})
+    texts = {"general": [[5, 17, 42, 99, 7, 3], [11, 12, 13, 14]]}
+    base = load_causal_lm(tiny_model).eval()
+    expected = mean_token_kl(load_causal_lm(trained).eval(), next_token_logits(base, texts["general"]),
+                             texts["general"])
+
+    first = drift([run], tiny_model, texts)
+    assert first == [{"method": "prift_prob", "stage": "sft", "seed": 0, "kl": {"general": pytest.approx(expected)}}]
+    assert (Path(trained) / CACHE).exists()
+
+    def no_loading(*a, **k):
+        raise AssertionError("a cached model was loaded again")
+
+    monkeypatch.setattr(common.models, "load_causal_lm", no_loading)
+    assert drift([run], tiny_model, texts) == first  # the weights could be gone: the cache answers
+    with pytest.raises(AssertionError, match="loaded again"):  # other texts: the cache does not hold them
+        drift([run], tiny_model, {"general": texts["general"][:1]})
 
 
 @pytest.fixture(scope="module")

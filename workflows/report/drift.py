@@ -3,16 +3,18 @@
 Two text sets: general text (the documentation of Python standard-library modules, which every
 install ships) and the sweep's eval prompts under the chat template. The paper's claim is that the
 prior keeps the model closer to its pretrained distribution. The only part of the report that
-loads models.
+loads models, each once: its KL is kept beside its weights (`CACHE`).
 """
 
 from __future__ import annotations
 
 import importlib
+import json
 import math
 
 import torch
 
+from common.digest import json_digest
 from workflows.report.collect import Run
 
 GENERAL_MODULES = ("json", "argparse", "collections", "textwrap", "random", "statistics", "fractions",
@@ -66,20 +68,34 @@ def drift_texts(base_model: str, eval_tasks: list, n: int, max_tokens: int) -> d
     return {name: seqs for name, seqs in (("general", general), ("eval_prompts", evals)) if seqs}
 
 
+CACHE = "drift_kl.json"
+"""Each model's KL to the base, kept in its checkpoint folder beside the weights, keyed by the base
+model and the texts: a second report (or one built from a sweep's results without its weights)
+reads it instead of loading the model again."""
+
+
 def drift(runs: list[Run], base_model: str, texts: dict[str, list[list[int]]]) -> list[dict]:
-    """One record per fine-tuned model: method, stage, seed and the mean token KL to the base per text set."""
+    """One record per fine-tuned model: method, stage, seed and the mean token KL to the base per
+    text set; from the model's cache (`CACHE`) where it holds these texts, else computed and cached."""
     from tqdm import tqdm
 
+    from common import atomic
     from common.models import load_causal_lm
 
-    base = load_causal_lm(base_model).eval()
-    base_logits = {name: next_token_logits(base, seqs) for name, seqs in texts.items()}
-    del base
-    out = []
+    key, base_logits, out = json_digest(base_model, texts), None, []
     todo = [(r, stage, path) for r in runs for stage, path in r.models().items()]
     for run, stage, path in tqdm(todo, desc="drift (KL to base)", unit="model"):
-        model = load_causal_lm(str(path)).eval()
-        kl = {name: mean_token_kl(model, base_logits[name], seqs) for name, seqs in texts.items()}
+        cached = json.loads((path / CACHE).read_text()) if (path / CACHE).exists() else {}
+        if cached.get("key") == key:
+            kl = cached["kl"]
+        else:
+            if base_logits is None:
+                base = load_causal_lm(base_model).eval()
+                base_logits = {name: next_token_logits(base, seqs) for name, seqs in texts.items()}
+                del base
+            model = load_causal_lm(str(path)).eval()
+            kl = {name: mean_token_kl(model, base_logits[name], seqs) for name, seqs in texts.items()}
+            del model
+            atomic.write_text(path / CACHE, json.dumps({"key": key, "base_model": base_model, "kl": kl}))
         out.append({"method": run.method, "stage": stage, "seed": run.seed, "kl": kl})
-        del model
     return out
