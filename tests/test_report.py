@@ -231,8 +231,8 @@ def test_each_methods_histogram_weights_are_its_rule_applied_to_the_stored_signa
     from prift.prior import load_prior
     from workflows.report.token_view import method_weights
 
-    runs = [SimpleNamespace(method=m, models=lambda: {"sft": tiny_model}) for m in ("sft",
-                                                                                    "prift_prob", "prift_mass", "dft")]
+    runs = [SimpleNamespace(method=m, weights=lambda stage: tiny_model if stage == "sft" else None)
+            for m in ("sft", "prift_prob", "prift_mass", "dft")]
     weights = method_weights(prior_cache, runs, rows=5)
     table = load_prior(prior_cache).select(range(5))
     lp = np.concatenate([np.asarray(r["prior_logprob"])[np.asarray(r["response_mask"], bool)] for r in table])
@@ -242,3 +242,17 @@ def test_each_methods_histogram_weights_are_its_rule_applied_to_the_stored_signa
     np.testing.assert_array_equal(weights["prift_mass"], (u >= 0.5).astype(np.float32))
     # dft's model here is the base itself, so its own probability equals the prior's q
     np.testing.assert_allclose(weights["dft"], np.exp(lp.astype(np.float64)), rtol=1e-4, atol=1e-7)
+
+
+def test_a_checkpoint_without_its_weights_counts_as_a_model_but_not_as_weights(tmp_path):
+    """A sweep's results kept without the weights (docs/study_cpu/results.tar.gz) still list the
+    checkpoint (its scores and cached drift stand), but nothing tries to load it."""
+    from workflows.report.collect import Run
+
+    final = tmp_path / "sft" / "final"
+    final.mkdir(parents=True)
+    (final / "config.json").write_text("{}")
+    run = Run(folder=tmp_path, method="dft", seed=0, config={})
+    assert run.models() == {"sft": final} and run.weights("sft") is None and run.weights("rl") is None
+    (final / "model.safetensors").write_bytes(b"")
+    assert run.weights("sft") == final

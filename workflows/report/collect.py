@@ -64,6 +64,12 @@ class Run:
         out = {s: self.folder / s / "final" for s in STAGES}
         return {s: p for s, p in out.items() if (p / "config.json").exists()}
 
+    def weights(self, stage: str) -> Path | None:
+        """The stage's checkpoint if its weights are still there (a sweep's results can outlive them)."""
+        path = self.models().get(stage)
+        found = path and (any(path.glob("*.safetensors")) or any(path.glob("pytorch_model*.bin")))
+        return path if found else None
+
     @cached_property
     def signal(self) -> dict | None:
         """The RL stage's learning signal (None when the RL stage left no summary)."""

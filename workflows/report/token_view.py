@@ -125,7 +125,7 @@ def token_view(prior_dir: Path, out: Path, examples: int = 4, seed: int = 0, dft
 def method_weights(prior_dir: Path, runs, rows: int = 32) -> dict[str, np.ndarray]:
     """Per method of the sweep, the weights its rule gives the response tokens of the first `rows`
     cached rows: from the stored prior signals, or, for a rule on the trained model's own signal
-    (dft), from that method's final SFT model (skipped when the sweep has none)."""
+    (dft), from that method's final SFT model (skipped when no run of it kept its weights)."""
     from common.batching import pad
     from common.models import load_causal_lm
     from prift.prior import SIGNAL_COLUMNS, load_prior
@@ -147,7 +147,7 @@ def method_weights(prior_dir: Path, runs, rows: int = 32) -> dict[str, np.ndarra
         rule = resolve_method(method)
         signals = dict(prior)
         if any(s.startswith("online_") for s in rule.signals):
-            final = next((r.models()["sft"] for r in runs if r.method == method and "sft" in r.models()), None)
+            final = next((r.weights("sft") for r in runs if r.method == method and r.weights("sft")), None)
             if final is None:
                 continue
             model = load_causal_lm(str(final)).eval()
