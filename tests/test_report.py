@@ -256,3 +256,18 @@ def test_a_checkpoint_without_its_weights_counts_as_a_model_but_not_as_weights(t
     assert run.models() == {"sft": final} and run.weights("sft") is None and run.weights("rl") is None
     (final / "model.safetensors").write_bytes(b"")
     assert run.weights("sft") == final
+
+
+@pytest.mark.parametrize("samples,columns", [(1, 6), (4, 9)])
+def test_sft_to_rl_table_shows_pass_at_n_only_where_it_differs_from_avg(samples, columns):
+    """With one sample per problem, Pass@n is Avg@n: the table must not print each number twice."""
+    from workflows.report.stats import Interval
+    from workflows.report.tables import RLChange, rl_change_tables
+
+    level, delta = Interval(0.2, 0.1, 0.3), Interval(0.05, 0.01, 0.09, detectable=0.08)
+    change = RLChange("sft", "t", [0], False, {"avg": level, "pass_at_n": level}, {"avg": level, "pass_at_n": level},
+                      {"avg": delta, "pass_at_n": delta})
+    lines = rl_change_tables([change], {"t": (50, samples)})
+    header, row = lines[3], lines[5]
+    assert header.count("|") - 1 == len(row.strip("|").split("|")) == columns
+    assert ("Pass@n" in header) == (samples > 1) and "+5.0 [+1.0, +9.0]" in row and "±8.0" in row

@@ -279,16 +279,18 @@ def rl_change_tables(changes: list[RLChange], samples: dict[str, tuple[int, int]
     out = []
     for task in sorted({c.task for c in changes}):
         p, n = samples.get(task, ("?", "?"))
+        with_pass = n != 1  # with one sample Pass@n is Avg@n again
+        header = ["SFT Avg@n", "RL Avg@n", "Δ Avg@n", "detectable Δ"] + (
+            ["SFT Pass@n", "RL Pass@n", "Δ Pass@n"] if with_pass else [])
         out += ["", f"### SFT -> RL on {task}: {p} problems × {n} samples per model and seed", "",
-                "| method | seeds | SFT Avg@n | RL Avg@n | Δ Avg@n | detectable Δ | SFT Pass@n | RL Pass@n "
-                "| Δ Pass@n |",
-                "|---" * 9 + "|"]
+                "| method | seeds | " + " | ".join(header) + " |", "|---" * (len(header) + 2) + "|"]
         for c in (c for c in changes if c.task == task):
             label = (f"{c.method}, seed {c.seeds[0]} (no learning signal: shown, not averaged)" if c.flagged
                      else c.method)
             cells = [_ci(c.sft["avg"]), _ci(c.rl["avg"]), _ci(c.delta["avg"], True),
-                     f"±{100 * c.delta['avg'].detectable:.1f}",
-                     _ci(c.sft["pass_at_n"]), _ci(c.rl["pass_at_n"]), _ci(c.delta["pass_at_n"], True)]
+                     f"±{100 * c.delta['avg'].detectable:.1f}"]
+            if with_pass:
+                cells += [_ci(c.sft["pass_at_n"]), _ci(c.rl["pass_at_n"]), _ci(c.delta["pass_at_n"], True)]
             out.append(f"| {label} | {', '.join(map(str, c.seeds))} | " + " | ".join(cells) + " |")
     return out
 
