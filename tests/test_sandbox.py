@@ -331,18 +331,15 @@ def test_process_limit_binds_as_this_user():
         assert_process_limit_binds(r.stdout, KERNEL_ONLY.config.max_processes)
 
 
-# Run as root, drop to nobody, then run the sandbox. The interpreter may live under a directory
-# only root may enter (/root/.pyenv): a private tmpfs over that directory shows just the Python
-# installation again, at the same path. The kernel's answer is probed as nobody, too.
+# Run as root, drop to nobody, then run the sandbox. The interpreter, the venv or the checkout may
+# live under a directory only root may enter (/root/.pyenv, a `mktemp -d` clone): a private tmpfs
+# over it shows its entries again, at the same paths. The kernel's answer is probed as nobody, too.
 AS_NOBODY = """
 import ctypes, json, os, stat, sys
 libc = ctypes.CDLL(None, use_errno=True)
-# nobody must reach the interpreter, the virtual environment and this checkout. A directory on their
-# paths that others cannot enter (a 0700 /root, or a `mktemp -d` clone) is opened, in a mount
-# namespace of this process only, by covering it with a 0755 tmpfs that binds its entries back.
 needed = [os.path.realpath(p) for p in (sys.base_prefix, sys.prefix, os.getcwd())]
 walk = sorted({"/".join(p.split("/")[:i]) for p in needed for i in range(2, p.count("/") + 2)}, key=len)
-closed = [d for d in walk if os.stat(d).st_mode & (5 if d in needed else 1) != (5 if d in needed else 1)]
+closed = [d for d in walk if ~os.stat(d).st_mode & (5 if d in needed else 1)]  # others lack r+x / x
 if closed:
     if libc.unshare(0x00020000) != 0 or libc.mount(None, b"/", None, 16384 | (1 << 18), None) != 0:
         print(json.dumps({"setup": f"no mount namespace for root: {os.strerror(ctypes.get_errno())}"}))

@@ -206,7 +206,7 @@ def tokens_section(sweep: Path, runs: list[Run], out: Path, examples: int) -> li
     prior = max((sweep / "prior").glob("*/meta.json"), key=lambda p: p.stat().st_mtime, default=None)
     if not prior:
         return []
-    dft = next((r.weights("sft") for r in runs if r.method == "dft" and r.weights("sft")), None)
+    dft = next(filter(None, (r.weights("sft") for r in runs if r.method == "dft")), None)
     token_view(prior.parent, out / "tokens.html", examples=examples, dft_model=str(dft) if dft else None)
     save(weights_figure(method_weights(prior.parent, runs)), out / "weights.png", dpi=110)
     return ["", "## Which tokens the prior calls misaligned", "",

@@ -147,7 +147,7 @@ def method_weights(prior_dir: Path, runs, rows: int = 32) -> dict[str, np.ndarra
         rule = resolve_method(method)
         signals = dict(prior)
         if any(s.startswith("online_") for s in rule.signals):
-            final = next((r.weights("sft") for r in runs if r.method == method and r.weights("sft")), None)
+            final = next(filter(None, (r.weights("sft") for r in runs if r.method == method)), None)
             if final is None:
                 continue
             model = load_causal_lm(str(final)).eval()
