@@ -1,10 +1,15 @@
 """Did a GRPO run have anything to learn from? Read off the trainer's own log history.
 
 GRPO's advantage is a completion's reward minus its group's mean, so a group whose completions all
-score the same contributes no gradient. A run where that holds for most steps (the reward is 0
+score the same contributes no gradient. A run where that holds at every step (the reward is 0
 everywhere, or 1 everywhere), or where nearly every completion is cut at `max_completion_length`
 (so no answer is ever finished), returns a model that is the starting model plus noise, or
 exactly the starting model. Such a run must not be presented as an RL result.
+
+One step with a group of unequal rewards is a real policy-gradient update, so a run with few such
+steps is a weak RL result, not a non-result: it is compared like any other (leaving it out would
+drop a start that gives GRPO little to learn from, which is itself a finding), and its share of
+steps without variance is reported beside it (`zero_variance_steps`).
 
     >>> learning_signal([{"frac_reward_zero_std": 1.0, "completions/clipped_ratio": 1.0}], weights_changed=False)["ok"]
     False
@@ -12,8 +17,6 @@ exactly the starting model. Such a run must not be presented as an RL result.
 
 from __future__ import annotations
 
-ZERO_STD_STEP_SHARE = 0.5
-"""More than this share of logged steps with no reward variance in any group: no signal."""
 CLIPPED_SHARE = 0.95
 """A mean clipped-completion ratio at or above this: the completion length is too short."""
 
@@ -28,7 +31,7 @@ def learning_signal(log_history: list[dict], weights_changed: bool) -> dict:
     reasons = []
     if not weights_changed:
         reasons.append("the weights did not change")
-    if zero > ZERO_STD_STEP_SHARE:
+    if zero >= 1.0:
         reasons.append(f"{zero:.0%} of steps had no reward variance in any group")
     if clipped_ratio >= CLIPPED_SHARE:
         reasons.append(f"{clipped_ratio:.0%} of completions hit max_completion_length")

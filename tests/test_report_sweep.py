@@ -80,14 +80,13 @@ def build_sweep(root, model: str, tracker=None):
                                                                                                        seed).items()}))
         (folder / "sft" / "final" / "prift_sft.json").write_text(json.dumps(
             {"log_history": [{"step": s, "loss": 2.0 / s} for s in (4, 8)]}))
-        ok = (method, seed) not in NO_SIGNAL
+        history = [{"step": s, "reward": r, "completions/mean_length": n, "loss": 0.0,
+                    "frac_reward_zero_std": 1.0 if r == 0 else 0.5} for s, r, n in LOGS[(method, seed)]]
         (folder / "rl" / "final").mkdir(parents=True)
         (folder / "rl" / "final" / "prift_rl.json").write_text(json.dumps(
-            {"learning_signal": {"ok": ok, "reason": None if ok else "the weights did not change"}}))
+            {"learning_signal": {"weights_changed": (method, seed) not in NO_SIGNAL}, "log_history": history}))
         state = folder / "rl" / "checkpoints" / "checkpoint-3"
         state.mkdir(parents=True)
-        history = [{"step": s, "reward": r, "completions/mean_length": n, "frac_reward_zero_std": 0.5, "loss": 0.0}
-                   for s, r, n in LOGS[(method, seed)]]
         (state / "trainer_state.json").write_text(json.dumps({"log_history": history}))
     return sweep
 
@@ -132,7 +131,7 @@ def test_rl_curves_are_the_logged_mean_and_std_and_flag_runs_without_signal(repo
     per_method = {}
     for r in runs:
         history, source = rl_history(r, None)
-        assert source == "rl/checkpoints/checkpoint-3/trainer_state.json" and "kl" not in history
+        assert source == "rl/final/prift_rl.json" and "kl" not in history
         entry = per_method.setdefault(r.method, {"ok": [], "flagged": []})
         entry["flagged" if r.rl_without_signal else "ok"].append((r.seed, history) if r.rl_without_signal else history)
     fig = curves_figure(per_method, RL_CURVES, 0.0)
@@ -168,6 +167,15 @@ def test_sft_to_rl_table_pairs_seeds_and_keeps_runs_without_signal_apart(report)
     assert flagged[3] == "+0.0 [+0.0, +0.0]"
     lo, hi = (float(v) for v in sft[3].split("[")[1].rstrip("]").split(","))
     assert 0 < lo < avg(15) - avg(9) < hi  # 6 of 30 problems gained on one seed: the interval excludes 0
+
+
+def test_the_runs_table_gives_each_grpo_runs_share_of_steps_without_reward_variance(report):
+    _, text, _ = report
+    rows = table_rows(text, "## Runs")
+    flat = {name: cells[1] for name, cells in rows.items() if name.startswith(("sft-", "prift_mass-"))}
+    assert len(flat) == 4
+    for name, share in flat.items():  # a reward of 0 in every group has no variance: sft seed 1's every step
+        assert share == ("100%" if name.startswith("sft-") and "-s1-" in name else "0%"), name
 
 
 def test_heldout_loss_table_is_the_mean_and_std_over_seeds_of_each_model(report):
@@ -314,6 +322,9 @@ def test_rl_curves_come_from_the_finished_stage_summary_first(tmp_path):
     history, source = rl_history(Run(tmp_path, "sft", 0, {}, manifest={}), None)
     assert source == "rl/final/prift_rl.json"
     assert history == {"reward": {1: 0.25, 2: 0.5}, "kl": {2: 0.01}}
+    (final / "prift_rl.json").unlink()  # a stage stopped before its end: its newest checkpoint's history
+    history, source = rl_history(Run(tmp_path, "sft", 0, {}, manifest={}), None)
+    assert source == "rl/checkpoints/checkpoint-1/trainer_state.json" and history == {"reward": {1: 0.25}}
 
 
 def test_room_for_rl_shows_pass_at_k_curves_and_the_answers_each_problem_gets(report):

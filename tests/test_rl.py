@@ -209,8 +209,11 @@ def test_learning_signal_flags_zero_variance_clipping_and_unchanged_weights():
 
     good = [{"frac_reward_zero_std": 0.5, "completions/clipped_ratio": 0.4}] * 4
     assert learning_signal(good, weights_changed=True)["ok"]
-    flat = [{"frac_reward_zero_std": 1.0, "completions/clipped_ratio": 0.4}] * 3 + good[:1]
-    assert "75% of steps had no reward variance" in learning_signal(flat, True)["reason"]
+    flat = [{"frac_reward_zero_std": 1.0, "completions/clipped_ratio": 0.4}] * 4
+    assert "100% of steps had no reward variance" in learning_signal(flat, True)["reason"]
+    weak = flat[:3] + good[:1]  # one step with a gradient: a weak RL result, still an RL result
+    assert learning_signal(weak, True) == {"ok": True, "reason": None, "zero_variance_steps": 0.75,
+                                           "clipped_ratio": 0.4, "weights_changed": True}
     clipped = [{"frac_reward_zero_std": 0.0, "completions/clipped_ratio": 0.97}] * 4
     assert "97% of completions hit max_completion_length" in learning_signal(clipped, True)["reason"]
     assert learning_signal(good, weights_changed=False)["reason"] == "the weights did not change"
@@ -247,3 +250,21 @@ def test_math_verify_is_the_math_reward_of_the_default_and_the_shipped_configs()
     assert {"demo.yaml", "demo_3seeds.yaml", "paper_math_qwen2.5_1.5b.yaml", "single_gpu_qwen2.5_1.5b.yaml"} <= math
     assert all("math_answer" not in rewards for rewards in shipped.values())
     assert "boxed_format" in shipped["demo.yaml"]  # the demo keeps its format term
+
+
+def test_a_finished_run_is_judged_by_todays_learning_signal_rule(tmp_path):
+    """A summary written under an older rule (which flagged runs with over half their steps flat) is
+    judged again from its log history: the verdict stored beside it is not what the report uses."""
+    import json
+
+    from workflows.rundir import rl_signal
+
+    final = tmp_path / "rl" / "final"
+    final.mkdir(parents=True)
+    history = [{"frac_reward_zero_std": 1.0, "completions/clipped_ratio": 0.0}] * 9 + [
+        {"frac_reward_zero_std": 0.5, "completions/clipped_ratio": 0.0}] * 7
+    stored = {"ok": False, "reason": "56% of steps had no reward variance in any group", "weights_changed": True}
+    (final / "prift_rl.json").write_text(json.dumps({"learning_signal": stored, "log_history": history}))
+    assert rl_signal(tmp_path) == {"ok": True, "reason": None, "zero_variance_steps": 0.5625,
+                                   "clipped_ratio": 0.0, "weights_changed": True}
+    assert rl_signal(tmp_path / "missing") is None

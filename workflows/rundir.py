@@ -22,6 +22,7 @@ from pathlib import Path
 
 from common import atomic
 from common.digest import json_digest
+from rl.learning_signal import learning_signal
 
 
 def config_hash(value) -> str:
@@ -55,9 +56,13 @@ class Manifest:
 
 
 def rl_signal(folder: Path) -> dict | None:
-    """The RL stage's learning_signal (rl/learning_signal.py) from rl/final/prift_rl.json, if it ran."""
+    """The RL stage's learning signal (rl/learning_signal.py), if it ran: judged again from the log
+    history in rl/final/prift_rl.json, so runs finished under an older rule are judged as new ones."""
     summary = folder / "rl" / "final" / "prift_rl.json"
-    return json.loads(summary.read_text()).get("learning_signal") if summary.exists() else None
+    if not summary.exists():
+        return None
+    done = json.loads(summary.read_text())
+    return learning_signal(done["log_history"], done["learning_signal"]["weights_changed"])
 
 
 def run_label(stage: str, signal: dict | None) -> str:

@@ -347,14 +347,16 @@ def findings(found: list[Comparison], changes: list[RLChange]) -> str:
 def runs_section(runs: list[Run], config: dict) -> list[str]:
     """Every run's status, RL runs without a learning signal, and (method, seed) pairs of the
     newest config that have no run folder at all."""
-    lines = ["", "## Runs", "", "| run | status |", "|---|---|"]
+    lines = ["", "## Runs", "", "| run | status | GRPO steps without reward variance |", "|---|---|---|"]
     for r in runs:
-        note = f"; rl: no learning signal ({r.signal['reason']})" if r.rl_without_signal else ""
-        lines.append(f"| {r.folder.name} | {r.status()}{note} |")
+        signal = r.signal
+        note = f"; rl: no learning signal ({signal['reason']})" if r.rl_without_signal else ""
+        flat = f"{signal['zero_variance_steps']:.0%}" if signal else "-"
+        lines.append(f"| {r.folder.name} | {r.status()}{note} | {flat} |")
     present = {(r.method, r.seed) for r in runs}
     pipeline = config.get("pipeline", {})
     missing = [(m, s) for m in pipeline.get("methods", []) for s in pipeline.get("seeds", []) if (m, s) not in present]
-    lines += [f"| {m} seed {s} | missing (no run folder) |" for m, s in missing]
+    lines += [f"| {m} seed {s} | missing (no run folder) | - |" for m, s in missing]
     return lines
 
 
