@@ -53,4 +53,6 @@ def test_the_demo_rl_settings_give_a_learning_signal(tmp_path):
     assert summary["rollout"] == "vllm_colocate"
     assert signal["ok"] and signal["weights_changed"], signal
     assert signal["zero_variance_steps"] < 1.0 and signal["clipped_ratio"] < 0.9, signal
+    accuracy = [h["rewards/math_verify/mean"] for h in summary["log_history"] if "rewards/math_verify/mean" in h]
+    assert len(accuracy) == cfg.rl.max_steps and max(accuracy) > 0, accuracy  # a right sum, not only a box
     assert summary["train"]["train_loss"] == summary["train"]["train_loss"]  # not NaN
