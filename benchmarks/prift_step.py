@@ -45,7 +45,8 @@ from prift.prior import PriorConfig
 from common.batching import pad
 from prift.reference import STORED_SIGNALS, reference_signal_set, score_rows
 from prift.sft import SFTStageConfig, build_trainer, sft_args
-from prift.trainer import SIGNAL_COLUMNS, PriftCollator, labels_from_mask
+from prift.loss import to_label_space, weighted_nll
+from prift.trainer import SIGNAL_COLUMNS, PriftCollator, labels_from_mask, sequence_ids
 from prift.weights import METHODS
 
 VARIANTS = ("plain_sft", "prift_cached", "prift_online")
@@ -95,10 +96,16 @@ def batches_for(rows, batch: int, tokenizer, with_prior: bool):
     return out
 
 
-def make_trainer(variant: str, model: str, tmp: Path, dataset, optim: str = "adamw_torch"):
-    method, _, mode = variant.partition("/")
+def variant_method(variant: str) -> tuple[str, str]:
+    """(named method, prior mode) of a variant: `M/cached` -> (M, cached); `prift_online` -> (prift_mass, online)."""
     if variant in VARIANTS:
-        method, mode = ("sft" if variant == "plain_sft" else "prift_mass"), variant.removeprefix("prift_")
+        return ("sft" if variant == "plain_sft" else "prift_mass"), variant.removeprefix("prift_")
+    method, _, mode = variant.partition("/")
+    return method, mode
+
+
+def make_trainer(variant: str, model: str, tmp: Path, dataset, optim: str = "adamw_torch"):
+    method, mode = variant_method(variant)
     cfg = SFTStageConfig(method=method, optim=optim, max_steps=1000, save_steps=10**6)
     prior = PriorConfig(mode="online" if mode == "online" else "cached")
     if variant == "plain_sft":
@@ -199,6 +206,43 @@ def time_steps(args, tmp: Path, tokenizer, rows, variants) -> dict[str, float]:
     return {v: (seconds[v], ratios[v]) for v in variants}
 
 
+def loss_only(variant: str) -> bool:
+    """A variant whose whole extra work over plain SFT is in the loss: its weights read only the
+    batch's cached prior signals and the trained model's own log p (no extra head pass, no anchor)."""
+    method, mode = variant_method(variant)
+    rule = METHODS[method]
+    return (variant == "plain_sft" or mode != "online") and not rule.kl_coef and all(
+        s == "online_logprob" or s.startswith("prior_") for s in rule.signals)
+
+
+def loss_seconds(rows, tokenizer, args, variants, repeats: int = 30) -> dict[str, float]:
+    """Median seconds of one micro-batch's loss (weights, weighted sum, backward to log p) per
+    `loss_only` variant, plain SFT's uniform loss included. The rest of such a variant's step is plain
+    SFT's, so the difference to plain_sft is the method's whole extra work, timed without the step's
+    noise. log p is the batch's own prior log q (realistic values), as the fused head hands it over."""
+    device = default_device()
+    prepared = []
+    for b in batches_for(rows, args.batch, tokenizer, with_prior=True):
+        b = {k: v.to(device) for k, v in b.items()}
+        mask = b["labels"][:, 1:] != -100
+        signals = {c: to_label_space(b[c]) for c in SIGNAL_COLUMNS}
+        prepared.append((torch.where(mask, signals["prior_logprob"], 0.0), mask, signals,
+                         to_label_space(sequence_ids(b)), mask.sum()))
+    times = {v: [] for v in variants if loss_only(v)}
+    for r in range(repeats):
+        for v in times if r % 2 == 0 else reversed(list(times)):
+            rule = METHODS[variant_method(v)[0]]
+            for log_q, mask, signals, seq, n in prepared:
+                log_p = log_q.clone().requires_grad_(True)
+                sync()
+                t0 = time.perf_counter()
+                loss, _ = weighted_nll(log_p, mask, rule, signals=signals, sequence_ids=seq, num_items_in_batch=n)
+                loss.backward()
+                sync()
+                times[v].append(time.perf_counter() - t0)
+    return {v: statistics.median(ts) for v, ts in times.items()}
+
+
 def time_prior_pass(args, ref, rows) -> dict[str, float]:
     device = next(ref.parameters()).device
     batches = []
@@ -289,6 +333,7 @@ def main() -> None:
         prior = time_prior_pass(args, ref, rows)
         del ref
         steps = time_steps(args, tmp, tokenizer, rows, variants)
+        loss = loss_seconds(rows, tokenizer, args, variants)
         gc.collect()  # the three trainers are gone: hand their GPU memory back before the memory children start
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -296,10 +341,15 @@ def main() -> None:
         rows_file.write_text(json.dumps(rows))
         mem = peak_memory(args, rows_file, variants)
     key = "cuda_mib" if mem["plain_sft"]["cuda_mib"] is not None else "rss_mib"
-    print(f"\n{'variant':<20} {'step s':>8} {'x plain':>8} {'peak MiB':>10} {'x plain':>8}   ({key})")
+    plain_step = steps["plain_sft"][0]
+    print(f"\n{'variant':<20} {'step s':>8} {'x plain':>8} {'peak MiB':>10} {'x plain':>8} {'loss +ms':>9} "
+          f"{'+% step':>8}   ({key}; loss: the method's own work, see loss_seconds)")
     for v in variants:
         seconds, ratio = steps[v]
-        print(f"{v:<20} {seconds:>8.3f} {ratio:>8.3f} {mem[v][key]:>10.0f} {mem[v][key] / mem['plain_sft'][key]:>8.3f}")
+        extra = (f"{1e3 * (loss[v] - loss['plain_sft']):>9.3f} {100 * (loss[v] - loss['plain_sft']) / plain_step:>8.3f}"
+                 if v in loss else f"{'-':>9} {'-':>8}")
+        print(f"{v:<20} {seconds:>8.3f} {ratio:>8.3f} {mem[v][key]:>10.0f} {mem[v][key] / mem['plain_sft'][key]:>8.3f} "
+              f"{extra}")
     ratio = prior["prior_pass"] / prior["plain_forward"]
     print(f"\nprior pass {prior['prior_pass']:.0f} tok/s vs plain no-grad forward "
           f"{prior['plain_forward']:.0f} tok/s: {ratio:.3f}x")

@@ -284,3 +284,27 @@ def test_ray_job_submit_runs_the_pipeline_on_a_cluster(tiny_model, sft_file, tmp
     run = next(p for p in (storage / "tiny").iterdir() if p.name.startswith("sft-"))
     manifest = json.loads((run / "manifest.json").read_text())
     assert {k: v["status"] for k, v in manifest["stages"].items()} == {"sft": "done", "eval_sft": "done"}
+
+
+def test_a_stage_task_runs_on_as_many_torch_threads_as_cpus_it_was_given():
+    """Ray sets OMP_NUM_THREADS from a task's CPUs, but torch sizes its pool once per worker process:
+    a worker whose first task had 1 CPU (an eval) ran every later 2-CPU task (SFT, GRPO) on one thread."""
+    import ray
+
+    from workflows.config import Resources
+    from workflows.pipeline import _remote
+
+    def threads() -> tuple[int, int]:  # nested: Ray ships it by value (the tests are not a package)
+        import os
+
+        import torch
+
+        return torch.get_num_threads(), os.getpid()
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        ran = [ray.get(_remote(threads, Resources(cpus=c)).remote()) for c in (1, 2, 1, 2)]
+    finally:
+        ray.shutdown()
+    assert [threads for threads, _ in ran] == [1, 2, 1, 2]
+    assert len({pid for _, pid in ran}) < len(ran)  # a worker served two of them: the case that went wrong
