@@ -46,8 +46,9 @@ _LAST_NUMBER = re.compile(r"-?\d*\.?\d+")
 
 def last_boxed(text: str) -> str | None:
     r"""Content of the last `boxed` (`\boxed{...}` with nested braces; `\boxed 5` up to the next `$`),
-    as the harness's `find_box` reads it; None when there is none, it is empty, or its braces never
-    close (the completion was cut off inside the box).
+    as the harness's `find_box` reads it; None when there is none, an unbraced one is empty, or its
+    braces never close (the completion was cut off inside the box). An empty `\boxed{}` gives '': the
+    harness takes it as the stated answer (wrong), not as a completion without one.
 
     >>> last_boxed(r"first \boxed{1}, then \boxed{\frac{a}{b}}")
     '\\frac{a}{b}'

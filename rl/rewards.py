@@ -101,8 +101,14 @@ label_answer = answer_reward(LABEL, "label_answer", """1 if the yes / no / maybe
 
 
 def boxed_format(prompts, completions, **_) -> list[float]:
-    """1 if the completion puts a final answer in \\boxed{} (an optional format reward)."""
-    return [float(last_boxed(completion_text(c)) is not None) for c in completions]
+    """1 if the completion puts a final answer in \\boxed{}, a box with something in it (an optional
+    format reward). An empty box is no answer: when it paid, two of the eight GRPO runs of the CPU study
+    learned to end every reply with `The answer is \\boxed{}.` and stopped earning the accuracy reward.
+
+    >>> boxed_format(None, ["so \\\\boxed{12}", "The answer is \\\\boxed{ }.", "12"])
+    [1.0, 0.0, 0.0]
+    """
+    return [float(bool((last_boxed(completion_text(c)) or "").strip())) for c in completions]
 
 
 RL_SANDBOX = SandboxConfig(timeout_s=5, cpu_s=5)

@@ -268,3 +268,13 @@ def test_a_finished_run_is_judged_by_todays_learning_signal_rule(tmp_path):
     assert rl_signal(tmp_path) == {"ok": True, "reason": None, "zero_variance_steps": 0.5625,
                                    "clipped_ratio": 0.0, "weights_changed": True}
     assert rl_signal(tmp_path / "missing") is None
+
+
+def test_the_format_reward_pays_for_a_stated_answer_not_an_empty_box():
+    """The replies two collapsed GRPO runs of the CPU study converged to: a sum, then an empty box."""
+    from rl.rewards import boxed_format
+
+    replies = ["5 + 8 = 13\n\nThe answer is \\boxed{}.", "The answer is \\boxed{ }", "\\boxed{13}",
+               "\\boxed{\\frac{1}{2}}", "13", "cut off \\boxed{1"]
+    completions = [[{"role": "assistant", "content": r}] for r in replies]
+    assert boxed_format(None, completions) == [0.0, 0.0, 1.0, 1.0, 0.0, 0.0]
