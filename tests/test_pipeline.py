@@ -287,23 +287,27 @@ def test_ray_job_submit_runs_the_pipeline_on_a_cluster(tiny_model, sft_file, tmp
 
 
 def test_a_stage_task_runs_on_as_many_torch_threads_as_cpus_it_was_given():
-    """Ray sets OMP_NUM_THREADS from a task's CPUs, but torch sizes its pool once per worker process:
-    a worker whose first task had 1 CPU (an eval) ran every later 2-CPU task (SFT, GRPO) on one thread."""
+    """Ray sets OMP_NUM_THREADS from a task's CPUs, but torch sizes its pool once per worker process,
+    and vLLM's CPU worker disables torch.set_num_threads in the process it starts in: a worker whose
+    first task had 1 CPU (an eval) ran every later 2-CPU task (SFT, GRPO) on one thread."""
     import ray
 
     from workflows.config import Resources
     from workflows.pipeline import _remote
 
-    def threads() -> tuple[int, int]:  # nested: Ray ships it by value (the tests are not a package)
+    def threads(start_vllm: bool) -> tuple[int, int]:  # nested: Ray ships it by value (tests are no package)
         import os
 
         import torch
 
-        return torch.get_num_threads(), os.getpid()
+        count = torch.get_num_threads()
+        if start_vllm:  # what vLLM's CPU worker does to the process it starts in (CPUWorker.init_device)
+            torch.set_num_threads = lambda _n: None
+        return count, os.getpid()
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        ran = [ray.get(_remote(threads, Resources(cpus=c)).remote()) for c in (1, 2, 1, 2)]
+        ran = [ray.get(_remote(threads, Resources(cpus=c)).remote(c == 1)) for c in (1, 2, 1, 2)]
     finally:
         ray.shutdown()
     assert [threads for threads, _ in ran] == [1, 2, 1, 2]

@@ -133,13 +133,15 @@ def _remote(fn, res):
 def _use_assigned_cpus() -> None:
     """Size torch's thread pool to this task's CPUs. Ray sets OMP_NUM_THREADS from each task's CPUs, but
     torch reads it once per worker process, so a worker whose first task had 1 CPU (an eval) ran every
-    later 2-CPU task (SFT, GRPO) on one thread: 40-50% slower steps in the demo."""
+    later 2-CPU task (SFT, GRPO) on one thread: 40-50% slower steps in the demo. vLLM's CPU worker
+    replaces `torch.set_num_threads` with a no-op once it starts in a process (its init_device), which
+    would pin the count of whichever task started it, so this calls torch's own binding."""
     import ray
     import torch
 
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
     if cpus:
-        torch.set_num_threads(max(1, math.floor(cpus)))
+        torch._C.set_num_threads(max(1, math.floor(cpus)))
 
 
 def _remote_on_workers(fn, res, name: str, storage: Path):
