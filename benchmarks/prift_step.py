@@ -301,6 +301,15 @@ def peak_memory(args, rows_file: Path, variants) -> dict[str, dict]:
     return out
 
 
+def print_loss_only(steps: dict, loss: dict) -> None:
+    plain_step = steps["plain_sft"][0]
+    print(f"\nplain_sft step {plain_step:.3f} s; each method's own loss work beyond plain SFT's loss:")
+    print(f"{'variant':<20} {'loss ms':>9} {'+ms':>9} {'+% step':>8}")
+    for v, seconds in loss.items():
+        extra = seconds - loss["plain_sft"]
+        print(f"{v:<20} {1e3 * seconds:>9.3f} {1e3 * extra:>9.3f} {100 * extra / plain_step:>8.3f}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="smollm2-135m-instruct")
@@ -312,6 +321,8 @@ def main() -> None:
                    help="optimizer of every variant; `sgd` keeps no state, so three 1.5B trainers fit one 80 GB GPU")
     p.add_argument("--methods", default="", help="comma-separated named methods to add as variants, or `all`")
     p.add_argument("--group", type=int, default=4, help="variants timed together with one plain_sft")
+    p.add_argument("--loss-only", action="store_true",
+                   help="time plain_sft's step and each method's own loss work only (no grouped steps, no memory)")
     p.add_argument("--memory-of", help=argparse.SUPPRESS)
     p.add_argument("--rows-file", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -330,6 +341,11 @@ def main() -> None:
         tokenizer = load_tokenizer(args.model)
         ref = load_causal_lm(args.model, device=device).eval()
         rows = scored_rows(args, tokenizer, ref)
+        if args.loss_only:
+            del ref
+            print_loss_only(time_steps(args, tmp, tokenizer, rows, ["plain_sft"]),
+                            loss_seconds(rows, tokenizer, args, variants))
+            return
         prior = time_prior_pass(args, ref, rows)
         del ref
         steps = time_steps(args, tmp, tokenizer, rows, variants)
