@@ -190,7 +190,7 @@ def time_steps(args, tmp: Path, tokenizer, rows, variants) -> dict[str, float]:
     dataset = label_dataset(rows)
     others = [v for v in variants if v != "plain_sft"]
     ratios, seconds = {}, {}
-    for g0 in range(0, len(others), args.group):
+    for g0 in range(0, max(len(others), 1), args.group):  # plain_sft alone: one group of its own
         group = ["plain_sft", *others[g0 : g0 + args.group]]
         steppers = {v: Stepper(make_trainer(v, args.model, tmp, dataset, args.optim)) for v in group}
         batches = {v: batches_for(rows, args.batch, tokenizer, with_prior=reads_cache(v)) for v in group}
