@@ -211,7 +211,7 @@ def loss_only(variant: str) -> bool:
     batch's cached prior signals and the trained model's own log p (no extra head pass, no anchor)."""
     method, mode = variant_method(variant)
     rule = METHODS[method]
-    return (variant == "plain_sft" or mode != "online") and not rule.kl_coef and all(
+    return mode != "online" and not rule.kl_coef and all(
         s == "online_logprob" or s.startswith("prior_") for s in rule.signals)
 
 
@@ -301,13 +301,18 @@ def peak_memory(args, rows_file: Path, variants) -> dict[str, dict]:
     return out
 
 
+def loss_extra(loss: dict, variant: str, plain_step: float) -> str:
+    """'+ms +%step' of a variant's own loss work over plain SFT's loss, as two table cells."""
+    extra = loss[variant] - loss["plain_sft"]
+    return f"{1e3 * extra:>9.3f} {100 * extra / plain_step:>8.3f}"
+
+
 def print_loss_only(steps: dict, loss: dict) -> None:
     plain_step = steps["plain_sft"][0]
     print(f"\nplain_sft step {plain_step:.3f} s; each method's own loss work beyond plain SFT's loss:")
     print(f"{'variant':<20} {'loss ms':>9} {'+ms':>9} {'+% step':>8}")
     for v, seconds in loss.items():
-        extra = seconds - loss["plain_sft"]
-        print(f"{v:<20} {1e3 * seconds:>9.3f} {1e3 * extra:>9.3f} {100 * extra / plain_step:>8.3f}")
+        print(f"{v:<20} {1e3 * seconds:>9.3f} {loss_extra(loss, v, plain_step)}")
 
 
 def main() -> None:
@@ -362,8 +367,7 @@ def main() -> None:
           f"{'+% step':>8}   ({key}; loss: the method's own work, see loss_seconds)")
     for v in variants:
         seconds, ratio = steps[v]
-        extra = (f"{1e3 * (loss[v] - loss['plain_sft']):>9.3f} {100 * (loss[v] - loss['plain_sft']) / plain_step:>8.3f}"
-                 if v in loss else f"{'-':>9} {'-':>8}")
+        extra = loss_extra(loss, v, plain_step) if v in loss else f"{'-':>9} {'-':>8}"
         print(f"{v:<20} {seconds:>8.3f} {ratio:>8.3f} {mem[v][key]:>10.0f} {mem[v][key] / mem['plain_sft'][key]:>8.3f} "
               f"{extra}")
     ratio = prior["prior_pass"] / prior["plain_forward"]

@@ -310,5 +310,5 @@ def test_a_stage_task_runs_on_as_many_torch_threads_as_cpus_it_was_given():
         ran = [ray.get(_remote(threads, Resources(cpus=c)).remote(c == 1)) for c in (1, 2, 1, 2)]
     finally:
         ray.shutdown()
-    assert [threads for threads, _ in ran] == [1, 2, 1, 2]
+    assert [count for count, _ in ran] == [1, 2, 1, 2]
     assert len({pid for _, pid in ran}) < len(ran)  # a worker served two of them: the case that went wrong
